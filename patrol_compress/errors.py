@@ -1,0 +1,62 @@
+"""User-facing error hierarchy.
+
+Every error a user can cause (a bad recipe, a missing file, an absent optional
+backend) is a :class:`PatrolError`. The CLI prints its message as one line and
+exits with code 2; anything else is a bug and keeps its traceback. Messages say
+what was expected and what was found and name the field or file, and never
+contain tensors, images or labels.
+"""
+
+from __future__ import annotations
+
+
+class PatrolError(Exception):
+    """Base class for errors caused by input, configuration or environment."""
+
+
+class RecipeError(PatrolError):
+    """A recipe file is malformed or fails validation."""
+
+
+class DataError(PatrolError):
+    """A dataset folder, file or image is missing or unreadable."""
+
+
+class ModelError(PatrolError):
+    """A model, checkpoint or split point does not fit what was asked."""
+
+
+class BudgetError(PatrolError):
+    """An edge budget cannot be met by any legal pruned network."""
+
+
+class ExportError(PatrolError):
+    """Exporting or verifying an edge/cloud partition failed."""
+
+
+class ArtifactError(PatrolError):
+    """An artifact on disk is missing, corrupt, or disagrees with its manifest."""
+
+
+class TrainingError(PatrolError):
+    """Training diverged (NaN/Inf) or cannot continue."""
+
+
+class OutputExistsError(PatrolError):
+    """An output directory exists and would be overwritten without --force."""
+
+
+class NotBuiltError(PatrolError):
+    """A command or stage that is planned but not implemented yet."""
+
+
+class MissingExtraError(PatrolError):
+    """An optional backend is not installed."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{module}' package, which is not installed; "
+            f"run: pip install 'patrol-compress[{extra}]'"
+        )
+        self.module = module
+        self.extra = extra

@@ -1,0 +1,101 @@
+"""Build the network a recipe describes, as a :class:`BlockNet`.
+
+Built-in ResNets get the re-id head of Fig. 3. A user's own CNN plugs in with
+``model.arch: custom`` and ``model.factory: "pkg.module:function"``: the
+function is called with ``num_classes``, ``in_channels`` and
+``model.factory_kwargs`` and returns either a ready BlockNet or any module
+whose forward runs its top-level children in order, grouped by ``model.blocks``.
+With no head block listed, the re-id head is appended on the last stage's output.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from patrol_compress.errors import ModelError
+from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.models.head import ReidHead, Task
+from patrol_compress.models.resnet import resnet_backbone
+from patrol_compress.recipe import BlocksConfig, ModelConfig
+
+
+def build_model(
+    config: ModelConfig,
+    num_classes: int,
+    in_channels: int = 3,
+    task: Task = "reid",
+    image_size: int = 64,
+) -> BlockNet:
+    if config.arch == "custom":
+        return _custom(config, num_classes, in_channels, task, image_size)
+    layers, blocks, out_ch = resnet_backbone(
+        config.arch, config.width, config.stem, config.last_stride, in_channels
+    )
+    layers["head"] = ReidHead(out_ch, num_classes, task)
+    blocks.append(("head", ["head"]))
+    return BlockNet(layers, blocks, [b for b, _ in blocks[1:-1]])
+
+
+def _import_factory(spec: str) -> object:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"model.factory: cannot import module '{module_name}' ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ModelError(f"model.factory: '{module_name}' has no callable '{attr}'")
+    return fn
+
+
+def _custom(
+    config: ModelConfig, num_classes: int, in_channels: int, task: Task, image_size: int
+) -> BlockNet:
+    assert config.factory is not None  # guaranteed by the recipe validator
+    fn = _import_factory(config.factory)
+    net = fn(num_classes=num_classes, in_channels=in_channels, **config.factory_kwargs)  # type: ignore[operator]
+    if isinstance(net, BlockNet):
+        return net
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"model.factory '{config.factory}' returned {type(net).__name__}, not a module")
+    if config.blocks is None:
+        raise ModelError("model.blocks is required when model.factory returns a plain module")
+    return wrap_module(net, config.blocks, num_classes, in_channels, task, image_size)
+
+
+def wrap_module(
+    net: nn.Module,
+    blocks: BlocksConfig,
+    num_classes: int,
+    in_channels: int = 3,
+    task: Task = "reid",
+    image_size: int = 64,
+) -> BlockNet:
+    """Regroup a plain module's children into a BlockNet (appending a head if none)."""
+    children = dict(net.named_children())
+    spec: list[tuple[str, list[str]]] = [("stem", list(blocks.stem))]
+    spec += [(f"stage{i + 1}", list(s)) for i, s in enumerate(blocks.stages)]
+    if blocks.head:
+        spec.append(("head", list(blocks.head)))
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for _, names in spec:
+        for n in names:
+            if n not in children:
+                raise ModelError(f"model.blocks names child '{n}', which the module does not have "
+                                 f"(children: {list(children)})")
+            layers[n] = children[n]
+    stages = [b for b, _ in spec if b.startswith("stage")]
+    if not blocks.head:
+        body = BlockNet(layers, spec, stages)
+        with torch.no_grad():
+            was = body.training
+            body.eval()
+            out = body(torch.zeros(1, in_channels, image_size, image_size))
+            body.train(was)
+        layers["head"] = ReidHead(int(out.shape[1]), num_classes, task)
+        spec.append(("head", ["head"]))
+    return BlockNet(layers, spec, stages)

@@ -1,0 +1,247 @@
+"""Recipes: validated YAML that describes a whole run.
+
+A recipe is data, checked before anything runs: pydantic v2 models with
+``extra="forbid"`` (a misspelt key is an error, not a silent default), closed
+choices as ``Literal``, ranges as ``Field`` bounds and cross-field rules in
+validators. :func:`recipe_problems` turns every violation into one line naming
+the field path, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from patrol_compress.errors import RecipeError
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class DataConfig(_Strict):
+    """Which dataset, where it lives, and how images are prepared."""
+
+    kind: Literal["synthetic-vehicles", "veri", "veri-wild", "imagefolder", "fashion-mnist"] = (
+        "synthetic-vehicles"
+    )
+    root: Path | None = Field(
+        default=None, description="dataset folder; required for every kind but the generated one"
+    )
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    seed: int = 0
+    # synthetic-vehicles
+    num_identities: Annotated[int, Field(ge=4, le=100_000)] = 120
+    num_cameras: Annotated[int, Field(ge=2, le=64)] = 6
+    images_per_camera: Annotated[int, Field(ge=1, le=64)] = 2
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    cache_dir: Path | None = Field(default=None, description="default: .cache/patrol-compress")
+    # veri-wild
+    veriwild_test_size: Literal[3000, 5000, 10000] = 3000
+    # imagefolder / fashion-mnist: cap the number of training images (0 = all)
+    max_train_images: Annotated[int, Field(ge=0)] = 0
+    max_test_images: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataConfig:
+        if self.kind != "synthetic-vehicles" and self.root is None:
+            raise ValueError(f"data.root is required for data.kind '{self.kind}'")
+        return self
+
+
+class BlocksConfig(_Strict):
+    """Names of a custom model's top-level children, grouped into blocks."""
+
+    stem: list[str] = Field(min_length=1)
+    stages: list[list[str]] = Field(min_length=1)
+    head: list[str] = Field(default_factory=list)
+
+
+class ModelConfig(_Strict):
+    arch: Literal["resnet18", "resnet34", "resnet50", "custom"] = "resnet18"
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    stem: Literal["imagenet", "small"] = "imagenet"
+    last_stride: Literal[1, 2] = 2
+    factory: str | None = Field(default=None, description="'pkg.module:function' for arch=custom")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    blocks: BlocksConfig | None = None
+    pretrained: Path | None = Field(
+        default=None, description="torchvision-style state dict (.safetensors) for the backbone"
+    )
+
+    @model_validator(mode="after")
+    def _custom_needs_factory(self) -> ModelConfig:
+        if self.arch == "custom" and not self.factory:
+            raise ValueError("model.factory ('pkg.module:function') is required for arch 'custom'")
+        if self.factory and ":" not in self.factory:
+            raise ValueError(f"model.factory must look like 'pkg.module:function', found {self.factory!r}")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Target-model training (cross-entropy with label smoothing + batch-hard triplet)."""
+
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 20
+    identities_per_batch: Annotated[int, Field(ge=2)] = 16
+    instances_per_identity: Annotated[int, Field(ge=1)] = 4
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-4
+    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
+    warmup_epochs: Annotated[int, Field(ge=0)] = 2
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    triplet_margin: Annotated[float, Field(ge=0.0)] = 0.3
+    triplet_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    amp: bool = True
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    checkpoint: Path | None = Field(
+        default=None, description="trained target weights (.safetensors); skips training"
+    )
+
+    @property
+    def batch_size(self) -> int:
+        return self.identities_per_batch * self.instances_per_identity
+
+
+class BudgetConfig(_Strict):
+    """Edge budget: exactly one of fit_split, params, bytes."""
+
+    fit_split: Annotated[int, Field(ge=1, le=8)] | None = None
+    params: Annotated[int, Field(ge=1)] | None = None
+    bytes: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetConfig:
+        given = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"patrol.budget needs exactly one of fit_split, params, bytes; found {given or 'none'}"
+            )
+        return self
+
+
+class LipschitzConfig(_Strict):
+    enabled: bool = True
+    alphas: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [5.0, 0.2, 0.01, 0.005])
+    sigma: Annotated[float, Field(gt=0.0)] = 0.1
+
+
+class AdversarialConfig(_Strict):
+    enabled: bool = True
+    beta: Annotated[float, Field(ge=0.0)] = 4e-4
+    adversary_every: Annotated[int, Field(ge=1)] = 10
+    adversary_epochs: Annotated[int, Field(ge=1)] = 1
+    adversary_lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    adversary_width: Annotated[int, Field(ge=4, le=1024)] = 64
+
+
+class PatrolConfig(_Strict):
+    """PATROL fine-tuning (Algorithm 1) and physical removal."""
+
+    enabled: bool = True
+    split: Annotated[int, Field(ge=1, le=8)] = 4
+    granularity: Literal["channel", "block"] = "channel"
+    epochs: Annotated[int, Field(ge=0, le=10_000)] = 10
+    lr: Annotated[float, Field(gt=0.0)] = 3e-4
+    mask_lr: Annotated[float, Field(gt=0.0)] = 1e-2
+    mask_init: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    lambda1: Annotated[float, Field(ge=0.0)] = 1.0
+    lambda2: Annotated[float, Field(ge=0.0)] = 10.0
+    tau: Annotated[float, Field(ge=0.0)] = 0.0
+    budget: BudgetConfig | None = None
+    recovery_epochs: Annotated[int, Field(ge=0)] = 2
+    lipschitz: LipschitzConfig = Field(default_factory=LipschitzConfig)
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+
+
+class ExportConfig(_Strict):
+    split: Annotated[int, Field(ge=1, le=8)] | None = None
+    opset: Annotated[int, Field(ge=13, le=21)] = 17
+
+
+class Recipe(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    output_dir: Path | None = None
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    patrol: PatrolConfig = Field(default_factory=PatrolConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        p = self.patrol
+        if p.budget and p.budget.fit_split is not None and p.budget.fit_split >= p.split:
+            raise ValueError(
+                f"patrol.budget.fit_split ({p.budget.fit_split}) must be shallower than "
+                f"patrol.split ({p.split})"
+            )
+        if p.lipschitz.enabled and len(p.lipschitz.alphas) < p.split + 0:
+            raise ValueError(
+                f"patrol.lipschitz.alphas needs one weight per edge stage ({p.split}), "
+                f"found {len(p.lipschitz.alphas)}"
+            )
+        return self
+
+    def run_dir(self, override: Path | None = None) -> Path:
+        """Where this recipe's outputs go: ``--out``, else ``output_dir``, else runs/<name>."""
+        if override is not None:
+            return override
+        return self.output_dir if self.output_dir is not None else Path("runs") / self.name
+
+
+def recipe_problems(exc: ValidationError) -> list[str]:
+    """One line per problem: field path, what was expected, what was found."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(recipe)"
+        found = err.get("input")
+        found_s = _short(found)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the schema)"
+        lines.append(f"{loc}: {msg}; found {found_s}")
+    return lines
+
+
+def _short(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping with keys " + ", ".join(map(str, list(value)[:6]))
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: expected a YAML mapping at the top level, found {_short(data)}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = recipe_problems(exc)
+        raise RecipeError("\n".join(f"{source}: {p}" for p in problems)) from None
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and validate a recipe file; every problem raises :class:`RecipeError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(f"{p}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: expected UTF-8 text, found undecodable bytes") from None
+    return parse_recipe(data, str(p))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
