@@ -79,7 +79,9 @@ class ModelConfig(_Strict):
         if self.arch == "custom" and not self.factory:
             raise ValueError("model.factory ('pkg.module:function') is required for arch 'custom'")
         if self.factory and ":" not in self.factory:
-            raise ValueError(f"model.factory must look like 'pkg.module:function', found {self.factory!r}")
+            raise ValueError(
+                f"model.factory must look like 'pkg.module:function', found {self.factory!r}"
+            )
         return self
 
 
@@ -118,14 +120,17 @@ class BudgetConfig(_Strict):
         given = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"patrol.budget needs exactly one of fit_split, params, bytes; found {given or 'none'}"
+                "patrol.budget needs exactly one of fit_split, params, bytes; "
+                f"found {given or 'none'}"
             )
         return self
 
 
 class LipschitzConfig(_Strict):
     enabled: bool = True
-    alphas: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [5.0, 0.2, 0.01, 0.005])
+    alphas: list[Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: [5.0, 0.2, 0.01, 0.005]
+    )
     sigma: Annotated[float, Field(gt=0.0)] = 0.1
 
 
@@ -163,7 +168,7 @@ class ExportConfig(_Strict):
 
 
 class Recipe(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_dir: Path | None = None
@@ -218,7 +223,9 @@ def _short(value: object) -> str:
 
 def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
     if not isinstance(data, dict):
-        raise RecipeError(f"{source}: expected a YAML mapping at the top level, found {_short(data)}")
+        raise RecipeError(
+            f"{source}: expected a YAML mapping at the top level, found {_short(data)}"
+        )
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

@@ -51,14 +51,15 @@ class ReidDataset(Dataset[Item]):
 class ArrayDataset(ReidDataset):
     """Images held in memory as uint8 ``N x H x W x C`` (generated or idx data)."""
 
-    def __init__(
-        self, images: np.ndarray, pids: Sequence[int], camids: Sequence[int]
-    ) -> None:
+    def __init__(self, images: np.ndarray, pids: Sequence[int], camids: Sequence[int]) -> None:
         if images.ndim != 4 or images.dtype != np.uint8:
-            raise DataError(f"expected uint8 images N x H x W x C, found {images.dtype} {images.shape}")
+            raise DataError(
+                f"expected uint8 images N x H x W x C, found {images.dtype} {images.shape}"
+            )
         if not (len(images) == len(pids) == len(camids)):
             raise DataError(
-                f"images ({len(images)}), pids ({len(pids)}) and camids ({len(camids)}) differ in length"
+                f"images ({len(images)}), pids ({len(pids)}) and camids ({len(camids)}) "
+                "differ in length"
             )
         self.images = images
         self.pids = [int(p) for p in pids]
@@ -67,7 +68,9 @@ class ArrayDataset(ReidDataset):
         self.image_size = int(images.shape[1])
 
     def __getitem__(self, i: int) -> Item:
-        img = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1).float() / 255.0
+        img = (
+            torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1).float() / 255.0
+        )
         return self._finish(img), self.pids[i], self.camids[i]
 
 
@@ -98,8 +101,8 @@ class FileDataset(ReidDataset):
 def load_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
     """Decode, convert and resize one image; an unreadable file names itself."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
+        with Image.open(path) as raw:
+            im = raw.convert("RGB" if channels == 3 else "L")
             im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:

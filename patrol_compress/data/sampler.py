@@ -17,7 +17,7 @@ from patrol_compress.errors import DataError
 
 
 class IdentitySampler(Sampler[int]):
-    """Yields indices in P x K groups; one epoch covers every identity about once.
+    """Yields indices in P x K groups; one epoch draws about as many images as the split has.
 
     ``rank``/``world`` shard whole batches between processes for distributed runs,
     each rank drawing the same permutation from the shared ``seed`` and ``epoch``.
@@ -44,7 +44,8 @@ class IdentitySampler(Sampler[int]):
         self.p, self.k, self.seed = p, k, seed
         self.rank, self.world = rank, world
         self.epoch = 0
-        self.batches_per_epoch = max(1, len(self.ids) // p) // world * world or world
+        per_epoch = max(1, len(pids) // (p * k))
+        self.batches_per_epoch = max(world, per_epoch // world * world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -61,7 +61,9 @@ def _custom(
     if isinstance(net, BlockNet):
         return net
     if not isinstance(net, nn.Module):
-        raise ModelError(f"model.factory '{config.factory}' returned {type(net).__name__}, not a module")
+        raise ModelError(
+            f"model.factory '{config.factory}' returned {type(net).__name__}, not a module"
+        )
     if config.blocks is None:
         raise ModelError("model.blocks is required when model.factory returns a plain module")
     return wrap_module(net, config.blocks, num_classes, in_channels, task, image_size)
@@ -85,8 +87,10 @@ def wrap_module(
     for _, names in spec:
         for n in names:
             if n not in children:
-                raise ModelError(f"model.blocks names child '{n}', which the module does not have "
-                                 f"(children: {list(children)})")
+                raise ModelError(
+                    f"model.blocks names child '{n}', which the module does not have "
+                    f"(children: {list(children)})"
+                )
             layers[n] = children[n]
     stages = [b for b, _ in spec if b.startswith("stage")]
     if not blocks.head:

@@ -1,0 +1,38 @@
+"""The ``patrol-compress`` Typer application.
+
+Each command lives in its own module with a ``register(app)`` function; command
+modules import torch and the backends inside their bodies, so ``bench`` runs on
+a device with only numpy and a runtime installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from patrol_compress.cli import attack, bench, export, prune, report, train, validate
+
+app = typer.Typer(
+    name="patrol-compress",
+    help="Privacy-oriented structured pruning (PATROL) and edge/cloud export for split inference.",
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    if debug:
+        os.environ["PATROL_DEBUG"] = "1"
+
+
+for _module in (train, prune, export, bench, attack, report, validate):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,58 @@
+"""Shared CLI plumbing: the one-line error contract and the console.
+
+A :class:`~patrol_compress.errors.PatrolError` becomes one line on stderr and
+exit code 2; ``--debug`` (or ``PATROL_DEBUG=1``) re-raises it with its traceback.
+Tracebacks never show local variables (they could hold tensors or images).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from patrol_compress.errors import PatrolError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+EXIT_USAGE = 2
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("PATROL_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: message`` (first line only) and return the exit to raise."""
+    first = message.splitlines()[0] if message else "unknown error"
+    more = message.count("\n")
+    suffix = f" (+{more} more)" if more else ""
+    err_console.print(f"[bold red]error:[/] {first}{suffix}", markup=True, highlight=False)
+    return typer.Exit(EXIT_USAGE)
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn PatrolError into the one-line, exit-code-2 contract."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PatrolError as exc:
+            if debug_enabled():
+                raise
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; finished stages are kept, rerun with --resume")
+            sys.exit(130)
+
+    return wrapper

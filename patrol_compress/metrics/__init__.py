@@ -1,0 +1,1 @@
+"""Metrics: re-id ranking (CMC, mAP, mINP), top-1 accuracy, model size."""

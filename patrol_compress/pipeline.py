@@ -1,0 +1,329 @@
+"""The ``prune`` job: target -> PATROL fine-tuning -> removal -> recovery -> evaluation.
+
+Each stage writes its outputs, then records itself in ``stages.json``; a rerun
+with ``resume=True`` skips finished stages (their outputs are never rewritten)
+and resumes an interrupted stage from its last per-epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import load_file
+
+from patrol_compress.data import build_data
+from patrol_compress.data.base import DataBundle
+from patrol_compress.io import read_json, write_json
+from patrol_compress.metrics.flops import count_macs
+from patrol_compress.models import BlockNet, build_model, split
+from patrol_compress.pruning.budget import budget_params, count_params, edge_modules
+from patrol_compress.pruning.masks import mask_summary
+from patrol_compress.pruning.patrol import PatrolParts, build_surrogate, patrol_finetune
+from patrol_compress.pruning.structure import make_structure
+from patrol_compress.recipe import Recipe
+from patrol_compress.run import load_resized, load_run_model, save_model_file, save_run_model
+from patrol_compress.rundir import RunDir, open_run
+from patrol_compress.train.evaluate import evaluate, headline
+from patrol_compress.train.target import train_target
+
+console = Console()
+
+
+def model_info(recipe: Recipe, data: DataBundle) -> dict[str, Any]:
+    return {
+        "model": recipe.model.model_dump(mode="json"),
+        "num_classes": data.num_classes,
+        "in_channels": data.channels,
+        "task": data.task,
+        "image_size": data.image_size,
+    }
+
+
+def fresh_model(recipe: Recipe, data: DataBundle) -> BlockNet:
+    torch.manual_seed(recipe.seed)
+    return build_model(recipe.model, data.num_classes, data.channels, data.task, data.image_size)
+
+
+def edge_report(model: BlockNet, k: int, input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """params, weight bytes, MACs and bytes sent per image of the edge at split k, per block too."""
+    was = model.training
+    model.eval()
+    edge, _ = split(model, k)
+    params = count_params(edge_modules(model, k))
+    with torch.no_grad():
+        out = edge(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    per_block = []
+    for j in range(1, k + 1):
+        e_j, _ = split(model, j)
+        with torch.no_grad():
+            o = e_j(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+        per_block.append(
+            {
+                "split": j,
+                "params": count_params(edge_modules(model, j)),
+                "macs": count_macs(e_j, input_shape),
+                "bytes_sent": int(o[0].numel()) * 4,
+                "output_shape": list(o.shape[1:]),
+            }
+        )
+    model.train(was)
+    return {
+        "params": params,
+        "weight_bytes": params * 4,
+        "macs": count_macs(edge, input_shape),
+        "bytes_sent": int(out[0].numel()) * 4,
+        "output_shape": list(out.shape[1:]),
+        "per_block": per_block,
+    }
+
+
+def _load_or_train_target(
+    recipe: Recipe, data: DataBundle, run: RunDir, resume: bool, quiet: bool
+) -> BlockNet:
+    target_dir = run / "target"
+    if run.done("target"):
+        model, _ = load_run_model(target_dir)
+        return model
+    start = time.perf_counter()
+    if recipe.train.checkpoint is not None:
+        model = fresh_model(recipe, data)
+        load_resized(model, load_file(str(recipe.train.checkpoint)), str(recipe.train.checkpoint))
+        how = "loaded"
+    else:
+        model = fresh_model(recipe, data)
+        train_target(
+            model, data, recipe.train, run / "checkpoints" / "target", recipe.seed, resume, quiet
+        )
+        how = "trained"
+    model.cpu().eval()
+    save_run_model(target_dir, model, model_info(recipe, data))
+    run.mark("target", time.perf_counter() - start, how=how)
+    return model
+
+
+def prune(
+    recipe: Recipe,
+    out: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the whole PATROL job for ``recipe``; returns the metrics written to metrics.json."""
+    run = open_run(recipe, out, resume, force)
+    torch.manual_seed(recipe.seed)
+    t0 = time.perf_counter()
+    data = build_data(recipe.data)
+    data_s = time.perf_counter() - t0
+    input_shape = (data.channels, data.image_size, data.image_size)
+    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(recipe.seed))
+    cfg = recipe.patrol
+    if not run.done("data"):
+        _write_samples(data, run)
+        run.mark("data", data_s, **data.summary())
+
+    # Check the budget on the untrained architecture: an impossible one fails before training.
+    budget = None
+    if cfg.enabled and cfg.budget is not None:
+        probe = fresh_model(recipe, data)
+        budget = budget_params(cfg.budget, probe)
+        make_structure(cfg.granularity, probe, cfg.split, cfg.mask_init, example).check(budget)
+
+    target = _load_or_train_target(recipe, data, run, resume, quiet)
+    if not run.done("evaluate_target"):
+        with run.stage("evaluate_target"):
+            acc = evaluate(target, data)
+            write_json(run / "target" / "accuracy.json", acc)
+    acc_before = read_json(run / "target" / "accuracy.json")
+    _say(quiet, f"target model: {headline(acc_before)}")
+    edge_before = edge_report(target, cfg.split, input_shape)
+
+    metrics: dict[str, Any] = {
+        "split": cfg.split,
+        "budget": {"params": budget, "bytes": budget * 4 if budget is not None else None},
+        "accuracy": {"before": acc_before},
+        "edge": {"before": edge_before},
+    }
+    if cfg.enabled:
+        final = _patrol_stages(recipe, data, run, target, budget, example, resume, quiet, metrics)
+    else:
+        _say(quiet, "patrol.enabled is false: the target model is the final model")
+        final = target
+        metrics["accuracy"]["after"] = acc_before
+        save_run_model(run.path, final, model_info(recipe, data))
+    metrics["edge"]["after"] = edge_report(final, cfg.split, input_shape)
+    if cfg.budget is not None and cfg.budget.fit_split is not None:
+        metrics["budget"]["fit_split"] = cfg.budget.fit_split
+        metrics["edge"]["fit_split_unpruned"] = edge_report(
+            target, cfg.budget.fit_split, input_shape
+        )
+    metrics["stages"] = {k: v.get("seconds") for k, v in run.stages.items()}
+    metrics["data"] = data.summary()
+    write_json(run / "metrics.json", metrics)
+    _print_table(metrics, quiet)
+    return metrics
+
+
+def _patrol_stages(
+    recipe: Recipe,
+    data: DataBundle,
+    run: RunDir,
+    target: BlockNet,
+    budget: int | None,
+    example: torch.Tensor,
+    resume: bool,
+    quiet: bool,
+    metrics: dict[str, Any],
+) -> BlockNet:
+    cfg = recipe.patrol
+    input_shape = (data.channels, data.image_size, data.image_size)
+    model = copy.deepcopy(target).cpu()
+    structure = make_structure(cfg.granularity, model, cfg.split, cfg.mask_init, example)
+    surrogate = None
+    if cfg.adversarial.enabled:
+        torch.manual_seed(recipe.seed + 2)
+        surrogate = build_surrogate(model, cfg.split, input_shape, cfg.adversarial.adversary_width)
+    parts = PatrolParts(model, structure, surrogate)
+
+    if not run.done("patrol"):
+        with run.stage("patrol"):
+            history, psnr = patrol_finetune(
+                parts, data, recipe, run / "checkpoints" / "patrol", budget, resume, quiet
+            )
+            model.cpu()
+            write_json(
+                run / "patrol" / "summary.json",
+                {
+                    "history": history,
+                    "surrogate_psnr": psnr,
+                    "mask_sparsity": mask_summary(model, cfg.tau),
+                },
+            )
+            save_model_file(run / "patrol" / "masked.safetensors", model)
+    else:
+        load_resized(model, load_file(str(run / "patrol" / "masked.safetensors")), "patrol/masked")
+    summary = read_json(run / "patrol" / "summary.json")
+    metrics["mask_sparsity"] = summary["mask_sparsity"]
+    metrics["surrogate_psnr"] = summary["surrogate_psnr"]
+
+    info = model_info(recipe, data)
+    if not run.done("remove"):
+        with run.stage("remove"):
+            model.cpu().eval()
+            removal = structure.remove(budget, cfg.tau, example)
+            info_r = {
+                **info,
+                "removed_blocks": removal.removed_blocks,
+                "removal": removal.as_dict(),
+            }
+            save_run_model(run / "pruned", model, info_r)
+    pruned, pinfo = load_run_model(run / "pruned")
+    metrics["removal"] = pinfo["removal"]
+
+    if not run.done("recover"):
+        with run.stage("recover"):
+            rcfg = recipe.train.model_copy(
+                update={"epochs": max(cfg.recovery_epochs, 1), "lr": cfg.lr, "warmup_epochs": 0}
+            )
+            if cfg.recovery_epochs > 0:
+                train_target(
+                    pruned,
+                    data,
+                    rcfg,
+                    run / "checkpoints" / "recover",
+                    recipe.seed + 3,
+                    resume,
+                    quiet,
+                )
+            pruned.cpu().eval()
+            save_run_model(
+                run.path,
+                pruned,
+                {
+                    **info,
+                    "removed_blocks": pinfo.get("removed_blocks", []),
+                    "removal": pinfo["removal"],
+                    "split": cfg.split,
+                },
+            )
+    final, _ = load_run_model(run.path)
+    if not run.done("evaluate"):
+        with run.stage("evaluate"):
+            write_json(run / "pruned" / "accuracy.json", evaluate(final, data))
+    metrics["accuracy"]["after"] = read_json(run / "pruned" / "accuracy.json")
+    _say(quiet, f"pruned model: {headline(metrics['accuracy']['after'])}")
+    return final
+
+
+def _write_samples(data: DataBundle, run: RunDir) -> None:
+    try:
+        from patrol_compress.data.grid import save_sample_grid
+    except ImportError:  # pragma: no cover - grid helper ships with the data package
+        return
+    save_sample_grid(data, run / "samples.png")
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        console.print(text, highlight=False)
+
+
+def _fmt(n: float | None) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
+
+
+def _print_table(metrics: dict[str, Any], quiet: bool) -> None:
+    if quiet:
+        return
+    t = Table(title=f"patrol-compress: edge at split {metrics['split']}")
+    t.add_column("")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    acc_b, acc_a = metrics["accuracy"]["before"], metrics["accuracy"]["after"]
+    for k in acc_b:
+        t.add_row(k, f"{acc_b[k] * 100:.1f}%", f"{acc_a.get(k, float('nan')) * 100:.1f}%")
+    eb, ea = metrics["edge"]["before"], metrics["edge"]["after"]
+    for k in ("params", "weight_bytes", "macs", "bytes_sent"):
+        t.add_row(f"edge {k}", _fmt(eb[k]), _fmt(ea[k]))
+    if metrics["budget"].get("params") is not None:
+        t.add_row("budget params", "", _fmt(metrics["budget"]["params"]))
+    console.print(t)
+
+
+def train_only(
+    recipe: Recipe,
+    out: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """The ``train`` command: data and target stages, then accuracy into metrics.json."""
+    run = open_run(recipe, out, resume, force)
+    t0 = time.perf_counter()
+    data = build_data(recipe.data)
+    if not run.done("data"):
+        _write_samples(data, run)
+        run.mark("data", time.perf_counter() - t0, **data.summary())
+    target = _load_or_train_target(recipe, data, run, resume, quiet)
+    acc = evaluate(target, data)
+    write_json(run / "target" / "accuracy.json", acc)
+    save_run_model(run.path, target, model_info(recipe, data))
+    input_shape = (data.channels, data.image_size, data.image_size)
+    metrics = {
+        "split": recipe.patrol.split,
+        "accuracy": acc,
+        "edge": edge_report(target, recipe.patrol.split, input_shape),
+        "data": data.summary(),
+        "stages": {k: v.get("seconds") for k, v in run.stages.items()},
+    }
+    write_json(run / "metrics.json", metrics)
+    _say(quiet, f"target model: {headline(acc)}")
+    return metrics

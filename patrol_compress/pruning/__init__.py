@@ -1,0 +1,1 @@
+"""PATROL's pruning machinery: soft masks, FISTA, torch-pruning removal, budgets."""

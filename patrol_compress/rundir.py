@@ -1,0 +1,100 @@
+"""Run directories: creation rules, stage bookkeeping, provenance files.
+
+A run directory is refused if it exists and was not written by us unless
+``--force``; ``--force`` only removes the files and folders patrol-compress
+writes (never anything else). ``stages.json`` records each finished stage with
+its wall time; a resumed run skips finished stages and never rewrites their
+outputs. The resolved recipe and package versions are written next to every
+run's outputs, and a resumed run must use the same resolved recipe.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from patrol_compress.errors import OutputExistsError, RecipeError
+from patrol_compress.io import package_versions, read_json, write_json, write_text
+from patrol_compress.recipe import Recipe, dump_recipe
+
+STAGES_FILE = "stages.json"
+RECIPE_FILE = "recipe.resolved.yaml"
+OWNED = (
+    STAGES_FILE,
+    RECIPE_FILE,
+    "versions.json",
+    "metrics.json",
+    "model.safetensors",
+    "model.json",
+    "samples.png",
+    "target",
+    "patrol",
+    "pruned",
+    "checkpoints",
+    "export",
+)
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        p = self.path / STAGES_FILE
+        return read_json(p) if p.is_file() else {}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def mark(self, stage: str, seconds: float, **info: Any) -> None:
+        stages = self.stages
+        stages[stage] = {"seconds": round(seconds, 3), **info}
+        write_json(self.path / STAGES_FILE, stages)
+
+    @contextmanager
+    def stage(self, name: str, **info: Any) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.mark(name, time.perf_counter() - start, **info)
+
+
+def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> RunDir:
+    """Create or reopen the run directory according to the rules above."""
+    path = recipe.run_dir(out)
+    text = dump_recipe(recipe)
+    existing = path.exists() and any(path.iterdir())
+    ours = (path / STAGES_FILE).is_file() or (path / RECIPE_FILE).is_file()
+    if existing and resume and ours:
+        old = (
+            (path / RECIPE_FILE).read_text(encoding="utf-8")
+            if (path / RECIPE_FILE).is_file()
+            else ""
+        )
+        if old and old != text:
+            raise RecipeError(
+                f"{path}: this run was started with a different recipe; use a new --out or --force"
+            )
+    elif existing and not force:
+        what = "holds a run" if ours else "exists and is not empty"
+        raise OutputExistsError(
+            f"{path}: output directory {what}; pass --resume to continue it or --force to overwrite"
+        )
+    elif existing and force and ours:
+        for name in OWNED:
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    write_text(path / RECIPE_FILE, text)
+    write_json(path / "versions.json", package_versions())
+    return RunDir(path)

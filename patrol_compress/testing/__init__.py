@@ -1,0 +1,1 @@
+"""Tiny models and helpers for tests (importable by users' own tests too)."""

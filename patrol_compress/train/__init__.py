@@ -1,0 +1,1 @@
+"""Training: losses, checkpoints, the epoch loop, target training and evaluation."""

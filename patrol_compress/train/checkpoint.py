@@ -1,0 +1,121 @@
+"""Per-epoch checkpoints with no pickle: tensors in safetensors, the rest in JSON.
+
+A checkpoint is ``epoch-NNNN.safetensors`` (model, optimizer and RNG tensors
+under prefixed keys) plus ``last.json``, which names that file and its sha256
+and holds the non-tensor optimizer state. Both are written atomically and
+``last.json`` only after its tensors are on disk, so a run killed at any moment
+resumes from the last complete epoch; older epoch files are removed afterwards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from patrol_compress.errors import ArtifactError
+from patrol_compress.io import atomic_path, read_json, sha256_file, write_json
+
+LAST = "last.json"
+
+
+def _opt_split(
+    opt: torch.optim.Optimizer, prefix: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain_state: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        plain_state[str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                plain_state[str(pid)][k] = v
+    return tensors, {"state": plain_state, "param_groups": sd["param_groups"]}
+
+
+def _opt_join(
+    opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], plain: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, st in plain["state"].items():
+        state[int(pid)] = dict(st)
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def save_checkpoint(
+    folder: Path,
+    epoch: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Save the state after ``epoch`` (1-based count of finished epochs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in modules.items():
+        for k, v in m.state_dict().items():
+            tensors[f"module:{name}:{k}"] = v.detach().contiguous().cpu()
+    opt_plain: dict[str, Any] = {}
+    for name, opt in optimizers.items():
+        t, plain = _opt_split(opt, f"opt:{name}")
+        tensors.update(t)
+        opt_plain[name] = plain
+    tensors["rng:torch"] = torch.get_rng_state()
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra:{k}"] = v.detach().contiguous().cpu()
+    path = folder / f"epoch-{epoch:04d}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    write_json(
+        folder / LAST,
+        {
+            "epoch": epoch,
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "optimizers": opt_plain,
+            "info": info or {},
+        },
+    )
+    for old in folder.glob("epoch-*.safetensors"):
+        if old.name != path.name:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(
+    folder: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Restore the last complete epoch; returns (epoch, extra tensors, info) or None."""
+    meta_path = folder / LAST
+    if not meta_path.is_file():
+        return None
+    meta = read_json(meta_path)
+    path = folder / meta["file"]
+    if not path.is_file() or sha256_file(path) != meta["sha256"]:
+        raise ArtifactError(f"{path}: checkpoint missing or does not match {meta_path}")
+    tensors = load_file(str(path))
+    for name, m in modules.items():
+        prefix = f"module:{name}:"
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            m.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(
+                f"{path}: checkpoint does not fit the model '{name}' ({str(exc).splitlines()[0]})"
+            ) from None
+    for name, opt in optimizers.items():
+        _opt_join(opt, f"opt:{name}", tensors, meta["optimizers"][name])
+    torch.set_rng_state(tensors["rng:torch"])
+    extra = {k[len("extra:") :]: v for k, v in tensors.items() if k.startswith("extra:")}
+    return int(meta["epoch"]), extra, meta.get("info", {})

@@ -1,0 +1,50 @@
+"""Tiny recipes for end-to-end tests (seconds on 2 CPU cores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from patrol_compress.recipe import Recipe, parse_recipe
+
+
+def tiny_recipe_dict(tmp_path: Path, **patrol: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "split": 4,
+        "epochs": 2,
+        "mask_lr": 0.005,
+        "budget": {"fit_split": 2},
+        "recovery_epochs": 1,
+        "lipschitz": {"enabled": True, "alphas": [0.5, 0.1, 0.01, 0.005], "sigma": 0.1},
+        "adversarial": {"enabled": True, "adversary_every": 1, "adversary_width": 16},
+    }
+    p.update(patrol)
+    return {
+        "schema_version": 1,
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "kind": "synthetic-vehicles",
+            "image_size": 32,
+            "num_identities": 12,
+            "num_cameras": 3,
+            "images_per_camera": 2,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "model": {"arch": "resnet18", "width": 0.125, "stem": "small"},
+        "train": {"epochs": 2, "identities_per_batch": 4, "instances_per_identity": 2, "lr": 0.003},
+        "patrol": p,
+    }
+
+
+def tiny_recipe(tmp_path: Path, **patrol: Any) -> Recipe:
+    return parse_recipe(tiny_recipe_dict(tmp_path, **patrol))
+
+
+def write_recipe(tmp_path: Path, data: dict[str, Any], name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path

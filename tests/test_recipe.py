@@ -1,0 +1,72 @@
+"""Recipes: every shipped file validates; bad ones give field-path errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from patrol_compress.cli.app import app
+from patrol_compress.errors import RecipeError
+from patrol_compress.recipe import load_recipe
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes() -> None:
+    assert len(RECIPES) >= 4
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipe_validates(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.schema_version == 1
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("name: x\nbogus: 1\n", "bogus", "unknown key"),
+        ("name: x\ntrain: {epochs: many}\n", "train.epochs", "integer"),
+        ("name: x\ntrain: {epochs: 0}\n", "train.epochs", "greater than or equal to 1"),
+        ("name: x\ndata: {kind: veri}\n", "data", "data.root is required"),
+        ("name: x\nmodel: {arch: vgg}\n", "model.arch", "resnet18"),
+        ("name: x\npatrol: {split: 2, budget: {fit_split: 3}}\n", "(recipe)", "shallower"),
+        ("name: x\npatrol: {budget: {params: 5, bytes: 9}}\n", "patrol.budget", "exactly one"),
+        ("name: x\nschema_version: 7\n", "schema_version", "1"),
+    ],
+)
+def test_bad_recipes_name_the_field(tmp_path: Path, text: str, field: str, words: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(_write(tmp_path, text))
+    msg = str(info.value)
+    assert field in msg and words in msg
+
+
+def test_malformed_yaml_names_line(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"malformed YAML at line 2"):
+        load_recipe(_write(tmp_path, "name: x\ntrain: [1, 2\n"))
+
+
+def test_top_level_must_be_mapping(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="expected a YAML mapping"):
+        load_recipe(_write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_validate_command_prints_one_line_per_problem(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "name: x\nbogus: 1\ntrain: {epochs: -1}\n")
+    result = CliRunner().invoke(app, ["validate", str(bad), str(RECIPES[0])])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    problems = [line for line in lines if str(bad) in line]
+    assert len(problems) == 2
+    assert any("bogus: unknown key" in line for line in problems)
+    assert any("train.epochs" in line and "found -1" in line for line in problems)
+    assert any(line.endswith(": ok") for line in lines)
