@@ -1,0 +1,79 @@
+"""What every export target receives, and the registry of targets.
+
+A target's ``run`` is one function ``(job) -> list of file names it wrote
+into job.work_dir``. It must check its own output against the torch references in
+the job and raise :class:`~patrol_compress.errors.ExportError` on any mismatch;
+the caller (:func:`patrol_compress.exporters.export_partitions`) then throws the
+whole work folder away, so a failed export never leaves files behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from torch import nn
+
+from patrol_compress.registry import Registry
+
+Precision = Literal["fp32", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+
+EDGE_ONNX = "edge.onnx"
+CLOUD_ONNX = "cloud.onnx"
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+@dataclass
+class ExportJob:
+    """One export: the eval-mode partition copies, options and torch reference outputs.
+
+    ``sample`` is a fixed random batch of images; ``edge_ref`` is the torch
+    edge's output on it and ``cloud_ref`` the torch cloud's output on
+    ``edge_ref``, both float32 numpy arrays, so every target checks parity
+    against the same numbers.
+    """
+
+    edge: nn.Module
+    cloud: nn.Module
+    work_dir: Path
+    precision: Precision
+    input_shape: tuple[int, int, int]
+    opset: int
+    sample: np.ndarray
+    edge_ref: np.ndarray
+    cloud_ref: np.ndarray
+    previous_dir: Path | None = None
+    opt_batch: int = 8
+    max_batch: int = 32
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sent_dtype(self) -> str:
+        """Element type of the edge output, i.e. of what goes over the uplink."""
+        return "float16" if self.precision == "fp16" else "float32"
+
+
+def _always_available() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """An export target: ``run`` writes and checks files; ``check_available`` fails fast.
+
+    ``check_available`` raises (MissingExtraError, ExportError) before any model
+    work when the backend or hardware is absent, so a user learns about a
+    missing extra in a second rather than after the ONNX export.
+    """
+
+    run: Callable[[ExportJob], list[str]]
+    description: str
+    check_available: Callable[[], None] = _always_available
+
+
+EXPORTERS: Registry[Target] = Registry("export target")

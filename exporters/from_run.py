@@ -1,0 +1,64 @@
+"""Export from a run directory: load the saved (possibly pruned) model, then export it.
+
+Shared by ``patrol_compress.export`` and the ``export`` CLI command so both
+pick the same split, output folder and manifest provenance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from patrol_compress.errors import ExportError
+
+from .base import EXPORTERS
+from .partitions import export_partitions
+
+
+def default_out(run_dir: Path, target: str, split: int, precision: str) -> Path:
+    """RUN/export/<target>-split<K>-<precision>."""
+    return Path(run_dir) / "export" / f"{target}-split{split}-{precision}"
+
+
+def resolve_split(split: int | None, info: dict[str, Any]) -> int:
+    """The given split, else the one the run recorded; one of them is needed."""
+    if split is not None:
+        return int(split)
+    saved = info.get("split")
+    if saved is None:
+        raise ExportError("this run does not record a split point; pass --split K")
+    return int(saved)
+
+
+def export_run(
+    run_dir: Path | str,
+    split: int | None = None,
+    target: str = "onnx",
+    precision: str = "fp32",
+    out: Path | str | None = None,
+    force: bool = False,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Export the model saved in ``run_dir``; returns the manifest (with ``out_dir`` added)."""
+    from patrol_compress.run import load_run_model
+
+    EXPORTERS.get(target).check_available()  # before loading the model: fail fast
+    run_dir = Path(run_dir)
+    model, info = load_run_model(run_dir)
+    k = resolve_split(split, info)
+    out_dir = Path(out) if out is not None else default_out(run_dir, target, k, precision)
+    manifest = export_partitions(
+        model,
+        k,
+        out_dir,
+        target,
+        precision,
+        tuple(info["input_shape"]),
+        opset=opset,
+        extra_manifest={
+            "run": str(run_dir),
+            "weights_sha256": info.get("weights", {}).get("sha256"),
+        },
+        force=force,
+    )
+    return {**manifest, "out_dir": str(out_dir)}

@@ -1,0 +1,75 @@
+"""manifest.json: what an export folder holds, what each partition costs, and checksums.
+
+Written last, after every file passed its checks, so a folder with a manifest
+is a complete artifact. Verification (:func:`verify_manifest`) lives in the
+torch-free ``patrol_compress.bench.manifest_check`` because it runs on edge
+devices; it is re-exported here so exporter users find it next to the writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patrol_compress.bench.manifest_check import MANIFEST, read_manifest, verify_manifest
+from patrol_compress.io import package_versions, sha256_file
+from patrol_compress.metrics.flops import count_macs, count_params, weight_bytes
+
+from .base import ExportJob
+
+__all__ = ["MANIFEST", "build_manifest", "file_entries", "read_manifest", "verify_manifest"]
+
+
+def file_entries(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """sha256 and size of each named file under ``root``."""
+    return {
+        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
+        for name in sorted(set(names))
+    }
+
+
+def build_manifest(
+    job: ExportJob,
+    files: Iterable[str],
+    split: int,
+    target: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest for the files ``files`` in ``job.work_dir``.
+
+    ``bytes_sent`` is what the edge uplinks per image: the edge output's
+    elements times 4 bytes (fp32) or 2 (fp16, whose split tensor is FP16).
+    MACs count convolutions and linear layers for one image.
+    """
+    edge_out = [int(d) for d in job.edge_ref.shape[1:]]
+    element_bytes = np.dtype(job.sent_dtype).itemsize
+    manifest: dict[str, Any] = {
+        "split": split,
+        "target": target,
+        "precision": job.precision,
+        "opset": job.opset,
+        "files": file_entries(job.work_dir, files),
+        "input_shape": list(job.input_shape),
+        "edge_output_shape": edge_out,
+        "edge_output_dtype": job.sent_dtype,
+        "output_shape": [int(d) for d in job.cloud_ref.shape[1:]],
+        "edge": {
+            "params": count_params(job.edge),
+            "weight_bytes": weight_bytes(job.edge, job.precision),
+            "macs": count_macs(job.edge, job.input_shape),
+            "bytes_sent": int(np.prod(edge_out)) * element_bytes,
+        },
+        "cloud": {
+            "params": count_params(job.cloud),
+            "weight_bytes": weight_bytes(job.cloud, job.precision),
+            "macs": count_macs(job.cloud, tuple(edge_out)),
+        },
+        "versions": package_versions(),
+    }
+    if job.notes:
+        manifest["notes"] = dict(job.notes)
+    manifest.update(extra or {})
+    return manifest

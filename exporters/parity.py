@@ -1,0 +1,52 @@
+"""Numerical parity between an exported partition and torch, with named tolerances.
+
+FP32: a compiled runtime reorders float sums, nothing more, so outputs must
+match torch to ``FP32_RTOL``/``FP32_ATOL`` (FACTS: ORT and OpenVINO with the f32
+hint stay within 3e-6).
+
+FP16: weights and activations are rounded to 11 significant bits (relative step
+4.9e-4) and the rounding accumulates over depth, so an element-wise tolerance
+around zero would be meaningless. The absolute part is therefore scaled by the
+reference's largest magnitude: ``|got - ref| <= FP16_ATOL * max|ref| + FP16_RTOL * |ref|``.
+Measured on ResNet-18 partitions (32-128 px, split 2 and 4, ORT and OpenVINO,
+which compute in fp32 between fp16 tensors): max error about 5e-4 of the
+output range, one fp16 step. 1e-2 leaves room for runtimes with native fp16
+kernels (TensorRT) while a wrong weight, layout or BN fold errs by O(1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from patrol_compress.errors import ExportError
+
+FP32_RTOL = 1e-3
+FP32_ATOL = 1e-5
+FP16_RTOL = 1e-2
+FP16_ATOL = 1e-2  # relative to max|ref|, see the module docstring
+
+
+def tolerance(precision: str, ref: np.ndarray) -> tuple[float, float]:
+    """(rtol, atol) for comparing an output at ``precision`` with the FP32 reference."""
+    if precision == "fp16":
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        return FP16_RTOL, FP16_ATOL * max(scale, 1e-6)
+    return FP32_RTOL, FP32_ATOL
+
+
+def check_parity(what: str, got: np.ndarray, ref: np.ndarray, precision: str) -> float:
+    """Raise ExportError unless ``got`` matches ``ref``; returns the max absolute error."""
+    if tuple(got.shape) != tuple(ref.shape):
+        raise ExportError(f"{what}: output shape {tuple(got.shape)} != torch {tuple(ref.shape)}")
+    got32 = got.astype(np.float32)
+    if not np.isfinite(got32).all():
+        raise ExportError(f"{what}: output has NaN/Inf where torch's is finite")
+    rtol, atol = tolerance(precision, ref)
+    err = np.abs(got32 - ref)
+    max_err = float(err.max()) if err.size else 0.0
+    if not np.all(err <= atol + rtol * np.abs(ref)):
+        raise ExportError(
+            f"{what}: {precision} output differs from torch (max abs error {max_err:.3g}, "
+            f"allowed atol {atol:.3g} + rtol {rtol:g} x |ref|)"
+        )
+    return max_err

@@ -1,0 +1,160 @@
+"""``export_partitions``: the one entry point that turns a BlockNet into a checked artifact.
+
+Everything is written into a hidden work folder beside ``out_dir`` and moved
+into place only after every check passed, so a failed export (a parity
+mismatch, a missing backend, a crash) leaves no artifact behind and never
+damages an existing one. The model is deep-copied and put in eval mode before
+splitting: the caller's model, its train/eval flags and its BatchNorm
+statistics are never touched (FACTS: the exporter would flip shared BNs).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from patrol_compress.errors import ExportError, OutputExistsError
+from patrol_compress.io import write_json
+from patrol_compress.models import BlockNet
+from patrol_compress.models import split as split_model
+
+from .base import EXPORTERS, PRECISIONS, ExportJob, Precision
+from .manifest import MANIFEST, build_manifest
+
+PARITY_BATCH = 2
+_RESERVED = ("split", "target", "precision", "files", "input_shape", "edge", "cloud", "versions")
+
+
+def _validate(
+    precision: str, input_shape: Sequence[int], opset: int, extra: dict[str, Any] | None
+) -> tuple[int, int, int]:
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {list(PRECISIONS)}, found {precision!r}")
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ExportError(
+            f"input_shape must be (C, H, W) with positive sizes, found {list(input_shape)}"
+        )
+    if not 13 <= opset <= 21:
+        raise ExportError(f"opset must be between 13 and 21, found {opset}")
+    clash = sorted(set(extra or {}) & set(_RESERVED))
+    if clash:
+        raise ExportError(f"extra_manifest may not override manifest fields {clash}")
+    return shape[0], shape[1], shape[2]
+
+
+def _references(
+    edge: torch.nn.Module, cloud: torch.nn.Module, shape: tuple[int, int, int], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((PARITY_BATCH, *shape), generator=gen)
+    try:
+        with torch.no_grad():
+            mid = edge(x)
+            out = cloud(mid)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ExportError(
+            f"the model does not accept inputs of shape {list(shape)}: {first}"
+        ) from None
+    if not isinstance(mid, torch.Tensor) or not isinstance(out, torch.Tensor):
+        raise ExportError("edge and cloud partitions must each return one tensor in eval mode")
+    return x.numpy(), mid.numpy(), out.numpy()
+
+
+def _install(work: Path, out_dir: Path, names: list[str]) -> None:
+    """Move the checked files into ``out_dir``; the manifest goes last, so it marks completeness."""
+    if not out_dir.exists():
+        os.replace(work, out_dir)
+        return
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for name in names:
+        if name != MANIFEST:
+            os.replace(work / name, out_dir / name)
+    os.replace(work / MANIFEST, out_dir / MANIFEST)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Undo the parent folders this export created, deepest first, if still empty."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def export_partitions(
+    model: BlockNet,
+    split: int,
+    out_dir: Path | str,
+    target: str,
+    precision: Precision | str = "fp32",
+    input_shape: Sequence[int] = (3, 256, 256),
+    opset: int = 17,
+    extra_manifest: dict[str, Any] | None = None,
+    *,
+    force: bool = False,
+    opt_batch: int = 8,
+    max_batch: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Export the edge (stem + first ``split`` stages) and cloud partitions of ``model``.
+
+    Writes the target's files and ``manifest.json`` into ``out_dir`` and returns
+    the manifest. An existing ``out_dir`` is refused unless ``force``; with
+    ``force`` only the files this export writes are replaced. ``opt_batch`` and
+    ``max_batch`` shape TensorRT's optimization profile (min batch is 1).
+    """
+    shape = _validate(precision, input_shape, opset, extra_manifest)
+    if not isinstance(model, BlockNet):
+        raise ExportError(f"expected a BlockNet, found {type(model).__name__}")
+    exporter = EXPORTERS.get(target)
+    exporter.check_available()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder")
+    if out_dir.exists() and not force:
+        raise OutputExistsError(
+            f"{out_dir} already exists; pass --force to replace its export files"
+        )
+
+    work_model = copy.deepcopy(model).float().cpu().eval()
+    edge, cloud = split_model(work_model, split)
+    sample, edge_ref, cloud_ref = _references(edge, cloud, shape, seed)
+
+    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; it becomes the artifact folder when renamed
+    try:
+        job = ExportJob(
+            edge=edge,
+            cloud=cloud,
+            work_dir=work,
+            precision=cast(Precision, precision),
+            input_shape=shape,
+            opset=opset,
+            sample=sample,
+            edge_ref=edge_ref,
+            cloud_ref=cloud_ref,
+            previous_dir=out_dir if out_dir.is_dir() else None,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+        )
+        files = exporter.run(job)
+        manifest = build_manifest(job, files, split, target, extra_manifest)
+        write_json(work / MANIFEST, manifest)
+        _install(work, out_dir, [*files, MANIFEST])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not out_dir.is_dir():
+            _remove_empty(created)
+    return manifest

@@ -1,0 +1,176 @@
+"""``bench``: latency, throughput, memory and uplink cost of an exported edge partition.
+
+What a deployment decision needs from the edge side, measured the same way on
+every device: per batch size one fresh session, ``warmup`` untimed calls, then
+``runs`` timed calls; latency percentiles (p50 is the median, so one slow call
+does not move the headline), throughput from the median, peak memory above
+the idle process (see :mod:`patrol_compress.bench.memory`), and the bytes the
+edge must send per image from the manifest. With ``uplink_mbps`` the transfer
+time and an end-to-end edge estimate (median per-image compute + transfer)
+are added. The manifest's checksums are verified before anything is loaded, so
+a tampered artifact is never timed. Torch is never imported.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patrol_compress.bench.manifest_check import verify_manifest
+from patrol_compress.bench.memory import PeakRss
+from patrol_compress.bench.runtimes import (
+    RUNTIME_NAMES,
+    RUNTIMES,
+    TORCH_REFUSAL,
+    BenchError,
+    runtime_version,
+)
+from patrol_compress.io import package_versions, write_json
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "python": platform.python_version(),
+    }
+
+
+def _validate(
+    batches: Sequence[int], threads: int | None, warmup: int, runs: int, uplink_mbps: float | None
+) -> None:
+    if not batches or any(int(b) < 1 for b in batches):
+        raise BenchError(f"batch sizes must be >= 1, found {list(batches)}")
+    if threads is not None and threads < 1:
+        raise BenchError(f"threads must be >= 1, found {threads}")
+    if warmup < 0 or runs < 1:
+        raise BenchError(f"need warmup >= 0 and runs >= 1, found warmup={warmup}, runs={runs}")
+    if uplink_mbps is not None and uplink_mbps <= 0:
+        raise BenchError(f"uplink_mbps must be > 0, found {uplink_mbps}")
+
+
+def transfer_ms(bytes_per_image: int, uplink_mbps: float) -> float:
+    """Milliseconds to send one image's split tensor over an uplink of ``uplink_mbps`` Mbit/s."""
+    return bytes_per_image * 8 / (uplink_mbps * 1e6) * 1e3
+
+
+def bench(
+    artifact_dir: Path | str,
+    runtime: str = "onnxruntime",
+    batches: Sequence[int] = (1, 8),
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int = 50,
+    uplink_mbps: float | None = None,
+    json_path: Path | str | None = None,
+    ov_precision_hint: str | None = "f32",
+) -> dict[str, Any]:
+    """Time the edge partition in ``artifact_dir`` and return (and optionally write) the report.
+
+    ``runtime`` is onnxruntime (edge.onnx), openvino (edge.xml, else edge.onnx)
+    or trt (edge.engine). "torch" is refused with a pointer to onnxruntime: an
+    artifact holds no torch module, and this path must not need torch.
+    """
+    if runtime not in RUNTIME_NAMES:
+        raise BenchError(f"unknown runtime '{runtime}': expected one of {list(RUNTIME_NAMES)}")
+    if runtime == "torch":
+        raise BenchError(TORCH_REFUSAL)
+    _validate(batches, threads, warmup, runs, uplink_mbps)
+    root = Path(artifact_dir)
+    manifest = verify_manifest(root)
+    backend = RUNTIMES[runtime]
+    module = backend.load()  # imported before any memory baseline
+    input_shape = tuple(int(d) for d in manifest["input_shape"])
+    sent = int(manifest["edge"]["bytes_sent"])
+    per_transfer = transfer_ms(sent, uplink_mbps) if uplink_mbps else None
+    rng = np.random.default_rng(0)
+    options = {"ov_precision_hint": ov_precision_hint}
+
+    results: list[dict[str, Any]] = []
+    rss_method = "none"
+    edge_files: list[str] = []
+    for batch in (int(b) for b in batches):
+        gc.collect()
+        memory = PeakRss()
+        memory.start()
+        session = backend.open(module, root, (batch, *input_shape), threads, options)
+        try:
+            x = rng.standard_normal((batch, *input_shape)).astype(session.input_dtype)
+            for _ in range(warmup):
+                session.run(x)
+            times_ms = np.empty(runs)
+            for i in range(runs):
+                start = time.perf_counter_ns()
+                session.run(x)
+                times_ms[i] = (time.perf_counter_ns() - start) / 1e6
+            peak = memory.peak_mb()
+        finally:
+            session.close()
+        rss_method, edge_files = memory.method, session.files
+        del session
+        p50, p90, p99 = (float(v) for v in np.percentile(times_ms, [50, 90, 99]))
+        row: dict[str, Any] = {
+            "batch": batch,
+            "p50_ms": round(p50, 4),
+            "p90_ms": round(p90, 4),
+            "p99_ms": round(p99, 4),
+            "mean_ms": round(float(times_ms.mean()), 4),
+            "per_image_ms": round(p50 / batch, 4),
+            "throughput": round(batch / (p50 / 1e3), 2),
+            "peak_rss_mb": peak,
+        }
+        if per_transfer is not None:
+            row["edge_plus_transfer_ms"] = round(p50 / batch + per_transfer, 4)
+        results.append(row)
+
+    files = manifest["files"]
+    report: dict[str, Any] = {
+        "artifact_dir": str(root),
+        "runtime": runtime,
+        "runtime_version": runtime_version(module),
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+        "split": manifest["split"],
+        "target": manifest["target"],
+        "precision": manifest["precision"],
+        "input_shape": list(input_shape),
+        "ov_precision_hint": ov_precision_hint if runtime == "openvino" else None,
+        "edge_files": edge_files,
+        "edge_file_bytes": sum(int(files[f]["bytes"]) for f in edge_files if f in files),
+        "artifact_bytes": sum(int(e["bytes"]) for e in files.values()),
+        "edge_params": manifest["edge"].get("params"),
+        "edge_macs": manifest["edge"].get("macs"),
+        "weight_bytes": manifest["edge"].get("weight_bytes"),
+        "bytes_sent_per_image": sent,
+        "uplink_mbps": uplink_mbps,
+        "transfer_ms_per_image": round(per_transfer, 4) if per_transfer is not None else None,
+        "rss_method": rss_method,
+        "results": results,
+        "machine": machine_info(),
+        "versions": package_versions(),
+    }
+    if json_path is not None:
+        write_json(json_path, report)
+    return report

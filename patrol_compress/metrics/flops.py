@@ -1,0 +1,88 @@
+"""Model size and compute: parameters, weight bytes, multiply-accumulates per image.
+
+The edge budget is stated in parameters or bytes and the latency benchmark
+compares measured speed-ups with MAC ratios, so all three are counted the same
+way everywhere. MACs are counted by running one image through the module with
+forward hooks on the layers that dominate a CNN's compute (convolutions and
+linear layers); element-wise ops, pooling and normalisation are ignored, as in
+the usual "FLOPs" tables (which report these MACs, not 2x them). Hooks see the
+real tensor shapes, so pruned networks are counted with their pruned widths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2}
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (each shared tensor counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def weight_bytes(module: nn.Module, precision: str = "fp32") -> int:
+    """Bytes the parameters take at ``precision`` ("fp32" or "fp16").
+
+    BatchNorm running statistics are left out: on export they fold into the
+    preceding convolution, so the deployed weights are about the parameters.
+    """
+    if precision not in _BYTES_PER_ELEMENT:
+        raise ValueError(
+            f"precision must be one of {sorted(_BYTES_PER_ELEMENT)}, got {precision!r}"
+        )
+    return count_params(module) * _BYTES_PER_ELEMENT[precision]
+
+
+def _layer_macs(m: nn.Module, out: torch.Tensor) -> int:
+    """MACs of one conv or linear layer for the first image of its output batch."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        kernel = math.prod(int(k) for k in m.kernel_size)
+        return int(out[0].numel()) * (m.in_channels // m.groups) * kernel
+    if isinstance(m, nn.Linear):
+        return int(out[0].numel()) * m.in_features
+    return 0
+
+
+def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of conv and linear layers for one image of ``input_shape``.
+
+    ``input_shape`` is (C, H, W) without the batch dimension. The module runs in
+    eval mode under ``no_grad`` and every submodule's train/eval flag is restored
+    afterwards, so counting never disturbs training or BatchNorm statistics.
+    """
+    total = 0
+
+    def hook(m: nn.Module, _inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        total += _layer_macs(m, out)
+
+    modes = {m: m.training for m in module.modules()}
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    try:
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None else torch.float32
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, was_training in modes.items():
+            m.training = was_training
+    return total
