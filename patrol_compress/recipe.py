@@ -233,13 +233,11 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
         raise RecipeError("\n".join(f"{source}: {p}" for p in problems)) from None
 
 
-def load_recipe(path: Path | str) -> Recipe:
-    """Read and validate a recipe file; every problem raises :class:`RecipeError`."""
-    p = Path(path)
+def _read_yaml(p: Path) -> object:
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -247,7 +245,40 @@ def load_recipe(path: Path | str) -> Recipe:
         raise RecipeError(f"{p}: malformed YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{p}: expected UTF-8 text, found undecodable bytes") from None
-    return parse_recipe(data, str(p))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_extends(p: Path, seen: tuple[Path, ...] = ()) -> object:
+    """``extends: other.yaml`` (relative to the file) deep-merges this file over another."""
+    if p.resolve() in seen:
+        chain = " -> ".join(str(s) for s in (*seen, p.resolve()))
+        raise RecipeError(f"{p}: 'extends' forms a cycle ({chain})")
+    data = _read_yaml(p)
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    parent_name = data.pop("extends")
+    if not isinstance(parent_name, str):
+        raise RecipeError(f"{p}: extends: expected a file name, found {_short(parent_name)}")
+    parent = _resolve_extends(p.parent / parent_name, (*seen, p.resolve()))
+    if not isinstance(parent, dict):
+        raise RecipeError(f"{p.parent / parent_name}: expected a YAML mapping at the top level")
+    return _deep_merge(parent, data)
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and validate a recipe file; every problem raises :class:`RecipeError`.
+
+    A recipe may start from another with ``extends: base.yaml``: mappings are
+    merged key by key, anything else (lists, scalars) replaces the base's value.
+    """
+    p = Path(path)
+    return parse_recipe(_resolve_extends(p), str(p))
 
 
 def dump_recipe(recipe: Recipe) -> str:
