@@ -19,8 +19,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+RUN ?= runs/quickstart
+
+# The main job: prune (resuming an interrupted run), then export the pruned
+# split-4 partitions to ONNX with parity checks.
 demo: $(STAMP)
-	$(BIN)/patrol-compress prune $(RECIPE)
+	$(BIN)/patrol-compress prune $(RECIPE) --out $(RUN) $(if $(wildcard $(RUN)/stages.json),--resume,)
+	$(BIN)/patrol-compress export $(RUN) --split 4 --target onnx --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check patrol_compress exporters tests benchmarks

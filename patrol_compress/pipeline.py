@@ -22,13 +22,24 @@ from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
 from patrol_compress.io import read_json, write_json
 from patrol_compress.metrics.flops import count_macs
-from patrol_compress.models import BlockNet, build_model, split
+from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone, split
 from patrol_compress.pruning.budget import budget_params, count_params, edge_modules
 from patrol_compress.pruning.masks import mask_summary
-from patrol_compress.pruning.patrol import PatrolParts, build_surrogate, patrol_finetune
+from patrol_compress.pruning.patrol import (
+    PatrolParts,
+    StageSettings,
+    build_surrogate,
+    patrol_finetune,
+)
 from patrol_compress.pruning.structure import make_structure
 from patrol_compress.recipe import Recipe
-from patrol_compress.run import load_resized, load_run_model, save_model_file, save_run_model
+from patrol_compress.run import (
+    load_resized,
+    load_run_model,
+    read_state_dict,
+    save_model_file,
+    save_run_model,
+)
 from patrol_compress.rundir import RunDir, open_run
 from patrol_compress.train.evaluate import evaluate, headline
 from patrol_compress.train.target import train_target
@@ -47,8 +58,12 @@ def model_info(recipe: Recipe, data: DataBundle) -> dict[str, Any]:
 
 
 def fresh_model(recipe: Recipe, data: DataBundle) -> BlockNet:
+    """The recipe's network, initialised from ``model.pretrained`` when given."""
     torch.manual_seed(recipe.seed)
-    return build_model(recipe.model, data.num_classes, data.channels, data.task, data.image_size)
+    model = build_model(recipe.model, data.num_classes, data.channels, data.task, data.image_size)
+    if recipe.model.pretrained is not None:
+        load_torchvision_backbone(model, read_state_dict(recipe.model.pretrained))
+    return model
 
 
 def edge_report(model: BlockNet, k: int, input_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -94,7 +109,7 @@ def _load_or_train_target(
     start = time.perf_counter()
     if recipe.train.checkpoint is not None:
         model = fresh_model(recipe, data)
-        load_resized(model, load_file(str(recipe.train.checkpoint)), str(recipe.train.checkpoint))
+        load_resized(model, read_state_dict(recipe.train.checkpoint), str(recipe.train.checkpoint))
         how = "loaded"
     else:
         model = fresh_model(recipe, data)
@@ -228,19 +243,7 @@ def _patrol_stages(
 
     if not run.done("recover"):
         with run.stage("recover"):
-            rcfg = recipe.train.model_copy(
-                update={"epochs": max(cfg.recovery_epochs, 1), "lr": cfg.lr, "warmup_epochs": 0}
-            )
-            if cfg.recovery_epochs > 0:
-                train_target(
-                    pruned,
-                    data,
-                    rcfg,
-                    run / "checkpoints" / "recover",
-                    recipe.seed + 3,
-                    resume,
-                    quiet,
-                )
+            _recover(recipe, data, pruned, run, resume, quiet)
             pruned.cpu().eval()
             save_run_model(
                 run.path,
@@ -259,6 +262,39 @@ def _patrol_stages(
     metrics["accuracy"]["after"] = read_json(run / "pruned" / "accuracy.json")
     _say(quiet, f"pruned model: {headline(metrics['accuracy']['after'])}")
     return final
+
+
+def _recover(
+    recipe: Recipe, data: DataBundle, pruned: BlockNet, run: RunDir, resume: bool, quiet: bool
+) -> None:
+    """Short fine-tune of the pruned model.
+
+    With ``recovery_privacy`` (default) it is PATROL's objective without masks:
+    the Lipschitz term and a surrogate re-mirrored on the pruned edge stay on,
+    so accuracy comes back without training the privacy back out of the edge.
+    Otherwise it is plain supervised training.
+    """
+    cfg = recipe.patrol
+    if cfg.recovery_epochs == 0:
+        return
+    lr = cfg.recovery_lr if cfg.recovery_lr is not None else recipe.train.lr
+    folder = run / "checkpoints" / "recover"
+    privacy = cfg.recovery_privacy and (cfg.lipschitz.enabled or cfg.adversarial.enabled)
+    if not privacy:
+        rcfg = recipe.train.model_copy(
+            update={"epochs": cfg.recovery_epochs, "lr": lr, "warmup_epochs": 0}
+        )
+        train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet)
+        return
+    surrogate = None
+    if cfg.adversarial.enabled:
+        torch.manual_seed(recipe.seed + 4)
+        shape = (data.channels, data.image_size, data.image_size)
+        surrogate = build_surrogate(pruned, cfg.split, shape, cfg.adversarial.adversary_width)
+    settings = StageSettings("recover", cfg.recovery_epochs, lr)
+    patrol_finetune(
+        PatrolParts(pruned, None, surrogate), data, recipe, folder, None, resume, quiet, settings
+    )
 
 
 def _write_samples(data: DataBundle, run: RunDir) -> None:

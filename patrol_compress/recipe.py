@@ -132,6 +132,7 @@ class LipschitzConfig(_Strict):
         default_factory=lambda: [5.0, 0.2, 0.01, 0.005]
     )
     sigma: Annotated[float, Field(gt=0.0)] = 0.1
+    sample_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
 
 
 class AdversarialConfig(_Strict):
@@ -158,6 +159,13 @@ class PatrolConfig(_Strict):
     tau: Annotated[float, Field(ge=0.0)] = 0.0
     budget: BudgetConfig | None = None
     recovery_epochs: Annotated[int, Field(ge=0)] = 2
+    recovery_lr: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=None, description="learning rate of the recovery fine-tune (default: train.lr)"
+    )
+    recovery_privacy: bool = Field(
+        default=True,
+        description="keep the Lipschitz and adversarial terms during recovery",
+    )
     lipschitz: LipschitzConfig = Field(default_factory=LipschitzConfig)
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
 
@@ -250,7 +258,9 @@ def _read_yaml(p: Path) -> object:
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 

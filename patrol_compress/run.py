@@ -87,6 +87,27 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[BlockNet, dict[s
     return model, meta
 
 
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from ``.safetensors`` or a torch file loaded with ``weights_only=True``.
+
+    Never unpickles arbitrary objects: a ``.pth`` that needs more than tensors
+    and plain containers is refused by torch itself.
+    """
+    if not path.is_file():
+        raise ArtifactError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign files raise many different errors
+        raise ArtifactError(f"{path}: cannot read weights ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ArtifactError(f"{path}: expected a state dict of tensors")
+    return state
+
+
 def load_resized(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Shrink layers to the shapes in ``state`` (pruned weights), then load it strictly."""
     for name, module in list(model.named_modules()):

@@ -140,7 +140,7 @@ def test_budget_removal_meets_budget_and_is_exact() -> None:
     removal = st.remove(budget, 0.0, X)
     assert removal.plan_kind == "budget"
     assert removal.edge_params <= budget
-    assert removal.equivalence_max_abs_diff <= EQUIVALENCE_ATOL
+    assert removal.equivalence_rel_diff <= EQUIVALENCE_ATOL
 
 
 def test_block_wise_removal() -> None:
@@ -152,7 +152,7 @@ def test_block_wise_removal() -> None:
         st._mask("layer3.0").weight.zero_()
     removal = st.remove(None, 0.0, X)
     assert removal.removed_blocks == ["layer2.1", "layer3.0"]
-    assert removal.equivalence_max_abs_diff <= EQUIVALENCE_ATOL
+    assert removal.equivalence_rel_diff <= EQUIVALENCE_ATOL
     assert type(model.layer3[0]).__name__ == "ShortcutOnly"
 
 

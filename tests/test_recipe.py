@@ -51,8 +51,8 @@ def test_bad_recipes_name_the_field(tmp_path: Path, text: str, field: str, words
 
 
 def test_malformed_yaml_names_line(tmp_path: Path) -> None:
-    with pytest.raises(RecipeError, match=r"malformed YAML at line 2"):
-        load_recipe(_write(tmp_path, "name: x\ntrain: [1, 2\n"))
+    with pytest.raises(RecipeError, match=r"malformed YAML at line 2, column 9"):
+        load_recipe(_write(tmp_path, "name: x\ntrain: a: b\n"))
 
 
 def test_top_level_must_be_mapping(tmp_path: Path) -> None:

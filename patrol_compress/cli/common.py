@@ -21,8 +21,9 @@ from patrol_compress.errors import PatrolError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# soft_wrap: an error stays one line however narrow the terminal (scripts grep it).
+console = Console(stderr=False, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_USAGE = 2
 

@@ -5,7 +5,11 @@ conv per factor-2 downsampling (a 3x3 conv where the block keeps the size),
 mapping the block's output channels back to its input channels, with BN and
 LeakyReLU; a final 3x3 conv and sigmoid give an image in [0, 1]. Channel widths
 follow the edge (capped by ``max_width``) so the attacker scales with what it
-inverts. Used as PATROL's surrogate (Eq. 8) and by the attack suite.
+inverts. Used as PATROL's surrogate (Eq. 8) and by the attack suite, which
+raises ``refine`` (3x3 convs per block, more depth to undo a deep stage) and
+``min_width`` (the width of layers that map back to the few image channels, so
+the last layers are not a bottleneck) to make a stronger attacker than the
+cheap in-training surrogate.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from torch import nn
 def block_shapes(
     blocks: Sequence[nn.Module], input_shape: Sequence[int]
 ) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
-    """(input C,H,W; output C,H,W) of each block for one image of ``input_shape``."""
-    was = [b.training for b in blocks]
+    """(input C,H,W; output C,H,W) of each block for one image of ``input_shape``.
+
+    Every submodule's train/eval flag is restored individually afterwards: the
+    blocks are often fresh wrappers (training by default) around shared layers,
+    and restoring the wrapper's flag would flip the shared BatchNorms.
+    """
+    was = [(m, m.training) for b in blocks for m in b.modules()]
     for b in blocks:
         b.eval()
     dev = next(iter(blocks[0].parameters())).device
@@ -32,8 +41,8 @@ def block_shapes(
         before = tuple(h.shape[1:])
         h = b(h)
         out.append((before, tuple(h.shape[1:])))
-    for b, w in zip(blocks, was, strict=True):
-        b.train(w)
+    for m, flag in was:
+        m.training = flag
     return out  # type: ignore[return-value]
 
 
@@ -43,16 +52,22 @@ class InversionNet(nn.Module):
         shapes: Sequence[tuple[tuple[int, int, int], tuple[int, int, int]]],
         max_width: int = 256,
         refine: int = 1,
+        min_width: int = 32,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for (cin, hin, _), (cout, hout, _) in reversed(list(shapes)):
-            c_src = min(cout, max_width)
-            c_dst = min(cin, max_width) if cin > 4 else min(max(32, cout // 2), max_width)
-            if not layers and c_src != cout:
-                layers += [nn.Conv2d(cout, c_src, 1), nn.BatchNorm2d(c_src), nn.LeakyReLU(0.2)]
+        blocks = list(shapes)
+        c = blocks[-1][1][0]  # the edge's output channels: what the decoder receives
+        if c > max_width:
+            layers += [nn.Conv2d(c, max_width, 1), nn.BatchNorm2d(max_width), nn.LeakyReLU(0.2)]
+            c = max_width
+        for i, ((cin, hin, _), (cout, hout, _)) in enumerate(reversed(blocks)):
+            # Each block is undone towards its input's width; a pruned stage may
+            # have only a few channels, so widths never drop below min_width, and
+            # the block reading the image maps to min_width (or cout/2) instead.
+            toward = max(min_width, cout // 2) if i == len(blocks) - 1 else max(cin, min_width)
+            c_dst = min(toward, max_width)
             ups = int(round(math.log2(max(hin, 1) / max(hout, 1))))
-            c = c_src
             for _ in range(max(ups, 0)):
                 layers += [
                     nn.ConvTranspose2d(c, c_dst, 4, stride=2, padding=1),

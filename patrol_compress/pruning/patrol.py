@@ -36,9 +36,9 @@ from patrol_compress.models.inversion import InversionNet, block_shapes, reconst
 from patrol_compress.pruning.fista import FISTA
 from patrol_compress.pruning.masks import mask_parameters
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
-from patrol_compress.recipe import Recipe
+from patrol_compress.recipe import PatrolConfig, Recipe
 from patrol_compress.regularizers import freeze_bn_stats, fused_lipschitz
-from patrol_compress.train.loop import EpochReporter, device, run_stage
+from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
 from patrol_compress.train.target import loss_from_outputs, make_loader, set_epoch
 
 
@@ -72,7 +72,7 @@ def edge_stage_blocks(model: BlockNet, split: int) -> list[StageBlock]:
 @dataclass
 class PatrolParts:
     model: BlockNet
-    structure: ChannelStructure | BlockStructure
+    structure: ChannelStructure | BlockStructure | None
     surrogate: InversionNet | None
 
 
@@ -80,7 +80,9 @@ def build_surrogate(
     model: BlockNet, split: int, input_shape: tuple[int, int, int], width: int
 ) -> InversionNet:
     blocks = edge_stage_blocks(model, split)
-    return InversionNet(block_shapes(blocks, input_shape), max_width=width)
+    # No refinement convs: the surrogate runs forward and backward in every
+    # PATROL step, and the full-resolution refinements doubled its cost.
+    return InversionNet(block_shapes(blocks, input_shape), max_width=width, refine=0)
 
 
 def train_surrogate(
@@ -132,6 +134,62 @@ def surrogate_psnr(
     return float(torch.cat(vals).mean()) if vals else float("nan")
 
 
+@dataclass
+class StageSettings:
+    """What differs between PATROL fine-tuning and the privacy-keeping recovery."""
+
+    name: str
+    epochs: int
+    lr: float
+    budget: int | None = None
+
+
+class MaskSteering:
+    """FISTA on the masks plus the budget steering described in the module docstring."""
+
+    def __init__(
+        self, parts: PatrolParts, cfg: PatrolConfig, budget: int | None, total_steps: int
+    ) -> None:
+        self.parts, self.cfg, self.budget, self.total = parts, cfg, budget, total_steps
+        masks = mask_parameters(parts.model)
+        self.fista = FISTA(masks, cfg.mask_lr, cfg.lambda1, cfg.lambda2) if masks else None
+        self.marks: dict[nn.Parameter, torch.Tensor] = {}
+        self.start: dict[int, torch.Tensor] = {}
+        self.epoch_start = 0
+
+    def begin_epoch(self, first_step: int) -> None:
+        if self.fista is None:
+            return
+        self.fista.finalize()
+        self.epoch_start = first_step
+        if self.budget is not None and self.parts.structure is not None:
+            self.marks = self.parts.structure.budget_caps(self.budget, self.cfg.tau)
+            self.start = {id(p): p.detach().abs().clone() for p in self.marks}
+
+    def before_step(self, step: int) -> None:
+        if self.fista is None or not self.marks:
+            return
+        left = max(self.total - self.epoch_start, 1)
+        frac = max(0.0, 1.0 - (step + 1 - self.epoch_start) / left)
+        self.fista.set_caps(
+            {
+                p: torch.where(torch.isinf(m), m, self.start[id(p)] * frac)
+                for p, m in self.marks.items()
+            }
+        )
+
+    def finish(self, ran_epochs: bool) -> None:
+        if self.fista is None:
+            return
+        self.fista.set_caps({})
+        self.fista.finalize()
+        if self.budget is not None and ran_epochs and self.parts.structure is not None:
+            # The caps reached zero at the last step; make that exact for the removal.
+            with torch.no_grad():
+                for p, m in self.parts.structure.budget_caps(self.budget, self.cfg.tau).items():
+                    p[m == 0] = 0.0
+
+
 def patrol_finetune(
     parts: PatrolParts,
     data: DataBundle,
@@ -140,25 +198,28 @@ def patrol_finetune(
     budget: int | None,
     resume: bool,
     quiet: bool = False,
+    settings: StageSettings | None = None,
 ) -> tuple[list[dict[str, float]], float]:
-    """Run Algorithm 1's loop on ``parts.model`` (masks inserted).
+    """Run Algorithm 1's loop on ``parts.model``.
 
+    With masks inserted this is PATROL fine-tuning; on a pruned model without
+    masks (``parts.structure`` None) the same objective, minus the mask terms,
+    is the recovery fine-tune. Weights follow a cosine decay from ``lr``.
     Returns the per-epoch history and the surrogate's final reconstruction PSNR.
     """
     cfg, tcfg = recipe.patrol, recipe.train
+    st = settings or StageSettings("patrol", cfg.epochs, cfg.lr, budget)
     dev = device()
     model = parts.model.to(dev)
     split = cfg.split
-    masks = mask_parameters(model)
-    mask_ids = {id(p) for p in masks}
-    weights = [p for p in model.parameters() if id(p) not in mask_ids and p.requires_grad]
-    opt = torch.optim.Adam(weights, lr=cfg.lr, weight_decay=tcfg.weight_decay)
-    fista = FISTA(masks, lr=cfg.mask_lr, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
     loader = make_loader(data, tcfg, recipe.seed + 1)
     steps = len(loader)
+    steering = MaskSteering(parts, cfg, st.budget, max(st.epochs * steps, 1))
+    mask_ids = {id(p) for p in mask_parameters(model)}
+    weights = [p for p in model.parameters() if id(p) not in mask_ids and p.requires_grad]
+    opt = torch.optim.Adam(weights, lr=st.lr, weight_decay=tcfg.weight_decay)
     edge = edge_stage_blocks(model, split)
-    cloud_names = [b for b in model.block_names if b not in model.edge_blocks(split)]
-    cloud = model.sub_net(cloud_names)
+    cloud = model.sub_net([b for b in model.block_names if b not in model.edge_blocks(split)])
     surrogate = parts.surrogate.to(dev) if parts.surrogate is not None else None
     s_opt = (
         torch.optim.Adam(surrogate.parameters(), lr=cfg.adversarial.adversary_lr)
@@ -166,82 +227,68 @@ def patrol_finetune(
         else None
     )
     alphas = cfg.lipschitz.alphas[:split]
-    total_steps = max(cfg.epochs * steps, 1)
 
     def epoch_fn(epoch: int, rep: EpochReporter) -> None:
-        fista.finalize()
-        start_vals: dict[int, torch.Tensor] = {}
-        marks: dict[nn.Parameter, torch.Tensor] = {}
-        if budget is not None:
-            marks = parts.structure.budget_caps(budget, cfg.tau)
-            start_vals = {id(p): p.detach().abs().clone() for p in marks}
-        if (
-            surrogate is not None
-            and s_opt is not None
-            and epoch % cfg.adversarial.adversary_every == 0
-        ):
-            model.eval()
-            train_surrogate(surrogate, edge, loader, s_opt, cfg.adversarial.adversary_epochs, dev)
-        if surrogate is not None:
+        steering.begin_epoch(epoch * steps)
+        if surrogate is not None and s_opt is not None:
+            if epoch % cfg.adversarial.adversary_every == 0:
+                model.eval()
+                train_surrogate(
+                    surrogate, edge, loader, s_opt, cfg.adversarial.adversary_epochs, dev
+                )
             surrogate.eval()
             surrogate.requires_grad_(False)
         model.train()
         freeze_bn_stats(nn.ModuleList(edge))
         set_epoch(loader, epoch)
         for i, (x, pids, _) in enumerate(loader):
+            for group in opt.param_groups:
+                group["lr"] = st.lr * lr_factor(epoch + i / steps, 0, st.epochs)
+            steering.before_step(epoch * steps + i)
             x, pids = x.to(dev), pids.to(dev)
-            if marks:
-                done = epoch * steps + i + 1
-                frac = max(0.0, 1.0 - (done - epoch * steps) / max(total_steps - epoch * steps, 1))
-                fista.set_caps(
-                    {
-                        p: torch.where(torch.isinf(m), m, start_vals[id(p)] * frac)
-                        for p, m in marks.items()
-                    }
-                )
-            parts_log: dict[str, float] = {}
+            log: dict[str, float] = {}
             if cfg.lipschitz.enabled:
-                z, lip, ks = fused_lipschitz(edge, x, alphas, cfg.lipschitz.sigma)
-                parts_log.update({f"k{j + 1}": k for j, k in enumerate(ks)})
+                z, lip, ks = fused_lipschitz(
+                    edge, x, alphas, cfg.lipschitz.sigma, cfg.lipschitz.sample_fraction
+                )
+                log.update({f"k{j + 1}": k for j, k in enumerate(ks)})
             else:
                 z = x
                 for b in edge:
                     z = b(z)
                 lip = x.new_zeros(())
             logits, feat = cloud(z)
-            loss, logs = loss_from_outputs(logits, feat, pids, tcfg, data.task)
+            loss, parts_log = loss_from_outputs(logits, feat, pids, tcfg, data.task)
             total = loss + lip
-            parts_log.update(logs)
-            parts_log["lip"] = float(lip.detach())
+            log.update(parts_log)
+            log["lip"] = float(lip.detach())
             if surrogate is not None:
                 adv = reconstruction_l2(x, surrogate(z))
                 total = total - cfg.adversarial.beta * adv
-                parts_log["adv"] = float(adv.detach())
+                log["adv"] = float(adv.detach())
             opt.zero_grad(set_to_none=True)
-            fista.zero_grad(set_to_none=True)
+            if steering.fista is not None:
+                steering.fista.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
-            fista.step()
-            parts_log["loss"] = float(total.detach())
-            rep.step(len(x), parts_log)
+            if steering.fista is not None:
+                steering.fista.step()
+            log["loss"] = float(total.detach())
+            rep.step(len(x), log)
         if surrogate is not None:
             surrogate.requires_grad_(True)
 
     modules: dict[str, nn.Module] = {"model": model}
-    optimizers: dict[str, torch.optim.Optimizer] = {"opt": opt, "fista": fista}
+    optimizers: dict[str, torch.optim.Optimizer] = {"opt": opt}
+    if steering.fista is not None:
+        optimizers["fista"] = steering.fista
     if surrogate is not None and s_opt is not None:
         modules["surrogate"] = surrogate
         optimizers["surrogate_opt"] = s_opt
     history = run_stage(
-        "patrol", folder, cfg.epochs, steps, epoch_fn, modules, optimizers, resume, quiet=quiet
+        st.name, folder, st.epochs, steps, epoch_fn, modules, optimizers, resume, quiet=quiet
     )
-    fista.set_caps({})
-    fista.finalize()
-    if budget is not None and cfg.epochs > 0:
-        # The caps reached zero at the last step; make that exact for the removal.
-        with torch.no_grad():
-            for p, m in parts.structure.budget_caps(budget, cfg.tau).items():
-                p[m == 0] = 0.0
+    steering.finish(st.epochs > 0)
     psnr = float("nan")
     if surrogate is not None:
         model.eval()

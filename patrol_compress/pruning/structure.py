@@ -51,7 +51,7 @@ class Removal:
     plan_kind: str  # "threshold" or "budget" (lowest masks removed to fit)
     removed: int
     removed_blocks: list[str] = field(default_factory=list)
-    equivalence_max_abs_diff: float = 0.0
+    equivalence_rel_diff: float = 0.0
     edge_params: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,7 +59,7 @@ class Removal:
             "plan": self.plan_kind,
             "removed": self.removed,
             "removed_blocks": self.removed_blocks,
-            "equivalence_max_abs_diff": self.equivalence_max_abs_diff,
+            "equivalence_rel_diff": self.equivalence_rel_diff,
             "edge_params": self.edge_params,
         }
 

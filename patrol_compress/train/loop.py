@@ -101,6 +101,10 @@ def run_stage(
                 time.perf_counter() - reporter.start, 1e-9
             )
             history.append(means)
+            if not quiet and not console.is_terminal:
+                # Logs and CI see no live bar: one line per epoch instead.
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
+                console.print(f"[{name}] epoch {epoch + 1}/{epochs}: {shown}", highlight=False)
             save_checkpoint(
                 folder,
                 epoch + 1,

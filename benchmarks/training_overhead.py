@@ -1,0 +1,137 @@
+"""Training overhead of PATROL: seconds per PATROL epoch over a plain fine-tuning epoch.
+
+Both are measured in the same run, on the same data, model and batch sampler,
+through the project's own training code: ``train_target`` (the plain
+supervised step) and ``patrol_finetune`` (masks + FISTA, fused Lipschitz pass,
+surrogate attacker with its periodic retraining, budget steering). A PATROL
+"epoch" is averaged over ``adversary_every`` epochs so the surrogate's
+retraining is amortised as it is in a real run. Each configuration is timed
+``--repeats`` times, interleaved, and the median is kept.
+
+Target (issue): <= 2.0x at split 4.
+
+    python benchmarks/training_overhead.py                     # quickstart recipe, splits 1-4
+    python benchmarks/training_overhead.py --splits 4 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from patrol_compress.data import build_data
+from patrol_compress.io import package_versions, write_json, write_text
+from patrol_compress.pipeline import fresh_model
+from patrol_compress.pruning.budget import budget_params
+from patrol_compress.pruning.patrol import PatrolParts, build_surrogate, patrol_finetune
+from patrol_compress.pruning.structure import make_structure
+from patrol_compress.recipe import Recipe, load_recipe
+from patrol_compress.train.target import train_target
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml")
+    p.add_argument("--splits", default="1,2,3,4")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def time_plain(recipe: Recipe, data: Any, epochs: int, folder: Path) -> float:
+    model = fresh_model(recipe, data)
+    cfg = recipe.train.model_copy(update={"epochs": epochs, "warmup_epochs": 0})
+    start = time.perf_counter()
+    train_target(model, data, cfg, folder, recipe.seed, quiet=True)
+    return (time.perf_counter() - start) / epochs
+
+
+def time_patrol(recipe: Recipe, data: Any, split: int, epochs: int, folder: Path) -> float:
+    patrol = recipe.patrol.model_copy(update={"split": split, "epochs": epochs})
+    r = recipe.model_copy(update={"patrol": patrol})
+    model = fresh_model(r, data)
+    shape = (data.channels, data.image_size, data.image_size)
+    example = torch.rand(2, *shape)
+    budget = None
+    if patrol.budget is not None and (patrol.budget.fit_split or 0) < split:
+        budget = budget_params(patrol.budget, copy.deepcopy(model))
+    structure = make_structure(patrol.granularity, model, split, patrol.mask_init, example)
+    surrogate = (
+        build_surrogate(model, split, shape, patrol.adversarial.adversary_width)
+        if patrol.adversarial.enabled
+        else None
+    )
+    start = time.perf_counter()
+    patrol_finetune(PatrolParts(model, structure, surrogate), data, r, folder, budget, False, True)
+    return (time.perf_counter() - start) / epochs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe)
+    data = build_data(recipe.data)
+    splits = [int(s) for s in args.splits.split(",")]
+    epochs = max(recipe.patrol.adversarial.adversary_every, 1)
+    plain: list[float] = []
+    patrol: dict[int, list[float]] = {k: [] for k in splits}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            plain.append(time_plain(recipe, data, epochs, Path(tmp) / f"plain{rep}"))
+            for k in splits:
+                patrol[k].append(time_patrol(recipe, data, k, epochs, Path(tmp) / f"p{k}-{rep}"))
+    base = statistics.median(plain)
+    rows = []
+    for k in splits:
+        sec = statistics.median(patrol[k])
+        rows.append(
+            {"split": k, "patrol_s_per_epoch": sec, "plain_s_per_epoch": base, "ratio": sec / base}
+        )
+    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    report = {
+        "command": f"python benchmarks/{command}",
+        "recipe": str(args.recipe),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "epochs_averaged": epochs,
+        "train_images": len(data.train),
+        "versions": package_versions(),
+        "rows": rows,
+        "target_ratio_split4": 2.0,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "training_overhead.json", report)
+    lines = [
+        "# PATROL training overhead",
+        "",
+        f"Command: `{report['command']}` ({args.threads} threads, median of {args.repeats}, "
+        f"{epochs} epochs each so surrogate retraining is amortised).",
+        "",
+        "| split | PATROL s/epoch | plain s/epoch | ratio |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['split']} | {r['patrol_s_per_epoch']:.2f} | {r['plain_s_per_epoch']:.2f} | "
+        f"{r['ratio']:.2f}x |"
+        for r in rows
+    ]
+    write_text(args.out / "training_overhead.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

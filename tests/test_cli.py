@@ -1,0 +1,74 @@
+"""The CLI contract: commands listed, one-line errors with exit code 2, --debug."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from patrol_compress.cli.app import app
+
+from .helpers import tiny_recipe_dict, write_recipe
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("train", "prune", "export", "bench", "attack", "report", "validate"):
+        assert cmd in result.output
+
+
+def test_not_built_command_says_so_with_exit_2() -> None:
+    result = runner.invoke(app, ["report", "somewhere"])
+    assert result.exit_code == 2
+    assert "not built yet" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("name: x\ntrain: {epochs: 0}\n", "train.epochs"),
+        ("name: x\nmodel: {arch: custom}\n", "model.factory"),
+        (": : :\n", "malformed YAML"),
+    ],
+)
+def test_prune_with_bad_recipe_is_one_line_exit_2(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = runner.invoke(app, ["prune", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "recipe file not found" in result.output
+
+
+def test_impossible_budget_via_cli(tmp_path: Path) -> None:
+    data = tiny_recipe_dict(tmp_path, budget={"params": 50})
+    result = runner.invoke(app, ["prune", str(write_recipe(tmp_path, data)), "--quiet"])
+    assert result.exit_code == 2
+    assert "cannot be met" in result.output
+
+
+def test_debug_shows_traceback_without_locals(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nbogus: 1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "patrol_compress", "--debug", "prune", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr or "RecipeError" in proc.stderr
+    assert "locals" not in proc.stderr.lower()
