@@ -158,6 +158,10 @@ class PatrolConfig(_Strict):
     lambda2: Annotated[float, Field(ge=0.0)] = 10.0
     tau: Annotated[float, Field(ge=0.0)] = 0.0
     budget: BudgetConfig | None = None
+    steer_until: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.6,
+        description="fraction of the PATROL stage by which budget-planned masks reach 0",
+    )
     recovery_epochs: Annotated[int, Field(ge=0)] = 2
     recovery_lr: Annotated[float, Field(gt=0.0)] | None = Field(
         default=None, description="learning rate of the recovery fine-tune (default: train.lr)"

@@ -14,9 +14,11 @@ nine epochs fighting an untrained attacker).
 
 Budget steering: at the start of every epoch the masks' current ranking decides
 which channels the budget would remove; those masks are capped by a bound that
-falls linearly to exactly zero at the last step of the stage, while FISTA keeps
-shrinking the rest. The plan is re-ranked each epoch, so a channel whose mask
-recovers can leave the set. At the end the planned masks are exactly zero, so
+falls linearly to exactly zero at ``steer_until`` of the stage (default 60%),
+while FISTA keeps shrinking the rest; the remaining epochs train the network
+with those channels already silent, so it adapts before anything is removed.
+The plan is re-ranked each epoch, so a channel whose mask recovers can leave
+the set (and a late re-ranking only swaps channels that are already near zero). At the end the planned masks are exactly zero, so
 removal changes nothing the network computed (FISTA momentum restarts each
 epoch, a standard "restart" variant, so the sparse iterate can be read).
 """
@@ -169,7 +171,8 @@ class MaskSteering:
     def before_step(self, step: int) -> None:
         if self.fista is None or not self.marks:
             return
-        left = max(self.total - self.epoch_start, 1)
+        end = max(round(self.cfg.steer_until * self.total), 1)
+        left = max(end - self.epoch_start, 1)
         frac = max(0.0, 1.0 - (step + 1 - self.epoch_start) / left)
         self.fista.set_caps(
             {
