@@ -99,6 +99,20 @@ def edge_report(model: BlockNet, k: int, input_shape: tuple[int, int, int]) -> d
     }
 
 
+def _open_with_data(
+    recipe: Recipe, out: Path | None, resume: bool, force: bool
+) -> tuple[RunDir, DataBundle]:
+    """Open the run directory and load the data (the "data" stage writes the sample grid)."""
+    run = open_run(recipe, out, resume, force)
+    torch.manual_seed(recipe.seed)
+    t0 = time.perf_counter()
+    data = build_data(recipe.data)
+    if not run.done("data"):
+        _write_samples(data, run)
+        run.mark("data", time.perf_counter() - t0, **data.summary())
+    return run, data
+
+
 def _load_or_train_target(
     recipe: Recipe, data: DataBundle, run: RunDir, resume: bool, quiet: bool
 ) -> BlockNet:
@@ -131,17 +145,10 @@ def prune(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the whole PATROL job for ``recipe``; returns the metrics written to metrics.json."""
-    run = open_run(recipe, out, resume, force)
-    torch.manual_seed(recipe.seed)
-    t0 = time.perf_counter()
-    data = build_data(recipe.data)
-    data_s = time.perf_counter() - t0
+    run, data = _open_with_data(recipe, out, resume, force)
     input_shape = (data.channels, data.image_size, data.image_size)
     example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(recipe.seed))
     cfg = recipe.patrol
-    if not run.done("data"):
-        _write_samples(data, run)
-        run.mark("data", data_s, **data.summary())
 
     # Check the budget on the untrained architecture: an impossible one fails before training.
     budget = None
@@ -342,12 +349,7 @@ def train_only(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """The ``train`` command: data and target stages, then accuracy into metrics.json."""
-    run = open_run(recipe, out, resume, force)
-    t0 = time.perf_counter()
-    data = build_data(recipe.data)
-    if not run.done("data"):
-        _write_samples(data, run)
-        run.mark("data", time.perf_counter() - t0, **data.summary())
+    run, data = _open_with_data(recipe, out, resume, force)
     target = _load_or_train_target(recipe, data, run, resume, quiet)
     acc = evaluate(target, data)
     write_json(run / "target" / "accuracy.json", acc)

@@ -7,7 +7,16 @@ from typing import Any
 
 import yaml
 
-from patrol_compress.recipe import Recipe, parse_recipe
+from patrol_compress.models import BlockNet, build_model
+from patrol_compress.recipe import ModelConfig, Recipe, parse_recipe
+from patrol_compress.testing.tiny import randomize_bn
+
+
+def tiny_resnet() -> BlockNet:
+    """A width-1/8 ResNet-18 in eval mode with non-trivial BN statistics."""
+    model = build_model(ModelConfig(width=0.125, stem="small"), num_classes=10)
+    randomize_bn(model)
+    return model.eval()
 
 
 def tiny_recipe_dict(tmp_path: Path, **patrol: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,12 @@ SHAPE = (3, 32, 32)
 FAST: dict[str, Any] = {"warmup": 1, "runs": 5, "threads": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and when other jobs share the
-    cores OpenMP's spin-waiting makes two threads several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_model(ModelConfig(width=0.125, stem="small"), num_classes=10).eval()
     out = tmp_path_factory.mktemp("bench") / "onnx-split2-fp32"
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see _one_torch_thread
+    torch.set_num_threads(1)  # module scope: conftest's per-test setting is not active
     try:
         export_partitions(model, 2, out, "onnx", "fp32", SHAPE)
     finally:

@@ -22,36 +22,25 @@ from patrol_compress.exporters.fp16 import convert_to_fp16
 from patrol_compress.exporters.onnx import run_onnxruntime
 from patrol_compress.exporters.parity import FP16_ATOL, FP16_RTOL, FP32_ATOL, FP32_RTOL
 from patrol_compress.metrics.flops import count_macs, count_params
-from patrol_compress.models import BlockNet, build_model, split, wrap_module
+from patrol_compress.models import BlockNet, split, wrap_module
 from patrol_compress.recipe import BlocksConfig, ModelConfig
 from patrol_compress.registry import RegistryError
 from patrol_compress.testing.tiny import randomize_bn, tiny_mobilenet
+
+from .helpers import tiny_resnet
 
 SHAPE = (3, 32, 32)
 
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and when other jobs share the
-    cores OpenMP's spin-waiting makes two threads several times slower than one."""
+    """For module-scoped fixtures, which run outside conftest's per-test setting."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
-def tiny_resnet() -> BlockNet:
-    model = build_model(ModelConfig(width=0.125, stem="small"), num_classes=10)
-    randomize_bn(model)
-    return model.eval()
 
 
 def torch_parts(model: BlockNet, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,27 +12,11 @@ import torch
 from patrol_compress.errors import MissingExtraError
 from patrol_compress.exporters import export_partitions, verify_manifest
 from patrol_compress.exporters.parity import FP16_ATOL, FP16_RTOL, FP32_ATOL, FP32_RTOL
-from patrol_compress.models import BlockNet, build_model, split
-from patrol_compress.recipe import ModelConfig
-from patrol_compress.testing.tiny import randomize_bn
+from patrol_compress.models import BlockNet, split
+
+from .helpers import tiny_resnet
 
 SHAPE = (3, 32, 32)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and when other jobs share the
-    cores OpenMP's spin-waiting makes two threads several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_resnet() -> BlockNet:
-    model = build_model(ModelConfig(width=0.125, stem="small"), num_classes=10)
-    randomize_bn(model)
-    return model.eval()
 
 
 def run_ir(path: Path, x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +21,10 @@ import torch
 from patrol_compress.errors import ExportError, MissingExtraError
 from patrol_compress.exporters import export_partitions, verify_manifest
 from patrol_compress.exporters.tensorrt import TIMING_CACHE, build_engine, is_strongly_typed_only
-from patrol_compress.models import BlockNet, build_model
-from patrol_compress.recipe import ModelConfig
-from patrol_compress.testing.tiny import randomize_bn
+
+from .helpers import tiny_resnet
 
 SHAPE = (3, 32, 32)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and when other jobs share the
-    cores OpenMP's spin-waiting makes two threads several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_resnet() -> BlockNet:
-    model = build_model(ModelConfig(width=0.125, stem="small"), num_classes=10)
-    randomize_bn(model)
-    return model.eval()
 
 
 @pytest.mark.tensorrt

@@ -1,7 +1,12 @@
-"""``patrol-compress prune RECIPE``: the whole PATROL job."""
+"""``patrol-compress prune RECIPE``: the whole PATROL job.
+
+Also home of :func:`recipe_command`, the shared shape of every command that
+runs a recipe into a run directory (``prune``, ``train``).
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import typer
@@ -14,17 +19,27 @@ FORCE = typer.Option(False, "--force", help="Overwrite a previous run (only file
 QUIET = typer.Option(False, "--quiet", help="No progress bars or tables.")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
+def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
+    """Register ``name RECIPE [--out] [--resume] [--force] [--quiet]`` calling ``api.<name>``."""
+
     @user_errors
-    def prune(
+    def command(
         recipe: Path = typer.Argument(..., help="Recipe YAML."),
         out: Path = OUT,
         resume: bool = RESUME,
         force: bool = FORCE,
         quiet: bool = QUIET,
     ) -> None:
-        """Train or load the target, PATROL-fine-tune, remove channels, recover, evaluate."""
-        from patrol_compress.api import prune as run
-
+        run = getattr(importlib.import_module("patrol_compress.api"), name)
         run(recipe, out, resume, force, quiet)
+
+    command.__doc__ = doc
+    app.command(name=name)(command)
+
+
+def register(app: typer.Typer) -> None:
+    recipe_command(
+        app,
+        "prune",
+        "Train or load the target, PATROL-fine-tune, remove channels, recover, evaluate.",
+    )

@@ -18,9 +18,10 @@ falls linearly to exactly zero at ``steer_until`` of the stage (default 60%),
 while FISTA keeps shrinking the rest; the remaining epochs train the network
 with those channels already silent, so it adapts before anything is removed.
 The plan is re-ranked each epoch, so a channel whose mask recovers can leave
-the set (and a late re-ranking only swaps channels that are already near zero). At the end the planned masks are exactly zero, so
-removal changes nothing the network computed (FISTA momentum restarts each
-epoch, a standard "restart" variant, so the sparse iterate can be read).
+the set (a late re-ranking only swaps channels already near zero). At the end
+the planned masks are exactly zero, so removal changes nothing the network
+computed (FISTA momentum restarts each epoch, a standard "restart" variant, so
+the sparse iterate can be read).
 """
 
 from __future__ import annotations
