@@ -17,6 +17,12 @@ OUT = typer.Option(None, "--out", help="Output directory (overrides the recipe's
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in the same directory.")
 FORCE = typer.Option(False, "--force", help="Overwrite a previous run (only files we wrote).")
 QUIET = typer.Option(False, "--quiet", help="No progress bars or tables.")
+THREADS = typer.Option(
+    None,
+    "--threads",
+    min=1,
+    help="CPU threads for torch (default: all cores; use 1 when the cores are shared).",
+)
 
 
 def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
@@ -29,7 +35,12 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
         resume: bool = RESUME,
         force: bool = FORCE,
         quiet: bool = QUIET,
+        threads: int | None = THREADS,
     ) -> None:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         run = getattr(importlib.import_module("patrol_compress.api"), name)
         run(recipe, out, resume, force, quiet)
 

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from patrol_compress.errors import TrainingError
 from patrol_compress.train.checkpoint import load_checkpoint, save_checkpoint
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 @dataclass
@@ -104,7 +104,9 @@ def run_stage(
             if not quiet and not console.is_terminal:
                 # Logs and CI see no live bar: one line per epoch instead.
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
-                console.print(f"[{name}] epoch {epoch + 1}/{epochs}: {shown}", highlight=False)
+                console.print(
+                    f"[{name}] epoch {epoch + 1}/{epochs}: {shown}", highlight=False, markup=False
+                )
             save_checkpoint(
                 folder,
                 epoch + 1,

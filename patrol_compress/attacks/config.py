@@ -1,0 +1,156 @@
+"""Attack settings: a closed pydantic schema with defaults, readable from YAML.
+
+The defaults are sized so that, on the quickstart data (64 px, ~1k training
+images), the black-box attacker on an undefended split-1 edge gives visibly
+faithful reconstructions in ~8 minutes on one CPU thread: a defense is only
+as well measured as its attacker is trained (FACTS), so the defaults err on the
+strong side and a weak attacker has to be asked for explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from patrol_compress.errors import RecipeError
+from patrol_compress.recipe import recipe_problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BlackboxConfig(_Strict):
+    """He et al.'s inverse network, trained on (edge features, image) pairs.
+
+    Defaults, measured on the quickstart target at split 1 (64 px, 1,080
+    attacker images, one CPU thread): 30 epochs give 26.4 dB / SSIM 0.76 on
+    held-out identities in ~8 minutes (mean image: 14.4 dB / 0.32), shapes,
+    colours and faces clearly recovered, plate characters not, with the
+    training loss still falling. A 64-channel floor with two refinement convs
+    costs ~4x the time per epoch; on a CPU more epochs are the better buy, on
+    a GPU raise both.
+    """
+
+    max_width: Annotated[int, Field(ge=4, le=1024)] = 256
+    min_width: Annotated[int, Field(ge=4, le=1024)] = 32
+    refine: Annotated[int, Field(ge=0, le=8)] = 1
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
+    batch_size: Annotated[int, Field(ge=2, le=4096)] = 32
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-3
+    max_images: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="cap on attacker training images (0 = all)"
+    )
+
+
+class WhiteboxConfig(_Strict):
+    """rMLE: optimise an image so the edge's features match, with a TV prior.
+
+    ``tv_weight`` multiplies the mean absolute difference of neighbouring
+    pixels, while the feature term is the squared error normalised by the
+    features' energy, so the weight does not depend on the edge's feature
+    scale (which pruning and BN folding change). Measured on the quickstart
+    target at split 1 (8 images, 600 steps from grey, ~30 s): tv_weight 0
+    converges to high-frequency noise (14.0 dB / SSIM 0.28, no better than
+    the mean image); 0.1 gives 27.1 / 0.85; 0.5 gives
+    30.0 / 0.90 with faces and parts of the plates legible; 1.0 gives
+    27.9 / 0.86 (washed out: TV costs contrast).
+    """
+
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 600
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.05
+    tv_weight: Annotated[float, Field(ge=0.0)] = 0.5
+    parametrization: Literal["sigmoid", "clamp"] = "sigmoid"
+    init: Literal["gray", "mean"] = "gray"
+    max_images: Annotated[int, Field(ge=1)] = Field(
+        default=32, description="evaluation images inverted (each costs `steps` edge passes)"
+    )
+
+
+class AdaptiveConfig(BlackboxConfig):
+    """The black-box attacker fed by the exported edge artifact (ONNX Runtime)."""
+
+    artifact: Path | None = Field(
+        default=None, description="export folder; default RUN/export/onnx-split<K>-fp32"
+    )
+    export_if_missing: bool = Field(
+        default=True, description="export the run's edge first when the artifact folder is absent"
+    )
+    threads: Annotated[int, Field(ge=0)] = Field(
+        default=1, description="ONNX Runtime intra-op threads (0 = ORT default)"
+    )
+
+
+class RecogniserConfig(_Strict):
+    """The small CNN behind attack accuracy (see patrol_compress.metrics.image)."""
+
+    steps: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    width: Annotated[int, Field(ge=4, le=256)] = 16
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-3
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    max_images: Annotated[int, Field(ge=0)] = Field(
+        default=5000, description="cap on clean training images for classification (0 = all)"
+    )
+
+
+class RegionConfig(_Strict):
+    """A fixed box (fractions x0, y0, x1, y1 of width/height) scored on its own.
+
+    The default is the lower-centre band where the generated vehicles' cameras
+    put the licence plate (checked on the quickstart samples); the generator
+    does not record per-image plate boxes yet.
+    """
+
+    name: str = "plate"
+    box: tuple[float, float, float, float] = (0.2, 0.6, 0.8, 0.9)
+
+    @model_validator(mode="after")
+    def _inside_image(self) -> RegionConfig:
+        x0, y0, x1, y1 = self.box
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ValueError(
+                f"region.box must be fractions with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "
+                f"found {list(self.box)}"
+            )
+        return self
+
+
+class AttackConfig(_Strict):
+    """Everything ``patrol-compress attack`` needs beyond the run directory."""
+
+    attacker_data: Literal["train", "auxiliary"] = "train"
+    auxiliary_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    max_eval_images: Annotated[int, Field(ge=1)] = 256
+    grid_images: Annotated[int, Field(ge=1, le=64)] = 8
+    seed: int = 0
+    blackbox: BlackboxConfig = Field(default_factory=BlackboxConfig)
+    whitebox: WhiteboxConfig = Field(default_factory=WhiteboxConfig)
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    recogniser: RecogniserConfig = Field(default_factory=RecogniserConfig)
+    region: RegionConfig | None = Field(default_factory=RegionConfig)
+
+
+def load_attack_config(path: Path | str | None) -> AttackConfig:
+    """Defaults when ``path`` is None; otherwise the validated YAML file."""
+    if path is None:
+        return AttackConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: attack config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise RecipeError(f"{p}: malformed YAML") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: expected UTF-8 text, found undecodable bytes") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{p}: expected a YAML mapping at the top level")
+    try:
+        return AttackConfig.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError("\n".join(f"{p}: {line}" for line in recipe_problems(exc))) from None
