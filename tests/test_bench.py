@@ -134,12 +134,18 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 
-def test_bench_cli_runs_without_torch(artifact: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "runtime", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)]
+)
+def test_bench_cli_runs_without_torch(artifact: Path, tmp_path: Path, runtime: str) -> None:
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
     out = tmp_path / "r.json"
     script = BLOCK_TORCH + textwrap.dedent(f"""
         from patrol_compress.cli.app import app
         try:
-            app(["bench", {str(artifact)!r}, "--batch", "1,2", "--runs", "3", "--warmup", "1",
+            app(["bench", {str(artifact)!r}, "--runtime", {runtime!r}, "--batch", "1,2",
+                 "--runs", "3", "--warmup", "1",
                  "--threads", "1", "--uplink-mbps", "10", "--json", {str(out)!r}])
         except SystemExit as exc:
             code = exc.code
@@ -154,7 +160,7 @@ def test_bench_cli_runs_without_torch(artifact: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "EXIT 0 TORCH []" in proc.stdout, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
-    assert report["runtime"] == "onnxruntime"
+    assert report["runtime"] == runtime
     assert [r["batch"] for r in report["results"]] == [1, 2]
     assert report["bytes_sent_per_image"] == 16 * 8 * 8 * 4
 
