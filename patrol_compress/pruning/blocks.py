@@ -50,6 +50,6 @@ def dead_blocks(model: nn.Module, blocks: Sequence[str], tau: float) -> list[str
     for name in blocks:
         block = model.get_submodule(name)
         masked = [m for m in block.children() if isinstance(m, MaskedNorm)]
-        if masked and float(masked[-1].mask.weight.abs().max()) <= tau:
+        if masked and float(masked[-1].mask.weight.detach().abs().max()) <= tau:
             out.append(name)
     return out

@@ -152,7 +152,7 @@ class BlockStructure:
         dead = blockops.dead_blocks(self.model, self.blocks, tau)
         alive = sorted(
             (b for b in self.blocks if b not in dead),
-            key=lambda b: float(self._mask(b).weight.abs().max()),
+            key=lambda b: float(self._mask(b).weight.detach().abs().max()),
         )
         while self._params_without(dead) > budget and alive:
             dead.append(alive.pop(0))
