@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from patrol_compress.models import BlockNet, build_model
-from patrol_compress.recipe import ModelConfig, Recipe, parse_recipe
+from patrol_compress.recipe import BlocksConfig, ModelConfig, Recipe, parse_recipe
 from patrol_compress.testing.tiny import randomize_bn
 
 
@@ -17,6 +17,20 @@ def tiny_resnet() -> BlockNet:
     model = build_model(ModelConfig(width=0.125, stem="small"), num_classes=10)
     randomize_bn(model)
     return model.eval()
+
+
+def tiny_mobilenet_net() -> BlockNet:
+    """The MobileNetV2-style test CNN plugged in through ``model.factory`` (eval mode)."""
+    cfg = ModelConfig(
+        arch="custom",
+        factory="patrol_compress.testing.tiny:tiny_mobilenet",
+        blocks=BlocksConfig(
+            stem=["stem_conv", "stem_bn", "stem_act"], stages=[["s1"], ["s2"], ["s3"]]
+        ),
+    )
+    model = build_model(cfg, 6, image_size=32).eval()
+    randomize_bn(model)
+    return model
 
 
 def tiny_recipe_dict(tmp_path: Path, **patrol: Any) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from patrol_compress.models import build_model, load_torchvision_backbone, split
 from patrol_compress.recipe import BlocksConfig, ModelConfig
 from patrol_compress.testing.tiny import randomize_bn
 
+from .helpers import tiny_mobilenet_net
+
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
 def test_split_is_exact_for_every_k(arch: str) -> None:
@@ -80,15 +82,7 @@ def test_torchvision_state_dict_of_wrong_arch_is_refused() -> None:
 
 
 def test_custom_cnn_plugs_in_through_factory() -> None:
-    cfg = ModelConfig(
-        arch="custom",
-        factory="patrol_compress.testing.tiny:tiny_mobilenet",
-        blocks=BlocksConfig(
-            stem=["stem_conv", "stem_bn", "stem_act"], stages=[["s1"], ["s2"], ["s3"]]
-        ),
-    )
-    model = build_model(cfg, 6, image_size=32).eval()
-    randomize_bn(model)
+    model = tiny_mobilenet_net()
     assert model.stage_names == ("stage1", "stage2", "stage3")
     x = torch.rand(2, 3, 32, 32)
     for k in (1, 2, 3):

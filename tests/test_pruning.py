@@ -22,9 +22,11 @@ from patrol_compress.pruning.remove import (
     plan_by_threshold,
 )
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
-from patrol_compress.recipe import BlocksConfig, ModelConfig
+from patrol_compress.recipe import ModelConfig
 from patrol_compress.run import load_run_model, save_run_model
 from patrol_compress.testing.tiny import randomize_bn
+
+from .helpers import tiny_mobilenet_net
 
 X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
@@ -191,15 +193,7 @@ def test_pruned_model_saves_and_reloads_without_pickle(tmp_path: Path) -> None:
 
 
 def test_custom_cnn_prunes_exactly() -> None:
-    cfg = ModelConfig(
-        arch="custom",
-        factory="patrol_compress.testing.tiny:tiny_mobilenet",
-        blocks=BlocksConfig(
-            stem=["stem_conv", "stem_bn", "stem_act"], stages=[["s1"], ["s2"], ["s3"]]
-        ),
-    )
-    model = build_model(cfg, 6, image_size=32).eval()
-    randomize_bn(model)
+    model = tiny_mobilenet_net()
     insert_channel_masks(model, 2)
     hand_masks(model, seed=4)
     ref = copy.deepcopy(model).eval()
