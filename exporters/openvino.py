@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.errors import ExportError, MissingExtraError
+from patrol_compress.errors import ExportError, import_optional
 
 from .base import CLOUD_ONNX, EDGE_ONNX, EXPORTERS, ExportJob, Target
 from .onnx import export_onnx
@@ -28,11 +28,7 @@ F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 def import_openvino() -> ModuleType:
     """The ``openvino`` module, or MissingExtraError naming the extra to install."""
-    try:
-        import openvino
-    except ImportError:
-        raise MissingExtraError("openvino", "openvino", "OpenVINO export") from None
-    return openvino
+    return import_optional("openvino", "openvino", "OpenVINO export")
 
 
 def _check_available() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.errors import ExportError, MissingExtraError
+from patrol_compress.errors import ExportError, import_optional
 
 from .base import CLOUD_ONNX, EDGE_ONNX, EXPORTERS, ExportJob, Target
 from .onnx import export_onnx
@@ -41,11 +41,7 @@ WORKSPACE_BYTES = 1 << 30
 
 def import_tensorrt() -> ModuleType:
     """The ``tensorrt`` module, or MissingExtraError naming the extra to install."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingExtraError("tensorrt", "tensorrt", "TensorRT export") from None
-    return tensorrt
+    return import_optional("tensorrt", "tensorrt", "TensorRT export")
 
 
 def require_cuda() -> None:

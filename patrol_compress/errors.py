@@ -9,6 +9,9 @@ contain tensors, images or labels.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class PatrolError(Exception):
     """Base class for errors caused by input, configuration or environment."""
@@ -48,6 +51,14 @@ class OutputExistsError(PatrolError):
 
 class NotBuiltError(PatrolError):
     """A command or stage that is planned but not implemented yet."""
+
+
+def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional backend, or raise :class:`MissingExtraError` naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(module, extra, purpose) from None
 
 
 class MissingExtraError(PatrolError):

@@ -33,6 +33,18 @@ def tiny_mobilenet_net() -> BlockNet:
     return model
 
 
+def tiny_model_info(**extra: Any) -> dict[str, Any]:
+    """The model description ``save_run_model`` needs for :func:`tiny_resnet`."""
+    return {
+        "model": ModelConfig(width=0.125, stem="small").model_dump(mode="json"),
+        "num_classes": 10,
+        "in_channels": 3,
+        "task": "reid",
+        "image_size": 32,
+        **extra,
+    }
+
+
 def tiny_recipe_dict(tmp_path: Path, **patrol: Any) -> dict[str, Any]:
     p: dict[str, Any] = {
         "split": 4,

@@ -23,11 +23,11 @@ from patrol_compress.exporters.onnx import run_onnxruntime
 from patrol_compress.exporters.parity import FP16_ATOL, FP16_RTOL, FP32_ATOL, FP32_RTOL
 from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models import BlockNet, split, wrap_module
-from patrol_compress.recipe import BlocksConfig, ModelConfig
+from patrol_compress.recipe import BlocksConfig
 from patrol_compress.registry import RegistryError
 from patrol_compress.testing.tiny import randomize_bn, tiny_mobilenet
 
-from .helpers import tiny_resnet
+from .helpers import tiny_model_info, tiny_resnet
 
 SHAPE = (3, 32, 32)
 
@@ -293,15 +293,7 @@ def test_cli_export_writes_default_folder_and_respects_force(tmp_path: Path) -> 
     from patrol_compress.run import save_run_model
 
     run = tmp_path / "run"
-    info = {
-        "model": ModelConfig(width=0.125, stem="small").model_dump(mode="json"),
-        "num_classes": 10,
-        "in_channels": 3,
-        "task": "reid",
-        "image_size": 32,
-        "split": 2,
-    }
-    save_run_model(run, tiny_resnet(), info)
+    save_run_model(run, tiny_resnet(), tiny_model_info(split=2))
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(run), "--target", "onnx"])
     assert result.exit_code == 0, result.output

@@ -26,7 +26,7 @@ from patrol_compress.recipe import ModelConfig
 from patrol_compress.run import load_run_model, save_run_model
 from patrol_compress.testing.tiny import randomize_bn
 
-from .helpers import tiny_mobilenet_net
+from .helpers import tiny_mobilenet_net, tiny_model_info
 
 X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
@@ -179,14 +179,7 @@ def test_pruned_model_saves_and_reloads_without_pickle(tmp_path: Path) -> None:
     apply_plan(mg, plan_by_threshold(mg, 0.0))
     fold_masks(model)
     model.eval()
-    info = {
-        "model": ModelConfig(width=0.125, stem="small").model_dump(mode="json"),
-        "num_classes": 10,
-        "in_channels": 3,
-        "task": "reid",
-        "image_size": 32,
-    }
-    save_run_model(tmp_path, model, info)
+    save_run_model(tmp_path, model, tiny_model_info())
     loaded, meta = load_run_model(tmp_path)
     assert torch.equal(loaded(X), model(X))
     assert meta["input_shape"] == [3, 32, 32]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.errors import ArtifactError, MissingExtraError, PatrolError
+from patrol_compress.errors import ArtifactError, PatrolError, import_optional
 
 EDGE_ONNX = "edge.onnx"
 EDGE_XML = "edge.xml"
@@ -85,11 +85,7 @@ def _open_ort(
 
 
 def _load_ov() -> ModuleType:
-    try:
-        import openvino
-    except ImportError:
-        raise MissingExtraError("openvino", "openvino", "benchmarking with OpenVINO") from None
-    return openvino
+    return import_optional("openvino", "openvino", "benchmarking with OpenVINO")
 
 
 def _open_ov(

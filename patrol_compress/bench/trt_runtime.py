@@ -16,15 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.errors import ArtifactError, MissingExtraError, PatrolError
+from patrol_compress.errors import ArtifactError, MissingExtraError, PatrolError, import_optional
 
 
 def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingExtraError("tensorrt", "tensorrt", "TensorRT benchmarking") from None
-    return tensorrt
+    return import_optional("tensorrt", "tensorrt", "TensorRT benchmarking")
 
 
 def import_cudart() -> Any:

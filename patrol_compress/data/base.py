@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from patrol_compress.errors import DataError
+from patrol_compress.recipe import DataConfig
 
 Item = tuple[torch.Tensor, int, int]
 
@@ -112,6 +113,13 @@ def load_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def dataset_root(config: DataConfig, hint: str = "") -> Path:
+    """``data.root`` as a Path (the recipe validator already requires it for folder kinds)."""
+    if config.root is None:
+        raise DataError(f"data.root is required for data.kind '{config.kind}'{hint}")
+    return Path(config.root)
 
 
 def relabel(pids: Sequence[int]) -> tuple[list[int], int]:

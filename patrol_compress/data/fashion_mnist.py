@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from patrol_compress.data import DATASETS
-from patrol_compress.data.base import ArrayDataset, DataBundle
+from patrol_compress.data.base import ArrayDataset, DataBundle, dataset_root
 from patrol_compress.data.imagefolder import cap_indices
 from patrol_compress.errors import DataError
 from patrol_compress.recipe import DataConfig
@@ -106,9 +106,7 @@ def _split(root: Path, prefix: str, cap: int, seed: int, size: int) -> ArrayData
 @DATASETS.register("fashion-mnist")
 def load_fashion_mnist(config: DataConfig) -> DataBundle:
     """Classification bundle (10 classes, 1 channel) with optional per-split caps."""
-    if config.root is None:  # the recipe validator already requires it
-        raise DataError(f"data.root is required for data.kind 'fashion-mnist'; {HOW_TO_GET}")
-    root = Path(config.root)
+    root = dataset_root(config, f"; {HOW_TO_GET}")
     if not root.is_dir():
         raise DataError(f"{root}: Fashion-MNIST folder not found; {HOW_TO_GET}")
     size = config.image_size

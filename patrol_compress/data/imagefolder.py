@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from patrol_compress.data import DATASETS
-from patrol_compress.data.base import DataBundle, FileDataset
+from patrol_compress.data.base import DataBundle, FileDataset, dataset_root
 from patrol_compress.errors import DataError
 from patrol_compress.recipe import DataConfig
 
@@ -84,9 +84,7 @@ def _capped(
 @DATASETS.register("imagefolder")
 def load_imagefolder(config: DataConfig) -> DataBundle:
     """Classification bundle: ``train`` and ``test`` FileDatasets, labels as pids."""
-    if config.root is None:  # the recipe validator already requires it
-        raise DataError("data.root is required for data.kind 'imagefolder'")
-    root = Path(config.root)
+    root = dataset_root(config)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found; expected the layout {LAYOUT}")
     train_dir, test_dir = root / "train", root / "test"

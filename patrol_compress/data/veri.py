@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from patrol_compress.data import DATASETS
-from patrol_compress.data.base import DataBundle, FileDataset, relabel
+from patrol_compress.data.base import DataBundle, FileDataset, dataset_root, relabel
 from patrol_compress.data.imagefolder import image_files
 from patrol_compress.errors import DataError
 from patrol_compress.recipe import DataConfig
@@ -47,9 +47,7 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[int], list[int]]:
 @DATASETS.register("veri")
 def load_veri(config: DataConfig) -> DataBundle:
     """Re-id bundle; train identities relabelled 0..n-1, query/gallery keep raw ids."""
-    if config.root is None:  # the recipe validator already requires it
-        raise DataError("data.root is required for data.kind 'veri'")
-    root = Path(config.root)
+    root = dataset_root(config)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found; expected {LAYOUT}")
     size = config.image_size

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from patrol_compress.data import DATASETS
-from patrol_compress.data.base import DataBundle, FileDataset, relabel
+from patrol_compress.data.base import DataBundle, FileDataset, dataset_root, relabel
 from patrol_compress.errors import DataError
 from patrol_compress.recipe import DataConfig
 
@@ -106,9 +106,7 @@ def _dataset(
 @DATASETS.register("veri-wild")
 def load_veriwild(config: DataConfig) -> DataBundle:
     """Re-id bundle for the chosen test size; train identities relabelled 0..n-1."""
-    if config.root is None:  # the recipe validator already requires it
-        raise DataError("data.root is required for data.kind 'veri-wild'")
-    root = Path(config.root)
+    root = dataset_root(config)
     if not (root / "images").is_dir():
         raise DataError(f"{root / 'images'}: folder not found; expected VeRi-Wild's {LAYOUT}")
     lists = root / "train_test_split"
