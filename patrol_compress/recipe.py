@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from patrol_compress.errors import RecipeError
+from patrol_compress.privacy_config import AttackConfig, DefensesConfig
 
 SCHEMA_VERSION = 1
 
@@ -189,6 +190,8 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     patrol: PatrolConfig = Field(default_factory=PatrolConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    defenses: DefensesConfig = Field(default_factory=DefensesConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:

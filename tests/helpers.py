@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from patrol_compress.models import BlockNet, build_model
@@ -83,3 +84,48 @@ def write_recipe(tmp_path: Path, data: dict[str, Any], name: str = "r.yaml") -> 
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@torch.no_grad()
+def calibrate_bn(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """BN statistics of the data, as a trained net has; random ones make ReLUs drop most input."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+    model.train()
+    model(images)
+    model.eval()
+
+
+def tiny_attack_run(
+    root: Path, size: int = 32, split: int = 1, attack: dict[str, Any] | None = None
+) -> Path:
+    """An unpruned width-0.125 ResNet run (BN calibrated) with its resolved recipe."""
+    from patrol_compress.data import build_data
+    from patrol_compress.recipe import dump_recipe
+    from patrol_compress.run import save_run_model
+
+    data = tiny_recipe_dict(root)
+    data["data"].update(
+        {"num_identities": 16, "num_cameras": 3, "images_per_camera": 2, "image_size": size}
+    )
+    if attack is not None:
+        data["attack"] = attack
+    recipe = parse_recipe(data)
+    bundle = build_data(recipe.data)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, bundle.num_classes, 3, "reid", size)
+    calibrate_bn(model, torch.stack([bundle.train[i][0] for i in range(len(bundle.train))]))
+    run = root / "run"
+    info = {
+        "model": recipe.model.model_dump(mode="json"),
+        "num_classes": bundle.num_classes,
+        "in_channels": 3,
+        "task": "reid",
+        "image_size": size,
+        "split": split,
+    }
+    save_run_model(run, model.eval(), info)
+    (run / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
+    return run

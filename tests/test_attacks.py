@@ -33,11 +33,10 @@ from patrol_compress.metrics.image import (
     ssim_per_image,
 )
 from patrol_compress.models import build_model, split
-from patrol_compress.recipe import dump_recipe, parse_recipe
+from patrol_compress.recipe import parse_recipe
 from patrol_compress.registry import RegistryError
-from patrol_compress.run import save_run_model
 
-from .helpers import tiny_recipe_dict
+from .helpers import tiny_attack_run, tiny_recipe_dict
 
 SIZE = 32
 SPLIT = 1
@@ -59,49 +58,15 @@ TINY_ATTACK: dict[str, Any] = {
 }
 
 
-@torch.no_grad()
-def calibrate_bn(model: torch.nn.Module, images: torch.Tensor) -> None:
-    """BN statistics of the data, as a trained net has; random ones make ReLUs drop most input."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches
-    model.train()
-    model(images)
-    model.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An unpruned width-0.125 ResNet saved as a run (split 1) with its resolved recipe."""
     threads = torch.get_num_threads()  # module fixtures run before conftest's 1-thread rule
     torch.set_num_threads(1)
     try:
-        return _make_run(tmp_path_factory.mktemp("attack"))
+        return tiny_attack_run(tmp_path_factory.mktemp("attack"), SIZE, SPLIT)
     finally:
         torch.set_num_threads(threads)
-
-
-def _make_run(root: Path) -> Path:
-    data = tiny_recipe_dict(root)
-    data["data"].update({"num_identities": 16, "num_cameras": 3, "images_per_camera": 2})
-    recipe = parse_recipe(data)
-    bundle = build_data(recipe.data)
-    torch.manual_seed(0)
-    model = build_model(recipe.model, bundle.num_classes, 3, "reid", SIZE)
-    calibrate_bn(model, torch.stack([bundle.train[i][0] for i in range(len(bundle.train))]))
-    run = root / "run"
-    info = {
-        "model": recipe.model.model_dump(mode="json"),
-        "num_classes": bundle.num_classes,
-        "in_channels": 3,
-        "task": "reid",
-        "image_size": SIZE,
-        "split": SPLIT,
-    }
-    save_run_model(run, model.eval(), info)
-    (run / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
-    return run
 
 
 @pytest.fixture

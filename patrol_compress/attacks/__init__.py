@@ -14,8 +14,8 @@ from patrol_compress.attacks import adaptive as _adaptive  # noqa: F401  (regist
 from patrol_compress.attacks import blackbox as _blackbox  # noqa: F401  (registers "blackbox")
 from patrol_compress.attacks import whitebox as _whitebox  # noqa: F401  (registers "whitebox")
 from patrol_compress.attacks.base import ATTACKS, Attack, AttackContext, AttackError, Reconstruction
-from patrol_compress.attacks.config import AttackConfig, load_attack_config
-from patrol_compress.attacks.evaluate import DEFAULT_ATTACKS, attack
+from patrol_compress.attacks.evaluate import DEFAULT_ATTACKS, attack, attack_model
+from patrol_compress.privacy_config import AttackConfig, load_attack_config
 
 __all__ = [
     "ATTACKS",
@@ -26,5 +26,6 @@ __all__ = [
     "AttackError",
     "Reconstruction",
     "attack",
+    "attack_model",
     "load_attack_config",
 ]

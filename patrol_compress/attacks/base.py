@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from patrol_compress.attacks.config import AttackConfig
 from patrol_compress.data.base import Item
 from patrol_compress.errors import PatrolError
 from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.privacy_config import AttackConfig
 from patrol_compress.registry import Registry
 
 Shapes = list[tuple[tuple[int, int, int], tuple[int, int, int]]]

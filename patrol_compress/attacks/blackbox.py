@@ -34,10 +34,10 @@ from patrol_compress.attacks.base import (
     Shapes,
     torch_features,
 )
-from patrol_compress.attacks.config import BlackboxConfig
 from patrol_compress.data.base import Item
 from patrol_compress.errors import TrainingError
 from patrol_compress.models.inversion import InversionNet
+from patrol_compress.privacy_config import BlackboxConfig
 
 
 def build_decoder(shapes: Shapes, cfg: BlackboxConfig) -> InversionNet:

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from patrol_compress.attacks.base import ATTACKS, AttackContext, AttackError
-from patrol_compress.attacks.config import AttackConfig, load_attack_config
 from patrol_compress.attacks.data import AttackData, build_attack_data
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import package_versions, write_json
@@ -32,6 +31,7 @@ from patrol_compress.metrics.image import (
     train_recogniser,
 )
 from patrol_compress.models.blocknet import BlockNet, check_split
+from patrol_compress.privacy_config import AttackConfig, load_attack_config
 from patrol_compress.recipe import Recipe, load_recipe
 from patrol_compress.rundir import RECIPE_FILE
 
@@ -125,6 +125,34 @@ def _grid(path: Path, originals: torch.Tensor, rows: dict[str, torch.Tensor], n:
     return ["original", *rows]
 
 
+def series_of(recipe: Recipe, meta: dict[str, Any]) -> tuple[str, str]:
+    """(series, label prefix) of an undefended or PATROL-pruned run, for the report's plane.
+
+    A model without a removal record is the unpruned target ("none"); a pruned
+    one is named by the privacy terms its recipe enabled, so the ablations of
+    Table II land in their own series.
+    """
+    if not meta.get("removal"):
+        return "none", "no defense"
+    lip = recipe.patrol.lipschitz.enabled
+    adv = recipe.patrol.adversarial.enabled
+    if lip and adv:
+        return "patrol", "PATROL"
+    if not lip and not adv:
+        return "pruning-only", "pruning only"
+    return ("pruning+lip", "pruning + Lipschitz") if lip else ("pruning+adv", "pruning + adv")
+
+
+def _run_budget(run: Path) -> dict[str, Any] | None:
+    from patrol_compress.io import read_json
+
+    for folder in (run, run.parent):
+        if (folder / "metrics.json").is_file():
+            budget = read_json(folder / "metrics.json").get("budget")
+            return budget if isinstance(budget, dict) else None
+    return None
+
+
 def attack(
     run_dir: Path | str,
     attacks: Sequence[str] = DEFAULT_ATTACKS,
@@ -135,28 +163,97 @@ def attack(
     """Run ``attacks`` on the run's edge; write ``attack.json`` and ``attack_grid.png``.
 
     ``config`` is an :class:`AttackConfig`, a YAML file of one, or None for the
-    defaults. Output goes to ``out`` (default: the run folder). Returns what
-    ``attack.json`` holds.
+    run recipe's ``attack:`` section. Output goes to ``out`` (default: the run
+    folder). Returns what ``attack.json`` holds.
     """
-    from patrol_compress.data import build_data
     from patrol_compress.run import load_run_model
-    from patrol_compress.train.loop import device
 
-    cfg = config if isinstance(config, AttackConfig) else load_attack_config(config)
+    names = _names(attacks)
+    run = Path(run_dir)
+    model, meta = load_run_model(run)
+    recipe = find_recipe(run)
+    cfg = _config(config, recipe)
+    k, k_source = _split(split, meta, recipe)
+    series, prefix = series_of(recipe, meta)
+    return attack_model(
+        model,
+        meta,
+        recipe,
+        names,
+        k,
+        cfg,
+        Path(out) if out is not None else run,
+        run_dir=run,
+        facts={
+            "run": str(run),
+            "split_source": k_source,
+            "label": f"{prefix} split {k}",
+            "series": series,
+            "defense": None,
+            "budget": _run_budget(run),
+        },
+    )
+
+
+def _names(attacks: Sequence[str]) -> list[str]:
     names = list(dict.fromkeys(attacks))
     if not names:
         raise AttackError("no attack selected; choose from " + ", ".join(ATTACKS.names()))
     for name in names:
         ATTACKS.get(name)  # fail on a typo before loading anything
-    run = Path(run_dir)
-    out_dir = Path(out) if out is not None else run
-    model, meta = load_run_model(run)
-    recipe = find_recipe(run)
-    k, k_source = _split(split, meta, recipe)
-    check_split(model, k)
+    return names
+
+
+def _config(config: AttackConfig | Path | str | None, recipe: Recipe) -> AttackConfig:
+    if isinstance(config, AttackConfig):
+        return config
+    return recipe.attack if config is None else load_attack_config(config)
+
+
+def strongest(results: dict[str, Any]) -> dict[str, Any]:
+    """The attack with the highest PSNR: a defense is judged by its worst case."""
+    name = max(results, key=lambda n: results[n]["psnr"])
+    return {"attack": name, "psnr": results[name]["psnr"], "ssim": results[name]["ssim"]}
+
+
+def attack_model(
+    model: BlockNet,
+    meta: dict[str, Any],
+    recipe: Recipe,
+    attacks: Sequence[str],
+    split: int,
+    cfg: AttackConfig,
+    out_dir: Path,
+    run_dir: Path | None = None,
+    facts: dict[str, Any] | None = None,
+    data_bundle: Any = None,
+) -> dict[str, Any]:
+    """Attack an in-memory model (a run's, or a defended copy) and write the results.
+
+    Besides the attack scores, ``attack.json`` records the attacked model's own
+    accuracy and edge size, so every point of the privacy-utility plane is
+    self-describing; ``facts`` (label, series, defense, budget, ...) are merged
+    in as given. ``data_bundle`` reuses already-built data.
+    """
+    from patrol_compress.data import build_data
+    from patrol_compress.pipeline import edge_report
+    from patrol_compress.train.evaluate import evaluate
+    from patrol_compress.train.loop import device
+
+    names = _names(attacks)
+    check_split(model, split)
     torch.manual_seed(cfg.seed)
-    data = build_attack_data(build_data(recipe.data), cfg)
-    ctx = _context(run, k, cfg, data, model, meta)
+    bundle = data_bundle if data_bundle is not None else build_data(recipe.data)
+    data = build_attack_data(bundle, cfg)
+    ctx = _context(run_dir or out_dir, split, cfg, data, model, meta)
+    ctx.run_dir = run_dir
+
+    accuracy_all = evaluate(model, bundle)
+    metric = "top1" if "top1" in accuracy_all else "rank1"
+    edge = (facts or {}).get("edge")
+    if edge is None:  # a defense passes the undefended edge's size (its wrappers hide convs)
+        edge = edge_report(model, split, ctx.input_shape)
+        edge.pop("per_block")
 
     start = time.perf_counter()
     rc = cfg.recogniser
@@ -188,11 +285,19 @@ def attack(
     mean_scores["attack_accuracy"] = attack_accuracy(recogniser, guess, data.eval_labels)
     if cfg.region is not None:
         mean_scores["region"] = region_metrics(data.eval_images, guess, cfg.region.box)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = _grid(out_dir / GRID_FILE, data.eval_images, recons, cfg.grid_images)
     report = {
-        "run": str(run),
-        "split": k,
-        "split_source": k_source,
+        "run": None if run_dir is None else str(run_dir),
+        "label": f"split {split}",
+        "series": "unlabelled",
+        "defense": None,
+        "budget": None,
+        **(facts or {}),
+        "split": split,
+        "accuracy": {"metric": metric, "value": accuracy_all[metric], "all": accuracy_all},
+        "edge": edge,
+        "strongest": strongest(results),
         "attacks": results,
         "mean_image": mean_scores,
         "recogniser": {

@@ -33,7 +33,7 @@ from patrol_compress.attacks.base import (
     Reconstruction,
     frozen,
 )
-from patrol_compress.attacks.config import WhiteboxConfig
+from patrol_compress.privacy_config import WhiteboxConfig
 
 EPS = 1e-6
 CHUNK = 64

@@ -11,7 +11,7 @@ import os
 
 import typer
 
-from patrol_compress.cli import attack, bench, export, prune, report, train, validate
+from patrol_compress.cli import attack, bench, defend, export, prune, report, train, validate
 
 app = typer.Typer(
     name="patrol-compress",
@@ -30,7 +30,7 @@ def _root(
         os.environ["PATROL_DEBUG"] = "1"
 
 
-for _module in (train, prune, export, bench, attack, report, validate):
+for _module in (train, prune, export, bench, attack, defend, report, validate):
     _module.register(app)
 
 

@@ -1,4 +1,9 @@
-"""Attack settings: a closed pydantic schema with defaults, readable from YAML.
+"""Attack and baseline-defense settings: closed pydantic schemas with defaults.
+
+They are the recipe's ``attack:`` and ``defenses:`` sections (and ``attack``
+also reads a stand-alone YAML file). This module imports neither torch nor
+:mod:`patrol_compress.recipe` at import time, so the recipe can embed these
+models without an import cycle and ``validate`` stays torch-free.
 
 The defaults are sized so that, on the quickstart data (64 px, ~1k training
 images), the black-box attacker on an undefended split-1 edge gives visibly
@@ -16,7 +21,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from patrol_compress.errors import RecipeError
-from patrol_compress.recipe import recipe_problems
 
 
 class _Strict(BaseModel):
@@ -153,4 +157,71 @@ def load_attack_config(path: Path | str | None) -> AttackConfig:
     try:
         return AttackConfig.model_validate(data)
     except ValidationError as exc:
+        from patrol_compress.recipe import recipe_problems
+
         raise RecipeError("\n".join(f"{p}: {line}" for line in recipe_problems(exc))) from None
+
+
+AttackName = Literal["blackbox", "whitebox", "adaptive"]
+DefenseName = Literal["noise", "dropout", "skip", "app"]
+
+DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
+    "noise": (0.1, 0.5, 1.0, 2.0),
+    "dropout": (0.2, 0.5, 0.8, 0.95),
+    "skip": (0.1, 0.3, 0.5, 0.7),
+    "app": (0.1, 0.5, 2.0),
+}
+"""Sweeps chosen to run from "barely perturbed" to "accuracy collapses" on the
+quickstart target, so each baseline draws a curve across the privacy-utility
+plane rather than a point (the paper's Fig. 5 shape)."""
+
+
+class DefenseSweep(_Strict):
+    """One baseline defense and the strengths it is evaluated at.
+
+    Strength means: ``noise`` sigma relative to the per-image RMS of the edge
+    output; ``dropout`` the fraction of edge-output elements dropped;
+    ``skip`` the fraction of (output, input) channel connections of every
+    edge convolution skipped per forward pass; ``app`` the weight of the
+    adversarial reconstruction term. ``epochs`` fine-tunes the defended model
+    with the defense active (APP needs at least one; the perturbation defenses
+    default to none: He et al. apply them at inference to the trained model).
+    """
+
+    name: DefenseName
+    strengths: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list, max_length=32)
+    epochs: Annotated[int, Field(ge=0, le=1000)] | None = None
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
+
+    @model_validator(mode="after")
+    def _defaults(self) -> DefenseSweep:
+        if not self.strengths:
+            self.strengths = list(DEFAULT_STRENGTHS[self.name])
+        if self.epochs is None:
+            self.epochs = 4 if self.name == "app" else 0
+        if self.name == "app" and self.epochs < 1:
+            raise ValueError("defenses.sweeps: 'app' trains the model, epochs must be >= 1")
+        if self.name in ("dropout", "skip") and any(s >= 1.0 for s in self.strengths):
+            raise ValueError(
+                f"defenses.sweeps: '{self.name}' strengths are fractions below 1, "
+                f"found {self.strengths}"
+            )
+        return self
+
+
+def _default_attacks() -> list[AttackName]:
+    return ["blackbox"]
+
+
+class DefensesConfig(_Strict):
+    """The baselines ``patrol-compress defend`` evaluates (Section IV-A of the paper)."""
+
+    split: Annotated[int, Field(ge=1, le=8)] | None = Field(
+        default=None,
+        description="split the baselines defend; default: patrol.budget.fit_split, "
+        "else patrol.split (the deepest split the device fits unpruned)",
+    )
+    attacks: list[AttackName] = Field(default_factory=_default_attacks, min_length=1)
+    sweeps: list[DefenseSweep] = Field(
+        default_factory=lambda: [DefenseSweep(name=n) for n in ("noise", "dropout", "skip", "app")]
+    )

@@ -1,0 +1,74 @@
+"""``patrol-compress defend RUN``: the baseline defenses' sweeps, attacked like PATROL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from patrol_compress.cli.common import console, user_errors
+
+DEFENSE = typer.Option(
+    None,
+    "--defense",
+    help="Comma-separated defenses (noise, dropout, skip, app); default: the recipe's sweeps.",
+)
+STRENGTHS = typer.Option(
+    None, "--strengths", help="Comma-separated strengths replacing every chosen sweep's own."
+)
+SPLIT = typer.Option(
+    None, "--split", help="Split to defend (default: defenses.split, else budget.fit_split)."
+)
+ATTACK = typer.Option(None, "--attack", help="Comma-separated attacks (default: the recipe's).")
+OUT = typer.Option(None, "--out", help="Folder for the points (default: RUN/defenses).")
+FORCE = typer.Option(False, "--force", help="Recompute points whose attack.json exists.")
+NO_BASELINE = typer.Option(
+    False, "--no-undefended", help="Skip the undefended point at the same split."
+)
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, found '{text}'") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @user_errors
+    def defend(
+        run: Path = typer.Argument(..., help="Prune run (its target/ is defended) or train run."),
+        defense: str | None = DEFENSE,
+        strengths: str | None = STRENGTHS,
+        split: int | None = SPLIT,
+        attack: str | None = ATTACK,
+        out: Path | None = OUT,
+        force: bool = FORCE,
+        no_undefended: bool = NO_BASELINE,
+    ) -> None:
+        """Evaluate noise/dropout/skip/APP strength sweeps: accuracy and attack PSNR/SSIM."""
+        from patrol_compress.defenses import defend as run_defend
+
+        names = [d.strip() for d in defense.split(",") if d.strip()] if defense else None
+        attacks = [a.strip() for a in attack.split(",") if a.strip()] if attack else None
+        summary = run_defend(
+            run,
+            names,
+            _floats(strengths),
+            split,
+            attacks,
+            out,
+            force=force,
+            include_undefended=not no_undefended,
+            log=lambda line: console.print(line, highlight=False, markup=False),
+        )
+        folder = out if out is not None else run / "defenses"
+        console.print(
+            f"{len(summary['points'])} points at split {summary['split']}; "
+            f"wrote {folder / 'defenses.json'}",
+            highlight=False,
+            markup=False,
+        )

@@ -1,0 +1,203 @@
+"""``defend(run)``: evaluate the baseline defenses' strength sweeps on a run's target.
+
+For every sweep of the recipe's ``defenses:`` section (or the ones asked for)
+and every strength, a defended copy of the run's *unpruned target* is built at
+the baselines' split, its accuracy measured and the attacks run on it, exactly
+as ``patrol-compress attack`` scores a run. Each point gets its own folder
+``OUT/<defense>-<strength>/`` with ``attack.json`` and ``attack_grid.png``; the
+undefended target at the same split is the point ``OUT/none/``. ``OUT/
+defenses.json`` lists every point. A point whose ``attack.json`` already
+exists is kept (the sweep resumes point by point) unless ``force`` is set.
+
+The baselines' split defaults to ``patrol.budget.fit_split``: the deepest
+split whose unpruned edge fits the device, which is where a user without
+PATROL would have to cut.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from patrol_compress.errors import ArtifactError, RecipeError
+from patrol_compress.io import read_json, write_json
+from patrol_compress.privacy_config import DefenseSweep
+from patrol_compress.recipe import Recipe
+
+SUMMARY_FILE = "defenses.json"
+
+
+def target_folder(run: Path) -> Path:
+    """The unpruned target of ``run``: ``run/target`` for a prune run, else ``run`` itself."""
+    if (run / "target" / "model.json").is_file():
+        return run / "target"
+    if (run / "model.json").is_file():
+        return run
+    raise ArtifactError(f"{run}: no target model here (expected target/model.json or model.json)")
+
+
+def baseline_split(recipe: Recipe, split: int | None) -> int:
+    if split is not None:
+        return split
+    if recipe.defenses.split is not None:
+        return recipe.defenses.split
+    budget = recipe.patrol.budget
+    if budget is not None and budget.fit_split is not None:
+        return budget.fit_split
+    return recipe.patrol.split
+
+
+def point_name(defense: str, strength: float) -> str:
+    return f"{defense}-{strength:g}"
+
+
+def select_sweeps(
+    recipe: Recipe, names: Sequence[str] | None, strengths: Sequence[float] | None
+) -> list[DefenseSweep]:
+    """The recipe's sweeps, filtered by ``names``; ``strengths`` replaces every sweep's list."""
+    sweeps = list(recipe.defenses.sweeps)
+    if names:
+        by_name: dict[str, DefenseSweep] = {s.name: s for s in sweeps}
+        picked = []
+        for n in names:
+            base = by_name.get(n)
+            try:
+                picked.append(
+                    base if base is not None else DefenseSweep.model_validate({"name": n})
+                )
+            except ValueError:
+                raise RecipeError(
+                    f"--defense: unknown defense '{n}'; choose from noise, dropout, skip, app"
+                ) from None
+        sweeps = picked
+    if strengths:
+        try:
+            sweeps = [
+                DefenseSweep.model_validate({**s.model_dump(), "strengths": list(strengths)})
+                for s in sweeps
+            ]
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise RecipeError(f"--strengths: {msg}") from None
+    return sweeps
+
+
+def defend(
+    run_dir: Path | str,
+    defenses: Sequence[str] | None = None,
+    strengths: Sequence[float] | None = None,
+    split: int | None = None,
+    attacks: Sequence[str] | None = None,
+    out: Path | str | None = None,
+    force: bool = False,
+    include_undefended: bool = True,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Run the sweeps (module docstring); returns what ``defenses.json`` holds."""
+    import torch
+
+    from patrol_compress.attacks.evaluate import attack_model, find_recipe
+    from patrol_compress.data import build_data
+    from patrol_compress.defenses.base import DEFENSES, DefenseContext
+    from patrol_compress.pipeline import edge_report
+    from patrol_compress.run import load_run_model
+    from patrol_compress.train.loop import device
+
+    run = Path(run_dir)
+    target = target_folder(run)
+    recipe = find_recipe(target)
+    sweeps = select_sweeps(recipe, defenses, strengths)
+    k = baseline_split(recipe, split)
+    names = list(attacks) if attacks else list(recipe.defenses.attacks)
+    out_dir = Path(out) if out is not None else run / "defenses"
+    model, meta = load_run_model(target)
+    from patrol_compress.models.blocknet import check_split
+
+    check_split(model, k)
+    bundle = build_data(recipe.data)
+    input_shape = tuple(int(d) for d in meta["input_shape"])
+    edge = edge_report(model, k, (input_shape[0], input_shape[1], input_shape[2]))
+    edge.pop("per_block")
+    budget = {"params": edge["params"], "fit_split": k}
+    cfg = recipe.attack
+    dev = device()
+
+    plan: list[tuple[str, DefenseSweep | None, float | None]] = []
+    if include_undefended:
+        plan.append(("none", None, None))
+    for sw in sweeps:
+        plan += [(point_name(sw.name, s), sw, s) for s in sw.strengths]
+
+    points: list[dict[str, Any]] = []
+    for folder, sweep, strength in plan:
+        dest = out_dir / folder
+        if (dest / "attack.json").is_file() and not force:
+            report = read_json(dest / "attack.json")
+            seconds = report.get("defense_seconds", 0.0)
+            if log:
+                log(f"{folder}: kept (attack.json exists; --force recomputes)")
+        else:
+            start = time.perf_counter()
+            if sweep is None or strength is None:
+                defended, facts = model, {"label": f"no defense split {k}", "series": "none"}
+                defense_info = None
+            else:
+                d = DEFENSES.get(sweep.name)()
+                torch.manual_seed(recipe.seed)
+                ctx = DefenseContext(bundle, recipe, sweep, dev, recipe.seed)
+                defended = d.apply(model, k, strength, ctx)
+                defense_info = {
+                    "name": sweep.name,
+                    "parameter": d.parameter,
+                    "strength": strength,
+                    "epochs": sweep.epochs,
+                }
+                facts = {
+                    "label": f"{sweep.name} {d.parameter}={strength:g} split {k}",
+                    "series": sweep.name,
+                }
+            seconds = time.perf_counter() - start
+            report = attack_model(
+                defended,
+                meta,
+                recipe,
+                names,
+                k,
+                cfg,
+                dest,
+                run_dir=None,
+                facts={
+                    **facts,
+                    "run": str(target),
+                    "defense": defense_info,
+                    "defense_seconds": round(seconds, 2),
+                    "budget": budget,
+                    "edge": edge,
+                },
+                data_bundle=bundle,
+            )
+            if log:
+                s = report["strongest"]
+                log(
+                    f"{folder}: {report['accuracy']['metric']} "
+                    f"{report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']} "
+                    f"PSNR {s['psnr']:.2f} dB SSIM {s['ssim']:.3f}"
+                )
+        points.append(
+            {
+                "folder": folder,
+                "label": report["label"],
+                "series": report["series"],
+                "defense": report.get("defense"),
+                "accuracy": report["accuracy"],
+                "strongest": report["strongest"],
+                "defense_seconds": seconds,
+            }
+        )
+    summary = {"run": str(run), "target": str(target), "split": k, "points": points}
+    write_json(out_dir / SUMMARY_FILE, summary)
+    return summary
