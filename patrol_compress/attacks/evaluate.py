@@ -125,6 +125,39 @@ def _grid(path: Path, originals: torch.Tensor, rows: dict[str, torch.Tensor], n:
     return ["original", *rows]
 
 
+_RECOGNISERS: dict[str, torch.nn.Module] = {}
+"""Recognisers by what they were trained on: a defense sweep attacks the same
+images many times, and the recogniser depends only on the clean reference set,
+its settings and the seed (deterministic training), not on the model attacked."""
+
+
+def _recogniser(data: AttackData, cfg: AttackConfig) -> torch.nn.Module:
+    import hashlib
+    import json
+
+    from patrol_compress.train.loop import device
+
+    rc = cfg.recogniser
+    h = hashlib.sha256(data.reference_images.numpy().tobytes())
+    h.update(data.reference_labels.numpy().tobytes())
+    h.update(json.dumps([rc.model_dump(mode="json"), cfg.seed, data.num_classes]).encode())
+    key = h.hexdigest()
+    if key not in _RECOGNISERS:
+        _RECOGNISERS.clear()  # one cached at a time: a sweep uses one data set
+        _RECOGNISERS[key] = train_recogniser(
+            data.reference_images,
+            data.reference_labels,
+            data.num_classes,
+            device(),
+            steps=rc.steps,
+            width=rc.width,
+            lr=rc.lr,
+            batch_size=rc.batch_size,
+            seed=cfg.seed,
+        )
+    return _RECOGNISERS[key]
+
+
 def series_of(recipe: Recipe, meta: dict[str, Any]) -> tuple[str, str]:
     """(series, label prefix) of an undefended or PATROL-pruned run, for the report's plane.
 
@@ -238,7 +271,6 @@ def attack_model(
     from patrol_compress.data import build_data
     from patrol_compress.pipeline import edge_report
     from patrol_compress.train.evaluate import evaluate
-    from patrol_compress.train.loop import device
 
     names = _names(attacks)
     check_split(model, split)
@@ -256,18 +288,7 @@ def attack_model(
         edge.pop("per_block")
 
     start = time.perf_counter()
-    rc = cfg.recogniser
-    recogniser = train_recogniser(
-        data.reference_images,
-        data.reference_labels,
-        data.num_classes,
-        device(),
-        steps=rc.steps,
-        width=rc.width,
-        lr=rc.lr,
-        batch_size=rc.batch_size,
-        seed=cfg.seed,
-    )
+    recogniser = _recogniser(data, cfg)
     recogniser_s = time.perf_counter() - start
 
     results: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from patrol_compress.errors import ArtifactError, RecipeError
 from patrol_compress.io import read_json, write_json
-from patrol_compress.privacy_config import DefenseSweep
+from patrol_compress.privacy_config import AttackConfig, DefenseSweep
 from patrol_compress.recipe import Recipe
 
 SUMMARY_FILE = "defenses.json"
@@ -96,8 +96,13 @@ def defend(
     force: bool = False,
     include_undefended: bool = True,
     log: Any = None,
+    config: AttackConfig | None = None,
 ) -> dict[str, Any]:
-    """Run the sweeps (module docstring); returns what ``defenses.json`` holds."""
+    """Run the sweeps (module docstring); returns what ``defenses.json`` holds.
+
+    ``config`` replaces the recipe's ``attack:`` section (benchmarks size the
+    attacker for the machine).
+    """
     import torch
 
     from patrol_compress.attacks.evaluate import attack_model, find_recipe
@@ -123,7 +128,7 @@ def defend(
     edge = edge_report(model, k, (input_shape[0], input_shape[1], input_shape[2]))
     edge.pop("per_block")
     budget = {"params": edge["params"], "fit_split": k}
-    cfg = recipe.attack
+    cfg = config if config is not None else recipe.attack
     dev = device()
 
     plan: list[tuple[str, DefenseSweep | None, float | None]] = []

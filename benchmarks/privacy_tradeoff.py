@@ -1,0 +1,361 @@
+"""Privacy-utility trade-off: PATROL against the baselines, the shape of the paper's Fig. 5.
+
+For one dataset recipe (the quickstart's generated vehicles, or Fashion-MNIST)
+this script builds, in ``--work``, everything the comparison needs and resumes
+whatever already exists:
+
+1. the PATROL run of the recipe (target -> PATROL -> removal -> recovery), at
+   ``patrol.split`` within the budget of the unpruned ``budget.fit_split`` edge;
+2. the pruning-only run at the same budget from the same target (no Lipschitz,
+   no adversary; Table II's first row);
+3. optionally (``--low-ratio``) PATROL one block shallower at the same budget
+   (Tables IV-V: low vs high pruning ratio);
+4. the baseline sweeps (noise, dropout, skip, APP) on the target at the fit
+   split, through ``patrol_compress.defenses``;
+5. one attack configuration for every point: the undefended target at splits
+   1 and ``fit_split``, PATROL, pruning-only and every baseline strength.
+
+It then writes ``privacy_tradeoff_<dataset>.json`` and ``.md`` (the goal
+numbers: PSNR/SSIM reduction against the undefended fit split, accuracy cost,
+margin over pruning-only, and whether PATROL sits below each baseline's curve)
+and the report (HTML, markdown, plot) of all points into ``--out``.
+
+Sized for 2 CPU cores: the attacker trains for ``--attack-epochs`` (default
+10, the attack command's default is 30) and the white-box attack inverts 16
+images for 300 steps; both are the same for every point, so the comparison is
+fair, but absolute PSNRs are a few dB below a fully trained attacker's.
+
+    python benchmarks/privacy_tradeoff.py                      # quickstart
+    python benchmarks/privacy_tradeoff.py --dataset fashion-mnist --no-sweeps
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from patrol_compress.io import package_versions, read_json, write_json, write_text
+from patrol_compress.privacy_config import AttackConfig
+from patrol_compress.recipe import Recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+RECIPES = {
+    "quickstart": ROOT / "recipes" / "quickstart.yaml",
+    "fashion-mnist": ROOT / "recipes" / "fashion_mnist.yaml",
+}
+GOAL = {"psnr_drop_pct": 30.0, "ssim_drop_pct": 20.0, "max_acc_cost_pts": 2.0}
+GOAL_VS_PRUNING = {"psnr_db": 2.0, "ssim": 0.05, "acc_within_pts": 0.5}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--dataset", choices=sorted(RECIPES), default="quickstart")
+    p.add_argument("--recipe", type=Path, default=None, help="override the dataset's recipe")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "tradeoff")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--attack-epochs", type=int, default=10)
+    p.add_argument("--whitebox-steps", type=int, default=300)
+    p.add_argument("--whitebox-images", type=int, default=16)
+    p.add_argument("--eval-images", type=int, default=180)
+    p.add_argument("--attacks", default="blackbox,whitebox")
+    p.add_argument("--defenses", default="noise,dropout,skip,app")
+    p.add_argument("--no-sweeps", action="store_true", help="skip the baseline sweeps")
+    p.add_argument("--low-ratio", action="store_true", help="also PATROL one block shallower")
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def attack_config(args: argparse.Namespace, base: AttackConfig) -> AttackConfig:
+    data = base.model_dump()
+    data["max_eval_images"] = args.eval_images
+    data["blackbox"]["epochs"] = args.attack_epochs
+    data["whitebox"].update({"steps": args.whitebox_steps, "max_images": args.whitebox_images})
+    return AttackConfig.model_validate(data)
+
+
+def derived(recipe: Recipe, name: str, target: Path, **patrol: Any) -> Recipe:
+    """The recipe with other PATROL settings, starting from the same trained target."""
+    data = recipe.model_dump(mode="json")
+    data["name"] = f"{recipe.name}_{name}"
+    data["train"]["checkpoint"] = str(target / "model.safetensors")
+    for key, value in patrol.items():
+        data["patrol"][key] = {**data["patrol"][key], **value} if isinstance(value, dict) else value
+    return Recipe.model_validate(data)
+
+
+def ensure_prune(recipe: Recipe, out: Path, log: Any) -> Path:
+    from patrol_compress.api import prune
+
+    if (out / "metrics.json").is_file():
+        log(f"{out}: finished run kept")
+        return out
+    start = time.perf_counter()
+    prune(recipe, out=out, resume=(out / "stages.json").is_file(), quiet=True)
+    log(f"{out}: pruned in {time.perf_counter() - start:.0f} s")
+    return out
+
+
+def attack_point(
+    run: Path, split: int, cfg: AttackConfig, attacks: list[str], out: Path, log: Any
+) -> dict[str, Any]:
+    from patrol_compress.attacks import attack
+
+    if (out / "attack.json").is_file():
+        return dict(read_json(out / "attack.json"))
+    start = time.perf_counter()
+    report = attack(run, attacks, split, cfg, out)
+    s = report["strongest"]
+    log(
+        f"{out.name}: acc {report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']} "
+        f"{s['psnr']:.2f} dB / {s['ssim']:.3f} ({time.perf_counter() - start:.0f} s)"
+    )
+    return report
+
+
+def below_curve(point: dict[str, Any], series: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The series' ``key`` at the point's accuracy (linear in accuracy), and the verdict.
+
+    A series that never reaches the point's accuracy cannot match it: the point
+    is below it there (dominates). Below the series' lowest accuracy the
+    series' value at that lowest accuracy is used (flat extrapolation).
+    """
+    acc = point["accuracy"]["value"]
+    pts = sorted((p["accuracy"]["value"], p["strongest"][key]) for p in series)
+    if acc > pts[-1][0]:
+        return {"at_accuracy": None, "below": True, "why": "no strength reaches this accuracy"}
+    if acc <= pts[0][0]:
+        value = pts[0][1]
+    else:
+        value = pts[-1][1]
+        for (a0, v0), (a1, v1) in zip(pts, pts[1:], strict=False):
+            if a0 <= acc <= a1:
+                value = v0 if a1 == a0 else v0 + (v1 - v0) * (acc - a0) / (a1 - a0)
+                break
+    return {"at_accuracy": value, "below": point["strongest"][key] < value}
+
+
+def summarise(points: dict[str, dict[str, Any]], fit: int) -> dict[str, Any]:
+    """The goal numbers of the issue from the attacked points."""
+    base = points[f"none-split{fit}"]
+    pat = points["patrol"]
+    po = points.get("pruning-only")
+
+    def acc(p: dict[str, Any]) -> float:
+        return float(p["accuracy"]["value"])
+
+    out: dict[str, Any] = {
+        "undefended": {"split": fit, "accuracy": acc(base), **base["strongest"]},
+        "patrol": {"split": pat["split"], "accuracy": acc(pat), **pat["strongest"]},
+        "psnr_drop_pct": 100
+        * (base["strongest"]["psnr"] - pat["strongest"]["psnr"])
+        / base["strongest"]["psnr"],
+        "ssim_drop_pct": 100
+        * (base["strongest"]["ssim"] - pat["strongest"]["ssim"])
+        / base["strongest"]["ssim"],
+        "acc_cost_pts": 100 * (acc(base) - acc(pat)),
+    }
+    out["goal_met_vs_undefended"] = (
+        out["psnr_drop_pct"] >= GOAL["psnr_drop_pct"]
+        and out["ssim_drop_pct"] >= GOAL["ssim_drop_pct"]
+        and out["acc_cost_pts"] <= GOAL["max_acc_cost_pts"]
+    )
+    if po is not None:
+        d = {
+            "accuracy": acc(po),
+            **po["strongest"],
+            "psnr_margin_db": po["strongest"]["psnr"] - pat["strongest"]["psnr"],
+            "ssim_margin": po["strongest"]["ssim"] - pat["strongest"]["ssim"],
+            "acc_diff_pts": 100 * (acc(pat) - acc(po)),
+        }
+        d["goal_met"] = (
+            d["psnr_margin_db"] >= GOAL_VS_PRUNING["psnr_db"]
+            and d["ssim_margin"] >= GOAL_VS_PRUNING["ssim"]
+        )
+        d["accuracy_matched"] = abs(d["acc_diff_pts"]) <= GOAL_VS_PRUNING["acc_within_pts"]
+        out["vs_pruning_only"] = d
+    curves: dict[str, Any] = {}
+    for name in sorted({p["series"] for p in points.values()} - {"none", "patrol"}):
+        series = [p for p in points.values() if p["series"] == name] + [base]
+        if name in ("pruning-only", "pruning+lip", "pruning+adv"):
+            continue
+        curves[name] = {
+            "psnr": below_curve(pat, series, "psnr"),
+            "ssim": below_curve(pat, series, "ssim"),
+        }
+    out["below_baseline_curves"] = curves
+    out["below_every_curve"] = bool(curves) and all(
+        c["psnr"]["below"] and c["ssim"]["below"] for c in curves.values()
+    )
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    g = report["goal"]
+    lines = [
+        f"# Privacy-utility trade-off: {report['dataset']}",
+        "",
+        f"Command: `{report['command']}` ({report['threads']} thread(s), "
+        f"{report['seconds'] / 60:.0f} min). Attack: {report['attack_summary']}. "
+        "Strongest attack = the highest PSNR among the attacks run on that point.",
+        "",
+        "| point | split | series | accuracy | strongest | PSNR dB | SSIM | attack acc |"
+        " edge params | bytes sent/img |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in report["points"].items():
+        s = p["strongest"]
+        aa = p["attacks"][s["attack"]].get("attack_accuracy")
+        lines.append(
+            f"| {name} | {p['split']} | {p['series']} | "
+            f"{p['accuracy']['metric']} {p['accuracy']['value'] * 100:.1f}% | {s['attack']} | "
+            f"{s['psnr']:.2f} | {s['ssim']:.3f} | "
+            f"{'-' if aa is None else f'{aa * 100:.1f}%'} | {p['edge']['params']:,} | "
+            f"{p['edge']['bytes_sent']:,} |"
+        )
+    mean = next(iter(report["points"].values()))["mean_image"]
+    lines += [
+        "",
+        f"Mean-image baseline (the attacker learned nothing): PSNR {mean['psnr']:.2f} dB, "
+        f"SSIM {mean['ssim']:.3f}.",
+        "",
+        "## Goal",
+        "",
+        f"- PATROL split {g['patrol']['split']} vs undefended split {g['undefended']['split']}: "
+        f"PSNR -{g['psnr_drop_pct']:.1f}% (goal >= {GOAL['psnr_drop_pct']:.0f}%), "
+        f"SSIM -{g['ssim_drop_pct']:.1f}% (goal >= {GOAL['ssim_drop_pct']:.0f}%), "
+        f"accuracy cost {g['acc_cost_pts']:+.1f} points (goal <= {GOAL['max_acc_cost_pts']:.0f})"
+        f": **{'met' if g['goal_met_vs_undefended'] else 'not met'}**.",
+    ]
+    if "vs_pruning_only" in g:
+        d = g["vs_pruning_only"]
+        lines.append(
+            f"- vs pruning-only at the same budget: PSNR margin {d['psnr_margin_db']:+.2f} dB "
+            f"(goal >= {GOAL_VS_PRUNING['psnr_db']}), SSIM margin {d['ssim_margin']:+.3f} "
+            f"(goal >= {GOAL_VS_PRUNING['ssim']}), accuracy PATROL - pruning-only "
+            f"{d['acc_diff_pts']:+.1f} points (matched within 0.5: "
+            f"{'yes' if d['accuracy_matched'] else 'no'}): "
+            f"**{'met' if d['goal_met'] else 'not met'}**."
+        )
+    for name, c in g["below_baseline_curves"].items():
+        parts = []
+        for key in ("psnr", "ssim"):
+            v = c[key]
+            at = "unreachable" if v["at_accuracy"] is None else f"{v['at_accuracy']:.3f}"
+            parts.append(f"{key.upper()} {at} -> {'below' if v['below'] else 'NOT below'}")
+        lines.append(f"- {name} curve at PATROL's accuracy: " + "; ".join(parts))
+    if g["below_baseline_curves"]:
+        lines.append(
+            f"- below every baseline curve: **{'yes' if g['below_every_curve'] else 'no'}**"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    def log(text: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {text}", flush=True)
+
+    recipe = load_recipe(args.recipe or RECIPES[args.dataset])
+    budget = recipe.patrol.budget
+    fit = budget.fit_split if budget is not None and budget.fit_split else 2
+    work = args.work / args.dataset
+    cfg = attack_config(args, recipe.attack)
+    attacks = [a for a in args.attacks.split(",") if a]
+
+    patrol = ensure_prune(recipe, work / "patrol", log)
+    target = patrol / "target"
+    pruning_only = ensure_prune(
+        derived(
+            recipe,
+            "pruning_only",
+            target,
+            lipschitz={"enabled": False},
+            adversarial={"enabled": False},
+        ),
+        work / "pruning_only",
+        log,
+    )
+    pts = work / "points"
+    points: dict[str, dict[str, Any]] = {}
+    for k in sorted({1, fit}):
+        points[f"none-split{k}"] = attack_point(
+            target, k, cfg, attacks, pts / f"none-split{k}", log
+        )
+    points["patrol"] = attack_point(patrol, recipe.patrol.split, cfg, attacks, pts / "patrol", log)
+    points["pruning-only"] = attack_point(
+        pruning_only, recipe.patrol.split, cfg, attacks, pts / "pruning-only", log
+    )
+    if args.low_ratio and recipe.patrol.split - 1 > fit:
+        k = recipe.patrol.split - 1
+        low = ensure_prune(
+            derived(
+                recipe,
+                "low_ratio",
+                target,
+                split=k,
+                lipschitz={"alphas": recipe.patrol.lipschitz.alphas[:k]},
+            ),
+            work / "low_ratio",
+            log,
+        )
+        points["patrol-low-ratio"] = attack_point(
+            low, k, cfg, attacks, pts / "patrol-low-ratio", log
+        )
+    if not args.no_sweeps:
+        from patrol_compress.defenses import defend
+
+        summary = defend(
+            patrol,
+            [d for d in args.defenses.split(",") if d],
+            split=fit,
+            attacks=attacks,
+            out=pts / "defenses",
+            include_undefended=False,
+            log=log,
+            config=cfg,
+        )
+        for p in summary["points"]:
+            points[p["folder"]] = dict(read_json(pts / "defenses" / p["folder"] / "attack.json"))
+
+    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    report = {
+        "command": f"python benchmarks/{command}",
+        "dataset": args.dataset,
+        "threads": args.threads,
+        "seconds": time.perf_counter() - started,
+        "attack_summary": f"{', '.join(attacks)}; black-box {args.attack_epochs} epochs, "
+        f"white-box {args.whitebox_steps} steps on {args.whitebox_images} images, "
+        f"{args.eval_images} evaluation images",
+        "goal": summarise(points, fit),
+        "points": points,
+        "versions": package_versions(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"privacy_tradeoff_{args.dataset.replace('-', '_')}"
+    write_json(args.out / f"{stem}.json", report)
+    write_text(args.out / f"{stem}.md", markdown(report))
+    log(f"wrote {args.out / stem}.json and .md")
+    try:
+        from patrol_compress.report import write_report  # type: ignore[attr-defined]
+    except ImportError:
+        log("report module not available: no HTML/plot written")
+    else:
+        write_report(
+            [pts], args.out / f"{stem}.html", title=f"Privacy-utility: {args.dataset}", force=True
+        )
+        log(f"wrote {args.out / stem}.html")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
