@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = {
     "quickstart": ROOT / "recipes" / "quickstart.yaml",
-    "fashion-mnist": ROOT / "recipes" / "fashion_mnist.yaml",
+    "fashion-mnist": ROOT / "recipes" / "fashion_mnist_small.yaml",
 }
 GOAL = {"psnr_drop_pct": 30.0, "ssim_drop_pct": 20.0, "max_acc_cost_pts": 2.0}
 GOAL_VS_PRUNING = {"psnr_db": 2.0, "ssim": 0.05, "acc_within_pts": 0.5}
