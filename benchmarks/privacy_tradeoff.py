@@ -257,6 +257,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def title(args: argparse.Namespace) -> str:
+    return f"Privacy-utility trade-off: {args.dataset} (benchmarks/privacy_tradeoff.py)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -345,15 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / f"{stem}.json", report)
     write_text(args.out / f"{stem}.md", markdown(report))
     log(f"wrote {args.out / stem}.json and .md")
-    try:
-        from patrol_compress.report import write_report  # type: ignore[attr-defined]
-    except ImportError:
-        log("report module not available: no HTML/plot written")
-    else:
-        write_report(
-            [pts], args.out / f"{stem}.html", title=f"Privacy-utility: {args.dataset}", force=True
-        )
-        log(f"wrote {args.out / stem}.html")
+    from patrol_compress.report import build_report
+
+    files = build_report([pts], args.out / f"{stem}.html", title=title(args), force=True)
+    log(f"wrote {files.html}, {files.markdown} and {files.assets}/")
     return 0
 
 

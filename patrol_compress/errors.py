@@ -49,10 +49,6 @@ class OutputExistsError(PatrolError):
     """An output directory exists and would be overwritten without --force."""
 
 
-class NotBuiltError(PatrolError):
-    """A command or stage that is planned but not implemented yet."""
-
-
 def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional backend, or raise :class:`MissingExtraError` naming the extra."""
     try:

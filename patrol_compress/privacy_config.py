@@ -101,14 +101,17 @@ class RecogniserConfig(_Strict):
 
 
 class RegionConfig(_Strict):
-    """A fixed box (fractions x0, y0, x1, y1 of width/height) scored on its own.
+    """The private region scored on its own: PSNR/SSIM of the plate, say.
 
-    The default is the lower-centre band where the generated vehicles' cameras
-    put the licence plate (checked on the quickstart samples); the generator
-    does not record per-image plate boxes yet.
+    With ``per_image`` (default) the dataset's own per-image boxes are used
+    where it records them: the generated vehicles store the exact box of every
+    pasted plate. Elsewhere, and with ``per_image: false``, the fixed ``box``
+    (fractions x0, y0, x1, y1 of width/height) applies to every image; its
+    default is the lower-centre band where the generated cameras put the plate.
     """
 
     name: str = "plate"
+    per_image: bool = True
     box: tuple[float, float, float, float] = (0.2, 0.6, 0.8, 0.9)
 
     @model_validator(mode="after")

@@ -146,6 +146,26 @@ def test_region_metrics_see_only_the_box() -> None:
         image_metrics(x, x[:, :1])
 
 
+def test_region_metrics_with_per_image_boxes_skip_empty_boxes() -> None:
+    x = torch.zeros(3, 3, 20, 20)
+    x_hat = x.clone()
+    x_hat[0, :, 10:14, 10:14] += 0.1  # inside image 0's box
+    x_hat[1, :, 0:4, 0:4] += 0.5  # outside image 1's box
+    x_hat[2] += 0.9  # image 2's plate is not in the picture: left out
+    boxes = torch.tensor([[0.5, 0.5, 0.7, 0.7], [0.5, 0.5, 0.7, 0.7], [0.0, 0.0, 0.0, 0.0]])
+    out = region_metrics(x, x_hat, boxes)
+    assert out["images"] == 2
+    assert abs(out["psnr"] - (20.0 + PSNR_CAP_DB) / 2) < 1e-3
+    with pytest.raises(PatrolError, match="3 x 4"):
+        region_metrics(x, x_hat, boxes[:2])
+
+
+def test_attack_scores_the_generated_plates_exact_boxes(run_copy: Path) -> None:
+    report = attack(run_copy, ["blackbox"], config=tiny_config(blackbox={"epochs": 1}))
+    assert "exact per-image box" in report["region_note"]
+    assert report["attacks"]["blackbox"]["region"]["images"] > 0
+
+
 # --------------------------------------------------------------------------------- data
 
 

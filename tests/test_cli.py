@@ -23,10 +23,12 @@ def test_help_lists_every_command() -> None:
         assert cmd in result.output
 
 
-def test_not_built_command_says_so_with_exit_2() -> None:
-    result = runner.invoke(app, ["report", "somewhere"])
+def test_report_of_a_missing_path_is_one_line_with_exit_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
-    assert "not built yet" in result.output
+    assert "nowhere" in result.output
+    assert result.output.strip().count("\n") == 0
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize(

@@ -213,3 +213,40 @@ def test_image_grid_rejects_bad_shapes(tmp_path: Path) -> None:
         save_image_grid([np.zeros((10, 10, 5))], tmp_path / "x.png", ncols=1)
     with pytest.raises(ValueError, match="at least one image"):
         save_image_grid([None], tmp_path / "x.png", ncols=1)
+
+
+def test_plate_boxes_are_exactly_where_the_plate_is_pasted() -> None:
+    """Render the same image twice, once with a magenta plate: the pixels that change
+    lie inside the recorded box (plus one pixel of filter spread) and fill most of it."""
+    size = 128
+    canvas = synthetic_draw.canvas_size(size)
+    cam_rng = np.random.default_rng(7)
+    views = synthetic_draw.camera_views(cam_rng, 2)
+    for c, view in enumerate(views):
+        cam = synthetic_draw.make_camera(np.random.default_rng(100 + c), view, canvas)
+        vehicle = synthetic_draw.sample_vehicle(np.random.default_rng(3))
+        plate = synthetic_draw.plate_image(vehicle.plate, vehicle.plate_bg)
+        magenta = Image.new("RGB", plate.size, (255, 0, 255))
+        a, box = synthetic_draw.render(vehicle, cam, plate, np.random.default_rng(5), size)
+        b, box_b = synthetic_draw.render(vehicle, cam, magenta, np.random.default_rng(5), size)
+        assert np.array_equal(box, box_b)
+        x0, y0, x1, y1 = (box * size).tolist()
+        assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size, view
+        changed = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 24
+        rows, cols = np.nonzero(changed)
+        assert len(rows) > 0, view
+        spread = 2.5  # box filter + camera blur reach about a pixel or two outside
+        assert cols.min() >= x0 - spread and cols.max() <= x1 + spread, view
+        assert rows.min() >= y0 - spread and rows.max() <= y1 + spread, view
+        inside = changed[int(y0 + 1) : int(y1 - 1), int(x0 + 1) : int(x1 - 1)]
+        assert inside.mean() > 0.5, view
+
+
+def test_generated_splits_carry_one_plate_box_per_image(bundle: DataBundle) -> None:
+    for ds in (bundle.train, bundle.query, bundle.gallery):
+        assert ds is not None and ds.region_boxes is not None
+        boxes = ds.region_boxes
+        assert boxes.shape == (len(ds), 4)
+        assert ((boxes >= 0) & (boxes <= 1)).all()
+        visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        assert visible.mean() > 0.95

@@ -65,6 +65,8 @@ class AttackData:
     reference_images: torch.Tensor
     reference_labels: torch.Tensor
     num_classes: int
+    eval_boxes: torch.Tensor | None
+    """Per-image private-region boxes of the evaluation images, where the dataset has them."""
     mean_image: torch.Tensor
     summary: dict[str, Any]
 
@@ -89,6 +91,16 @@ def _subset(refs: list[Ref], cap: int, rng: np.random.Generator) -> list[Ref]:
     if cap:
         order = order[:cap]
     return [refs[int(i)] for i in order]
+
+
+def _boxes(refs: list[Ref]) -> torch.Tensor | None:
+    """The datasets' recorded region boxes for ``refs``; None unless every image has one."""
+    rows = []
+    for ds, i in refs:
+        if ds.region_boxes is None:
+            return None
+        rows.append(ds.region_boxes[i])
+    return torch.tensor(np.stack(rows), dtype=torch.float32) if rows else None
 
 
 def mean_image(ds: Dataset[Item], batch_size: int = 128) -> torch.Tensor:
@@ -175,6 +187,7 @@ def build_attack_data(bundle: DataBundle, cfg: AttackConfig) -> AttackData:
         reference_images=_stack(reference),
         reference_labels=labels(reference),
         num_classes=num_classes,
+        eval_boxes=_boxes(probe),
         mean_image=mean_image(attacker_set),
         summary={
             "attacker_data": cfg.attacker_data,

@@ -98,18 +98,36 @@ def _context(
     )
 
 
+def region_boxes(data: AttackData, cfg: AttackConfig) -> tuple[Any, str] | None:
+    """The boxes the region is scored on (per image where the data has them) and a note."""
+    r = cfg.region
+    if r is None:
+        return None
+    if r.per_image and data.eval_boxes is not None:
+        return data.eval_boxes, (
+            f"'{r.name}': the exact per-image box the dataset records (the generated "
+            "vehicles' pasted plates); SSIM is the full-image SSIM map averaged over the box"
+        )
+    return tuple(r.box), (
+        f"'{r.name}': fixed box {list(r.box)} (x0, y0, x1, y1 fractions) for every image; "
+        "SSIM is the full-image SSIM map averaged over the box"
+    )
+
+
 def _score(
     originals: torch.Tensor,
     recon: torch.Tensor,
     labels: torch.Tensor,
     recogniser: torch.nn.Module,
-    cfg: AttackConfig,
+    region: tuple[Any, str] | None,
 ) -> dict[str, Any]:
-    x = originals[: len(recon)]
-    out: dict[str, Any] = {"images": len(recon), **image_metrics(x, recon)}
-    out["attack_accuracy"] = attack_accuracy(recogniser, recon, labels[: len(recon)])
-    if cfg.region is not None:
-        out["region"] = region_metrics(x, recon, cfg.region.box)
+    n = len(recon)
+    x = originals[:n]
+    out: dict[str, Any] = {"images": n, **image_metrics(x, recon)}
+    out["attack_accuracy"] = attack_accuracy(recogniser, recon, labels[:n])
+    if region is not None:
+        box = region[0][:n] if isinstance(region[0], torch.Tensor) else region[0]
+        out["region"] = region_metrics(x, recon, box)
     return out
 
 
@@ -291,6 +309,7 @@ def attack_model(
     recogniser = _recogniser(data, cfg)
     recogniser_s = time.perf_counter() - start
 
+    region = region_boxes(data, cfg)
     results: dict[str, Any] = {}
     recons: dict[str, torch.Tensor] = {}
     for name in names:
@@ -298,14 +317,14 @@ def attack_model(
         rec = ATTACKS.get(name)().run(ctx)
         seconds = time.perf_counter() - start
         recons[name] = rec.images
-        scores = _score(data.eval_images, rec.images, data.eval_labels, recogniser, cfg)
+        scores = _score(data.eval_images, rec.images, data.eval_labels, recogniser, region)
         results[name] = {**scores, "seconds": round(seconds, 2), "info": rec.info}
 
     guess = data.mean_image.expand_as(data.eval_images)
     mean_scores: dict[str, Any] = mean_image_metrics(data.mean_image, data.eval_images)
     mean_scores["attack_accuracy"] = attack_accuracy(recogniser, guess, data.eval_labels)
-    if cfg.region is not None:
-        mean_scores["region"] = region_metrics(data.eval_images, guess, cfg.region.box)
+    if region is not None:
+        mean_scores["region"] = region_metrics(data.eval_images, guess, region[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _grid(out_dir / GRID_FILE, data.eval_images, recons, cfg.grid_images)
     report = {
@@ -328,12 +347,7 @@ def attack_model(
         },
         "data": data.summary,
         "metric_note": METHOD_NOTE,
-        "region_note": (
-            None
-            if cfg.region is None
-            else f"'{cfg.region.name}': fixed box {list(cfg.region.box)} (x0, y0, x1, y1 "
-            "fractions) for every image; SSIM is the full-image SSIM map averaged over the box"
-        ),
+        "region_note": None if region is None else region[1],
         "grid": {"file": GRID_FILE, "rows": rows},
         "model_weights_sha256": meta.get("weights", {}).get("sha256"),
         "config": cfg.model_dump(mode="json"),

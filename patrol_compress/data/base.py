@@ -34,6 +34,9 @@ class ReidDataset(Dataset[Item]):
     channels: int
     image_size: int
     augment: bool = False
+    region_boxes: np.ndarray | None = None
+    """Per-image private region (x0, y0, x1, y1 fractions), when the dataset knows it
+    (the generated vehicles record their plates); attacks score it separately."""
 
     def __len__(self) -> int:
         return len(self.pids)

@@ -73,7 +73,7 @@ from patrol_compress.data.synthetic_draw import (
 from patrol_compress.io import atomic_path
 from patrol_compress.recipe import DataConfig
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bump whenever drawing changes, so stale caches are not reused."""
 
 DEFAULT_CACHE_DIR = Path(".cache") / "patrol-compress"
@@ -126,18 +126,19 @@ def generate(p: Params) -> dict[str, np.ndarray]:
     ]
     n, c_, k_ = p.num_identities, p.num_cameras, p.images_per_camera
     images = np.empty((n, c_, k_, p.image_size, p.image_size, 3), dtype=np.uint8)
+    boxes = np.zeros((n, c_, k_, 4), dtype=np.float32)
     for i in range(n):
         vehicle = sample_vehicle(np.random.default_rng(p.entropy(_PURPOSE_IDENTITY, i)))
         plate = plate_image(vehicle.plate, vehicle.plate_bg)
         for c, cam in enumerate(cameras):
             for k in range(k_):
                 rng = np.random.default_rng(p.entropy(_PURPOSE_IMAGE, i, c, k))
-                images[i, c, k] = render(vehicle, cam, plate, rng, p.image_size)
-    return split_arrays(images, p)
+                images[i, c, k], boxes[i, c, k] = render(vehicle, cam, plate, rng, p.image_size)
+    return split_arrays(images, boxes, p)
 
 
-def split_arrays(images: np.ndarray, p: Params) -> dict[str, np.ndarray]:
-    """Identity-disjoint train/test; one query per test identity and camera."""
+def split_arrays(images: np.ndarray, boxes: np.ndarray, p: Params) -> dict[str, np.ndarray]:
+    """Identity-disjoint train/test; one query per test identity and camera (boxes follow)."""
     n, c_, k_ = images.shape[:3]
     rng = np.random.default_rng(p.entropy(_PURPOSE_SPLIT))
     n_test = min(n - 1, max(1, round(p.test_fraction * n)))
@@ -153,6 +154,7 @@ def split_arrays(images: np.ndarray, p: Params) -> dict[str, np.ndarray]:
     for r, name in enumerate(SPLITS):
         sel = role == r
         out[f"{name}_images"] = images[sel]
+        out[f"{name}_plate_boxes"] = boxes[sel]
         out[f"{name}_pids"] = pid[sel].astype(np.int64)
         out[f"{name}_camids"] = cam[sel].astype(np.int64)
     return out
@@ -179,7 +181,10 @@ def _read_cache(path: Path, p: Params) -> dict[str, np.ndarray] | None:
     for name in SPLITS:
         imgs = arrays.get(f"{name}_images")
         pids, cams = arrays.get(f"{name}_pids"), arrays.get(f"{name}_camids")
-        if imgs is None or pids is None or cams is None or imgs.dtype != np.uint8:
+        boxes = arrays.get(f"{name}_plate_boxes")
+        if imgs is None or pids is None or cams is None or boxes is None:
+            return None
+        if imgs.dtype != np.uint8 or boxes.shape != (len(imgs), 4):
             return None
         if imgs.shape[1:] != size or not (len(imgs) == len(pids) == len(cams)):
             return None
@@ -214,13 +219,17 @@ def load_synthetic(config: DataConfig) -> DataBundle:
     """The default re-id bundle (see the module docstring)."""
     a = load_arrays(config)
     labels, num_classes = relabel(a["train_pids"].tolist())
+
+    def part(name: str, pids: list[int]) -> ArrayDataset:
+        ds = ArrayDataset(a[f"{name}_images"], pids, a[f"{name}_camids"].tolist())
+        ds.region_boxes = a[f"{name}_plate_boxes"]
+        return ds
+
     return DataBundle(
         task="reid",
         name="synthetic-vehicles",
-        train=ArrayDataset(a["train_images"], labels, a["train_camids"].tolist()),
-        query=ArrayDataset(a["query_images"], a["query_pids"].tolist(), a["query_camids"].tolist()),
-        gallery=ArrayDataset(
-            a["gallery_images"], a["gallery_pids"].tolist(), a["gallery_camids"].tolist()
-        ),
+        train=part("train", labels),
+        query=part("query", a["query_pids"].tolist()),
+        gallery=part("gallery", a["gallery_pids"].tolist()),
         num_classes=num_classes,
     )

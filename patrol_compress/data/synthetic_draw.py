@@ -462,6 +462,8 @@ class Painter:
         self.img = img
         self.d = ImageDraw.Draw(img)
         self.p = proj
+        self.plate_box: list[float] | None = None
+        """Canvas pixels (x0, y0, x1, y1) of the pasted plate, recorded by ``_plate``."""
 
     def poly(self, pts: Sequence[P3], fill: Colour) -> None:
         self.d.polygon([self.p(*q) for q in pts], fill=fill)
@@ -870,6 +872,8 @@ def _plate(pt: Painter, sc: Scene, y0: float) -> None:
     box = pt.bbox(-w / 2, y0, w / 2, y0 + h, 0.0)
     size = (max(1, round(box[2] - box[0])), max(1, round(box[3] - box[1])))
     pt.img.paste(sc.plate.resize(size, Image.Resampling.BILINEAR), (round(box[0]), round(box[1])))
+    left, top = round(box[0]), round(box[1])
+    pt.plate_box = [left, top, left + size[0], top + size[1]]
 
 
 def _front_face(pt: Painter, sc: Scene) -> None:
@@ -1005,8 +1009,13 @@ def _corners(s: Shape) -> list[P3]:
 
 def render(
     v: Vehicle, cam: Camera, plate_img: Image.Image, rng: np.random.Generator, size: int
-) -> np.ndarray:
-    """One ``size x size x 3`` uint8 image of ``v`` seen by ``cam``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ``size x size x 3`` uint8 image of ``v`` seen by ``cam``, and its plate box.
+
+    The box is the pasted plate's (x0, y0, x1, y1) as fractions of the image
+    width/height, clipped to the image (all zeros if the plate is off-image);
+    an occluder may still cover it, as in real footage.
+    """
     canvas = cam.background.width
     proj = Projection(cam.yaw + rng.normal(0, 0.05), cam.height + rng.normal(0, 0.04))
     proj.fit(
@@ -1028,7 +1037,10 @@ def render(
     blur = cam.blur * rng.uniform(0.7, 1.3)
     if blur > 0.15:
         small = small.filter(ImageFilter.GaussianBlur(blur))
-    return _light(np.asarray(small, dtype=np.float32) / 255.0, cam, rng)
+    box = np.zeros(4, dtype=np.float32)
+    if pt.plate_box is not None:
+        box = np.clip(np.asarray(pt.plate_box, dtype=np.float32) / canvas, 0.0, 1.0)
+    return _light(np.asarray(small, dtype=np.float32) / 255.0, cam, rng), box
 
 
 def _occluder(d: ImageDraw.ImageDraw, rng: np.random.Generator, canvas: int) -> None:

@@ -109,19 +109,30 @@ def box_pixels(box: Box, height: int, width: int) -> tuple[int, int, int, int]:
     return r0, min(r1, height), c0, min(c1, width)
 
 
-def region_metrics(x: torch.Tensor, x_hat: torch.Tensor, box: Box) -> dict[str, float]:
-    """PSNR and SSIM of one fixed region, per image then averaged.
+def region_metrics(
+    x: torch.Tensor, x_hat: torch.Tensor, box: Box | torch.Tensor
+) -> dict[str, float]:
+    """PSNR and SSIM of a region, per image then averaged.
 
+    ``box`` is one fixed box for every image, or an N x 4 tensor of per-image
+    boxes (fractions x0, y0, x1, y1); images whose box is empty (the region is
+    not in the picture) are left out, and ``images`` says how many counted.
     PSNR comes from the MSE over the region's pixels. SSIM is the mean of the
     full-image SSIM map over the region: cropping first would leave regions
     smaller than the 11x11 window (a plate is ~12 x 6 px at 32 px) without a
     valid SSIM, and the map keeps each pixel's window context.
     """
     _check(x, x_hat)
-    r0, r1, c0, c1 = box_pixels(box, x.shape[2], x.shape[3])
-    crop, crop_hat = x[:, :, r0:r1, c0:c1], x_hat[:, :, r0:r1, c0:c1]
-    mse = (crop.float() - crop_hat.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    psnr = torch.clamp(10 * torch.log10(DATA_RANGE**2 / mse), max=PSNR_CAP_DB)
+    n, _, h, w = x.shape
+    if isinstance(box, torch.Tensor):
+        if box.shape != (n, 4):
+            raise ImageMetricError(f"per-image boxes must be {n} x 4, found {list(box.shape)}")
+        boxes: list[Box | None] = [
+            None if (b[2] <= b[0] or b[3] <= b[1]) else (b[0], b[1], b[2], b[3])
+            for b in box.tolist()
+        ]
+    else:
+        boxes = [box] * n
     out = structural_similarity_index_measure(
         x_hat.float(),
         x.float(),
@@ -132,8 +143,22 @@ def region_metrics(x: torch.Tensor, x_hat: torch.Tensor, box: Box) -> dict[str, 
     if not isinstance(out, tuple):
         raise TypeError("torchmetrics returned no SSIM map")
     ssim_map = out[1]
-    ssim = ssim_map[:, :, r0:r1, c0:c1].flatten(1).mean(1)
-    return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
+    psnrs, ssims = [], []
+    for i, b in enumerate(boxes):
+        if b is None:
+            continue
+        r0, r1, c0, c1 = box_pixels(b, h, w)
+        diff = x[i, :, r0:r1, c0:c1].float() - x_hat[i, :, r0:r1, c0:c1].float()
+        mse = diff.pow(2).mean().clamp_min(1e-10)
+        psnrs.append(torch.clamp(10 * torch.log10(DATA_RANGE**2 / mse), max=PSNR_CAP_DB))
+        ssims.append(ssim_map[i, :, r0:r1, c0:c1].mean())
+    if not psnrs:
+        return {"psnr": float("nan"), "ssim": float("nan"), "images": 0}
+    return {
+        "psnr": float(torch.stack(psnrs).mean()),
+        "ssim": float(torch.stack(ssims).mean()),
+        "images": len(psnrs),
+    }
 
 
 def mean_image_metrics(mean_image: torch.Tensor, x: torch.Tensor) -> dict[str, float]:

@@ -1,0 +1,126 @@
+"""What the report says, independent of its format.
+
+The HTML page and the markdown file are two layouts of one :class:`Report`:
+the same points in the same order, the same tables, the same sentences. Only
+this module decides the words, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from patrol_compress import __version__
+from patrol_compress.report.collect import Point
+from patrol_compress.report.images import GridImage
+from patrol_compress.report.plot import plotted, unplotted
+from patrol_compress.report.tables import Table, edge_table, sources_table, summary_table
+
+DEFAULT_TITLE = "patrol-compress privacy report"
+
+READING_GUIDE = (
+    "Each point is one attacked edge partition. PSNR (dB) and SSIM compare the attacker's "
+    "reconstructions with the camera images: higher means the attacker sees more. "
+    "'attack acc' is the share of reconstructions that a recogniser trained on clean images "
+    "assigns to the right identity. The strongest attack is the one with the highest PSNR. "
+    "The mean-image baseline reconstructs every image as the average training image: "
+    "an attack at that level has learned nothing from the features."
+)
+PLANE_GUIDE = (
+    "x: accuracy of the attacked (defended) model; y: what the strongest attack recovers. "
+    "Points of one series are joined in order of defense strength (then split). "
+    "The dashed line is the mean-image baseline. Good defenses sit low and to the right."
+)
+FALLBACK_METRIC_NOTE = (
+    "PSNR and SSIM per image (torchmetrics, data range 1.0), then averaged over images."
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    points: list[Point]
+    grids: list[GridImage]
+    base: Path  # the folder the outputs live in; sources are shown relative to it
+
+    @property
+    def summary(self) -> Table:
+        return summary_table(self.points)
+
+    @property
+    def edge(self) -> Table:
+        return edge_table(self.points)
+
+    @property
+    def sources(self) -> Table:
+        return sources_table(self.points, [self.source(p) for p in self.points])
+
+    @property
+    def plotted(self) -> list[Point]:
+        return plotted(self.points)
+
+    @property
+    def unplotted_note(self) -> str | None:
+        missing = unplotted(self.points)
+        if not missing:
+            return None
+        names = ", ".join(p.label for p in missing)
+        return f"Not plotted (their attack.json has no accuracy): {names}."
+
+    @property
+    def counts_line(self) -> str:
+        n, k = len(self.points), len(self.plotted)
+        return f"{n} point{'s' if n != 1 else ''}, {k} with an accuracy (plotted)."
+
+    def source(self, p: Point) -> str:
+        """The attack.json path relative to the report, so a moved folder still reads."""
+        try:
+            return os.path.relpath(p.source.resolve(), self.base.resolve())
+        except ValueError:  # another drive on Windows
+            return str(p.source.resolve())
+
+    def grid_caption(self, i: int) -> str:
+        p = self.points[i]
+        return f"Rows, top to bottom: {', '.join(p.grid.rows)}. Columns: evaluation images."
+
+    @property
+    def metric_notes(self) -> list[str]:
+        notes = _unique(p.metric_note for p in self.points)
+        return notes or [FALLBACK_METRIC_NOTE]
+
+    @property
+    def region_notes(self) -> list[str]:
+        return _unique(p.region_note for p in self.points)
+
+    @property
+    def commands(self) -> list[tuple[str, str]]:
+        return [(p.label, p.command) for p in self.points if p.command]
+
+    @property
+    def version_groups(self) -> list[tuple[list[str], dict[str, str]]]:
+        """Package versions, once per distinct set, with the points that share it."""
+        groups: list[tuple[list[str], dict[str, str]]] = []
+        for p in self.points:
+            if not p.versions:
+                continue
+            for labels, versions in groups:
+                if versions == p.versions:
+                    labels.append(p.label)
+                    break
+            else:
+                groups.append(([p.label], p.versions))
+        return groups
+
+    @property
+    def generator(self) -> str:
+        return f"written by patrol-compress {__version__} (report)"
+
+
+def _unique(values: Iterable[str | None]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        if v and v not in out:
+            out.append(v)
+    return out

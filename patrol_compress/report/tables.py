@@ -1,0 +1,168 @@
+"""The report's tables as plain strings, shared by the HTML and markdown writers.
+
+Building the cells once keeps the two outputs saying exactly the same numbers;
+each writer only decides how to lay them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from patrol_compress.report.collect import Point
+
+MISSING = "-"
+_KNOWN_ATTACKS = ("blackbox", "whitebox", "adaptive")
+
+
+@dataclass(frozen=True)
+class Table:
+    """Headers, string rows and which columns are numbers (right-aligned)."""
+
+    id: str
+    headers: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]
+
+
+def attack_names(points: list[Point]) -> list[str]:
+    """Every attack seen, the usual three first, the rest in order of appearance."""
+    seen: list[str] = []
+    for p in points:
+        seen.extend(a for a in p.attacks if a not in seen)
+    return sorted(
+        seen,
+        key=lambda a: _KNOWN_ATTACKS.index(a) if a in _KNOWN_ATTACKS else len(_KNOWN_ATTACKS),
+    )
+
+
+def summary_table(points: list[Point]) -> Table:
+    """One row per point; each attack is one 'PSNR / SSIM / attack acc' cell to stay readable."""
+    attacks = attack_names(points)
+    headers = [
+        "point",
+        "split",
+        "edge params",
+        "weight bytes",
+        "MACs / image",
+        "bytes sent / image",
+        "accuracy",
+        *(f"{a}: PSNR dB / SSIM / attack acc" for a in attacks),
+        "mean image: PSNR dB / SSIM",
+        "strongest attack",
+    ]
+    rows = []
+    for p in points:
+        edge = p.edge or {}
+        row = [
+            p.label,
+            str(p.split),
+            count(edge.get("params")),
+            si(edge.get("weight_bytes"), "B"),
+            si(edge.get("macs"), ""),
+            count(edge.get("bytes_sent"), " B"),
+            accuracy_text(p),
+        ]
+        for a in attacks:
+            s = p.attacks.get(a)
+            row.append(
+                MISSING
+                if s is None
+                else f"{db(s.psnr)} / {ssim(s.ssim)} / {percent(s.attack_accuracy)}"
+            )
+        m = p.mean_image
+        row.append(MISSING if m is None else f"{db(m.psnr)} / {ssim(m.ssim)}")
+        row.append(strongest_text(p))
+        rows.append(row)
+    text = ("point", "accuracy", "strongest attack")
+    return Table("summary", headers, rows, [h not in text for h in headers])
+
+
+def edge_table(points: list[Point]) -> Table:
+    headers = [
+        "point",
+        "split",
+        "output shape",
+        "edge params",
+        "weight bytes (fp32)",
+        "MACs / image",
+        "bytes sent / image",
+        "budget params",
+        "budget from split",
+    ]
+    rows = []
+    for p in points:
+        edge = p.edge or {}
+        budget = p.budget or {}
+        shape = edge.get("output_shape")
+        rows.append(
+            [
+                p.label,
+                str(p.split),
+                "x".join(str(x) for x in shape) if isinstance(shape, list) else MISSING,
+                count(edge.get("params")),
+                count(edge.get("weight_bytes"), " B"),
+                count(edge.get("macs")),
+                count(edge.get("bytes_sent"), " B"),
+                count(budget.get("params")),
+                MISSING if budget.get("fit_split") is None else str(budget["fit_split"]),
+            ]
+        )
+    return Table("edge", headers, rows, [h != "point" for h in headers])
+
+
+def sources_table(points: list[Point], sources: list[str]) -> Table:
+    """Where each point came from (paths relative to the report) and what defended it."""
+    headers = ["point", "series", "defense", "attack.json (relative to the report)"]
+    rows = [
+        [p.label, p.series, defense_text(p), src] for p, src in zip(points, sources, strict=True)
+    ]
+    return Table("sources", headers, rows, [False] * len(headers))
+
+
+def defense_text(p: Point) -> str:
+    d = p.defense
+    if d is None:
+        return MISSING
+    if d.parameter and d.strength is not None:
+        return f"{d.name} {d.parameter}={d.strength:g}"
+    if d.strength is not None:
+        return f"{d.name} {d.strength:g}"
+    return d.name
+
+
+def accuracy_text(p: Point) -> str:
+    a = p.accuracy
+    return MISSING if a is None else f"{a.metric} {percent(a.value)}"
+
+
+def strongest_text(p: Point) -> str:
+    s = p.strongest_score
+    return f"{p.strongest} ({db(s.psnr)} dB)"
+
+
+def db(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def ssim(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def percent(v: float | None) -> str:
+    return MISSING if v is None else f"{100 * v:.1f}%"
+
+
+def count(v: Any, unit: str = "") -> str:
+    return MISSING if v is None else f"{round(float(v)):,}{unit}"
+
+
+def si(v: Any, unit: str) -> str:
+    """1,234,567 -> '1.23 M' + unit: MACs and byte counts read at a glance."""
+    if v is None:
+        return MISSING
+    x = float(v)
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}"
+    return f"{x:g} {unit}".rstrip()
