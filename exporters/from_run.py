@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patrol_compress.errors import ExportError
+from patrol_compress.errors import ExportError, ModelError
 
 from .base import EXPORTERS
 from .partitions import export_partitions
@@ -46,6 +46,12 @@ def export_run(
     run_dir = Path(run_dir)
     model, info = load_run_model(run_dir)
     k = resolve_split(split, info)
+    stages = len(model.stage_names)
+    if not 1 <= k <= stages:
+        what = f"--split {k}" if split is not None else f"the run's split {k} (model.json)"
+        raise ModelError(
+            f"{what} is out of range: the model saved in {run_dir} has stages 1..{stages}"
+        )
     out_dir = Path(out) if out is not None else default_out(run_dir, target, k, precision)
     manifest = export_partitions(
         model,

@@ -22,6 +22,7 @@ from torch import nn
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import atomic_path, read_json, sha256_file, write_json
 from patrol_compress.models import BlockNet, build_model
+from patrol_compress.models.head import ReidHead
 from patrol_compress.recipe import ModelConfig
 
 MODEL_FILE = "model.safetensors"
@@ -108,29 +109,82 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_resized(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Shrink layers to the shapes in ``state`` (pruned weights), then load it strictly."""
+def load_resized(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, exact: bool = False
+) -> None:
+    """Shrink layers to the shapes in ``state`` (pruned weights), then load it strictly.
+
+    Pruning only ever removes channels, so weights with a layer *larger* than the
+    architecture's, another kernel size, another number of classes or other keys
+    come from a different model and raise :class:`ModelError` naming ``source``.
+    ``exact`` (unpruned weights, e.g. a trained target) refuses any shape change.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        found = [
+            f"{len(keys)} {what} keys (first: {', '.join(keys[:3])})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise ModelError(
+            f"{source}: weights do not fit the model's architecture: {'; '.join(found)}; "
+            "these weights are from another model"
+        )
     for name, module in list(model.named_modules()):
-        new = _resized(module, name, state)
+        new = _resized(module, name, state, source, exact)
         if new is not None:
             _set_submodule(model, name, new)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
         raise ModelError(
-            f"{source}: weights do not fit the architecture in the recipe ({first})"
+            f"{source}: weights do not fit the model's architecture ({detail})"
         ) from None
 
 
-def _resized(module: nn.Module, name: str, state: dict[str, torch.Tensor]) -> nn.Module | None:
+def _check_shape(
+    key: str, shape: tuple[int, ...], expected: tuple[int, ...], source: str, exact: bool
+) -> None:
+    """Weights may only be narrower than the architecture (pruned), never wider or reshaped."""
+    if shape == expected:
+        return
+    if exact:
+        raise ModelError(
+            f"{source}: '{key}' has shape {shape}, the model's architecture expects "
+            f"{expected}; these weights are from another model"
+        )
+    if len(shape) != len(expected) or any(s > e for s, e in zip(shape, expected, strict=True)):
+        raise ModelError(
+            f"{source}: '{key}' has shape {shape}, which does not fit the architecture's "
+            f"{expected} (pruning only removes channels); these weights are from another model"
+        )
+
+
+def _resized(
+    module: nn.Module, name: str, state: dict[str, torch.Tensor], source: str, exact: bool
+) -> nn.Module | None:
     key = f"{name}.weight" if name else "weight"
+    if isinstance(module, ReidHead):
+        ckey = f"{name}.classifier.weight" if name else "classifier.weight"
+        if ckey in state and state[ckey].shape[0] != module.classifier.out_features:
+            raise ModelError(
+                f"{source}: '{ckey}' has {state[ckey].shape[0]} classes, the model has "
+                f"{module.classifier.out_features}; these weights are from another model"
+            )
     if key not in state:
         return None
     shape = tuple(state[key].shape)
     if isinstance(module, nn.Conv2d) and shape != tuple(module.weight.shape):
-        if len(shape) != 4:
-            raise ModelError(f"'{key}' has shape {shape}, expected a 4-d conv weight")
+        _check_shape(key, shape, tuple(module.weight.shape), source, exact)
+        if shape[2:] != tuple(module.weight.shape[2:]):
+            raise ModelError(
+                f"{source}: '{key}' has kernel {shape[2:]}, the architecture's is "
+                f"{tuple(module.weight.shape[2:])}; these weights are from another model"
+            )
         out_c, in_per_group = shape[0], shape[1]
         groups = (
             out_c if module.groups > 1 and module.groups == module.in_channels else module.groups
@@ -146,11 +200,13 @@ def _resized(module: nn.Module, name: str, state: dict[str, torch.Tensor]) -> nn
             bias=module.bias is not None,
         )
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and shape[0] != module.num_features:
+        _check_shape(key, shape, (module.num_features,), source, exact)
         bn = type(module)(shape[0], eps=module.eps, momentum=module.momentum, affine=module.affine)
         for p_name, p in module.named_parameters(recurse=False):
             getattr(bn, p_name).requires_grad_(p.requires_grad)
         return bn
     if isinstance(module, nn.Linear) and shape != tuple(module.weight.shape):
+        _check_shape(key, shape, tuple(module.weight.shape), source, exact)
         return nn.Linear(shape[1], shape[0], bias=module.bias is not None)
     return None
 

@@ -22,6 +22,7 @@ from patrol_compress.errors import ArtifactError, PatrolError, import_optional
 
 EDGE_ONNX = "edge.onnx"
 EDGE_XML = "edge.xml"
+EDGE_BIN = "edge.bin"
 EDGE_ENGINE = "edge.engine"
 
 
@@ -47,9 +48,20 @@ class Runtime:
     open: Callable[[ModuleType, Path, tuple[int, ...], int | None, dict[str, Any]], EdgeSession]
 
 
-def _need(path: Path, why: str) -> Path:
+def _need(root: Path, name: str, why: str, opts: dict[str, Any]) -> Path:
+    """``root/name`` if it exists and the manifest lists it (so its sha256 was checked).
+
+    ``opts["verified"]`` holds the names :func:`verify_manifest` checked; a file
+    the manifest does not list (dropped from it, or added next to it) is never loaded.
+    """
+    path = root / name
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; {why}")
+    if name not in opts.get("verified", ()):
+        raise ArtifactError(
+            f"{path}: not listed in manifest.json, so its sha256 was never checked; "
+            "refusing to load it (re-export the artifact)"
+        )
     return path
 
 
@@ -66,7 +78,7 @@ def _load_ort() -> ModuleType:
 def _open_ort(
     ort: ModuleType, root: Path, shape: tuple[int, ...], threads: int | None, opts: dict[str, Any]
 ) -> EdgeSession:
-    path = _need(root / EDGE_ONNX, "the onnxruntime benchmark runs edge.onnx")
+    path = _need(root, EDGE_ONNX, "the onnxruntime benchmark runs edge.onnx", opts)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1
@@ -92,10 +104,12 @@ def _open_ov(
     ov: ModuleType, root: Path, shape: tuple[int, ...], threads: int | None, opts: dict[str, Any]
 ) -> EdgeSession:
     if (root / EDGE_XML).is_file():
-        path, files = root / EDGE_XML, [EDGE_XML, "edge.bin"]
+        files = [EDGE_XML, EDGE_BIN]
+        path = _need(root, EDGE_XML, "OpenVINO reads edge.xml", opts)
+        _need(root, EDGE_BIN, "OpenVINO reads edge.xml with its weights in edge.bin", opts)
     else:
         path, files = (
-            _need(root / EDGE_ONNX, "OpenVINO reads edge.xml or converts edge.onnx"),
+            _need(root, EDGE_ONNX, "OpenVINO reads edge.xml or converts edge.onnx", opts),
             [EDGE_ONNX],
         )
     core = ov.Core()
@@ -129,7 +143,7 @@ def _open_trt(
     from patrol_compress.bench.trt_runtime import TrtEdge
 
     path = _need(
-        root / EDGE_ENGINE, "the TensorRT benchmark runs edge.engine (export --target trt)"
+        root, EDGE_ENGINE, "the TensorRT benchmark runs edge.engine (export --target trt)", opts
     )
     edge = TrtEdge(trt, path, shape)
     return EdgeSession(edge.run, edge.input_dtype, [EDGE_ENGINE], edge.close)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -41,6 +42,25 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+# torch re-raises an error from a DataLoader worker with the worker's whole traceback
+# as its message; the user's message is on the traceback's last "<Type>: ..." line.
+_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.$")
+
+
+def user_message(exc: PatrolError) -> str:
+    """The message of ``exc``, unwrapped from torch's DataLoader-worker re-raise."""
+    text = str(exc)
+    lines = text.splitlines()
+    if not lines or not _WORKER_ERROR.match(lines[0]):
+        return text
+    name = type(exc).__name__
+    for i in range(len(lines) - 1, 0, -1):
+        head, sep, rest = lines[i].partition(": ")
+        if sep and head.rsplit(".", 1)[-1] == name:
+            return "\n".join([rest, *lines[i + 1 :]])
+    return text
+
+
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn PatrolError into the one-line, exit-code-2 contract."""
 
@@ -51,7 +71,7 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except PatrolError as exc:
             if debug_enabled():
                 raise
-            raise fail(str(exc)) from None
+            raise fail(user_message(exc)) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; finished stages are kept, rerun with --resume")
             sys.exit(130)
