@@ -2,7 +2,16 @@
 
 Each stage writes its outputs, then records itself in ``stages.json``; a rerun
 with ``resume=True`` skips finished stages (their outputs are never rewritten)
-and resumes an interrupted stage from its last per-epoch checkpoint.
+and resumes an interrupted stage from its last per-epoch checkpoint. Every
+training stage starts from its own seed (or its checkpoint's generators), so
+what it computes does not depend on whether earlier stages ran in this process
+or in an interrupted one.
+
+Under torchrun (:mod:`patrol_compress.distributed`) every rank runs the
+training stages on its share of each batch; rank 0 alone writes files,
+evaluates, prints, and decides the removal plan: it removes the channels and
+saves ``pruned/``, which every rank then loads, so all ranks recover the same
+pruned network. The others wait for it at each stage's end.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file
 
+from patrol_compress import distributed
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
 from patrol_compress.io import read_json, write_json
@@ -102,13 +112,20 @@ def edge_report(model: BlockNet, k: int, input_shape: tuple[int, int, int]) -> d
 def _open_with_data(
     recipe: Recipe, out: Path | None, resume: bool, force: bool
 ) -> tuple[RunDir, DataBundle]:
-    """Open the run directory and load the data (the "data" stage writes the sample grid)."""
+    """Open the run directory and load the data (the "data" stage writes the sample grid).
+
+    Distributed: rank 0 loads first (it may generate and cache the data), the
+    others read the cache after it.
+    """
+    ctx = distributed.current()
     run = open_run(recipe, out, resume, force)
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
-    data = build_data(recipe.data)
+    data = ctx.run_on_main(lambda: build_data(recipe.data))
+    if data is None:  # not rank 0: the cache is there now
+        data = build_data(recipe.data)
     if not run.done("data"):
-        _write_samples(data, run)
+        ctx.run_on_main(lambda: _write_samples(data, run))
         run.mark("data", time.perf_counter() - t0, **data.summary())
     return run, data
 
@@ -132,7 +149,9 @@ def _load_or_train_target(
         )
         how = "trained"
     model.cpu().eval()
-    save_run_model(target_dir, model, model_info(recipe, data))
+    distributed.current().run_on_main(
+        lambda: save_run_model(target_dir, model, model_info(recipe, data))
+    )
     run.mark("target", time.perf_counter() - start, how=how)
     return model
 
@@ -145,6 +164,8 @@ def prune(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the whole PATROL job for ``recipe``; returns the metrics written to metrics.json."""
+    ctx = distributed.current()
+    quiet = quiet or not ctx.main
     run, data = _open_with_data(recipe, out, resume, force)
     input_shape = (data.channels, data.image_size, data.image_size)
     example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(recipe.seed))
@@ -160,17 +181,17 @@ def prune(
     target = _load_or_train_target(recipe, data, run, resume, quiet)
     if not run.done("evaluate_target"):
         with run.stage("evaluate_target"):
-            acc = evaluate(target, data)
-            write_json(run / "target" / "accuracy.json", acc)
+            ctx.run_on_main(
+                lambda: write_json(run / "target" / "accuracy.json", evaluate(target, data))
+            )
     acc_before = read_json(run / "target" / "accuracy.json")
     _say(quiet, f"target model: {headline(acc_before)}")
-    edge_before = edge_report(target, cfg.split, input_shape)
 
     metrics: dict[str, Any] = {
         "split": cfg.split,
         "budget": {"params": budget, "bytes": budget * 4 if budget is not None else None},
         "accuracy": {"before": acc_before},
-        "edge": {"before": edge_before},
+        "edge": {},
     }
     if cfg.enabled:
         final = _patrol_stages(recipe, data, run, target, budget, example, resume, quiet, metrics)
@@ -178,17 +199,26 @@ def prune(
         _say(quiet, "patrol.enabled is false: the target model is the final model")
         final = target
         metrics["accuracy"]["after"] = acc_before
-        save_run_model(run.path, final, model_info(recipe, data))
-    metrics["edge"]["after"] = edge_report(final, cfg.split, input_shape)
-    if cfg.budget is not None and cfg.budget.fit_split is not None:
-        metrics["budget"]["fit_split"] = cfg.budget.fit_split
-        metrics["edge"]["fit_split_unpruned"] = edge_report(
-            target, cfg.budget.fit_split, input_shape
-        )
-    metrics["stages"] = {k: v.get("seconds") for k, v in run.stages.items()}
-    metrics["data"] = data.summary()
-    write_json(run / "metrics.json", metrics)
-    _print_table(metrics, quiet)
+        ctx.run_on_main(lambda: save_run_model(run.path, final, model_info(recipe, data)))
+
+    def write_metrics() -> None:
+        # Edge reports are rank 0's alone (nothing else needs them); ``target`` is
+        # still the unpruned model (PATROL worked on a copy).
+        metrics["edge"]["before"] = edge_report(target, cfg.split, input_shape)
+        metrics["edge"]["after"] = edge_report(final, cfg.split, input_shape)
+        if cfg.budget is not None and cfg.budget.fit_split is not None:
+            metrics["budget"]["fit_split"] = cfg.budget.fit_split
+            metrics["edge"]["fit_split_unpruned"] = edge_report(
+                target, cfg.budget.fit_split, input_shape
+            )
+        metrics["stages"] = {k: v.get("seconds") for k, v in run.stages.items()}
+        metrics["data"] = data.summary()
+        write_json(run / "metrics.json", metrics)
+        _print_table(metrics, quiet)
+
+    ctx.run_on_main(write_metrics)
+    if not ctx.main:
+        return dict(read_json(run / "metrics.json"))
     return metrics
 
 
@@ -203,13 +233,16 @@ def _patrol_stages(
     quiet: bool,
     metrics: dict[str, Any],
 ) -> BlockNet:
+    ctx = distributed.current()
     cfg = recipe.patrol
     input_shape = (data.channels, data.image_size, data.image_size)
     model = copy.deepcopy(target).cpu()
     structure = make_structure(cfg.granularity, model, cfg.split, cfg.mask_init, example)
+    # Seeded whether or not there is a surrogate to initialise: the stage's
+    # random draws must not depend on what ran before it in this process.
+    torch.manual_seed(recipe.seed + 2)
     surrogate = None
     if cfg.adversarial.enabled:
-        torch.manual_seed(recipe.seed + 2)
         surrogate = build_surrogate(model, cfg.split, input_shape, cfg.adversarial.adversary_width)
     parts = PatrolParts(model, structure, surrogate)
 
@@ -219,15 +252,19 @@ def _patrol_stages(
                 parts, data, recipe, run / "checkpoints" / "patrol", budget, resume, quiet
             )
             model.cpu()
-            write_json(
-                run / "patrol" / "summary.json",
-                {
-                    "history": history,
-                    "surrogate_psnr": psnr,
-                    "mask_sparsity": mask_summary(model, cfg.tau),
-                },
-            )
-            save_model_file(run / "patrol" / "masked.safetensors", model)
+
+            def save_patrol() -> None:
+                write_json(
+                    run / "patrol" / "summary.json",
+                    {
+                        "history": history,
+                        "surrogate_psnr": psnr,
+                        "mask_sparsity": mask_summary(model, cfg.tau),
+                    },
+                )
+                save_model_file(run / "patrol" / "masked.safetensors", model)
+
+            ctx.run_on_main(save_patrol)
     else:
         load_resized(model, load_file(str(run / "patrol" / "masked.safetensors")), "patrol/masked")
     summary = read_json(run / "patrol" / "summary.json")
@@ -237,14 +274,21 @@ def _patrol_stages(
     info = model_info(recipe, data)
     if not run.done("remove"):
         with run.stage("remove"):
-            model.cpu().eval()
-            removal = structure.remove(budget, cfg.tau, example)
-            info_r = {
-                **info,
-                "removed_blocks": removal.removed_blocks,
-                "removal": removal.as_dict(),
-            }
-            save_run_model(run / "pruned", model, info_r)
+
+            def remove() -> None:
+                # The plan is decided here, once; the masks it reads are identical
+                # on every rank (checked after every epoch by run_stage).
+                model.cpu().eval()
+                removal = structure.remove(budget, cfg.tau, example)
+                info_r = {
+                    **info,
+                    "removed_blocks": removal.removed_blocks,
+                    "removal": removal.as_dict(),
+                }
+                save_run_model(run / "pruned", model, info_r)
+
+            ctx.run_on_main(remove)
+    # Every rank continues from rank 0's pruned network.
     pruned, pinfo = load_run_model(run / "pruned")
     metrics["removal"] = pinfo["removal"]
 
@@ -252,20 +296,24 @@ def _patrol_stages(
         with run.stage("recover"):
             _recover(recipe, data, pruned, run, resume, quiet)
             pruned.cpu().eval()
-            save_run_model(
-                run.path,
-                pruned,
-                {
-                    **info,
-                    "removed_blocks": pinfo.get("removed_blocks", []),
-                    "removal": pinfo["removal"],
-                    "split": cfg.split,
-                },
+            ctx.run_on_main(
+                lambda: save_run_model(
+                    run.path,
+                    pruned,
+                    {
+                        **info,
+                        "removed_blocks": pinfo.get("removed_blocks", []),
+                        "removal": pinfo["removal"],
+                        "split": cfg.split,
+                    },
+                )
             )
     final, _ = load_run_model(run.path)
     if not run.done("evaluate"):
         with run.stage("evaluate"):
-            write_json(run / "pruned" / "accuracy.json", evaluate(final, data))
+            ctx.run_on_main(
+                lambda: write_json(run / "pruned" / "accuracy.json", evaluate(final, data))
+            )
     metrics["accuracy"]["after"] = read_json(run / "pruned" / "accuracy.json")
     _say(quiet, f"pruned model: {headline(metrics['accuracy']['after'])}")
     return final
@@ -291,11 +339,12 @@ def _recover(
         rcfg = recipe.train.model_copy(
             update={"epochs": cfg.recovery_epochs, "lr": lr, "warmup_epochs": 0}
         )
+        torch.manual_seed(recipe.seed + 3)
         train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet)
         return
     surrogate = None
+    torch.manual_seed(recipe.seed + 4)  # seeded with or without a surrogate, as in PATROL
     if cfg.adversarial.enabled:
-        torch.manual_seed(recipe.seed + 4)
         shape = (data.channels, data.image_size, data.image_size)
         surrogate = build_surrogate(pruned, cfg.split, shape, cfg.adversarial.adversary_width)
     settings = StageSettings("recover", cfg.recovery_epochs, lr)
@@ -349,19 +398,26 @@ def train_only(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """The ``train`` command: data and target stages, then accuracy into metrics.json."""
+    ctx = distributed.current()
+    quiet = quiet or not ctx.main
     run, data = _open_with_data(recipe, out, resume, force)
     target = _load_or_train_target(recipe, data, run, resume, quiet)
-    acc = evaluate(target, data)
-    write_json(run / "target" / "accuracy.json", acc)
-    save_run_model(run.path, target, model_info(recipe, data))
-    input_shape = (data.channels, data.image_size, data.image_size)
-    metrics = {
-        "split": recipe.patrol.split,
-        "accuracy": acc,
-        "edge": edge_report(target, recipe.patrol.split, input_shape),
-        "data": data.summary(),
-        "stages": {k: v.get("seconds") for k, v in run.stages.items()},
-    }
-    write_json(run / "metrics.json", metrics)
-    _say(quiet, f"target model: {headline(acc)}")
-    return metrics
+
+    def finish() -> dict[str, Any]:
+        acc = evaluate(target, data)
+        write_json(run / "target" / "accuracy.json", acc)
+        save_run_model(run.path, target, model_info(recipe, data))
+        input_shape = (data.channels, data.image_size, data.image_size)
+        metrics = {
+            "split": recipe.patrol.split,
+            "accuracy": acc,
+            "edge": edge_report(target, recipe.patrol.split, input_shape),
+            "data": data.summary(),
+            "stages": {k: v.get("seconds") for k, v in run.stages.items()},
+        }
+        write_json(run / "metrics.json", metrics)
+        _say(quiet, f"target model: {headline(acc)}")
+        return metrics
+
+    metrics = ctx.run_on_main(finish)
+    return metrics if metrics is not None else dict(read_json(run / "metrics.json"))

@@ -6,6 +6,12 @@ writes (never anything else). ``stages.json`` records each finished stage with
 its wall time; a resumed run skips finished stages and never rewrites their
 outputs. The resolved recipe and package versions are written next to every
 run's outputs, and a resumed run must use the same resolved recipe.
+
+Distributed runs: rank 0 alone checks, creates and writes the directory and
+``stages.json``; both are collective steps (see
+:meth:`patrol_compress.distributed.Dist.run_on_main`), so every rank waits
+until rank 0 has written, sees the same ``stages.json`` afterwards, and fails
+with rank 0's error if there is one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from patrol_compress import distributed
 from patrol_compress.errors import OutputExistsError, RecipeError
 from patrol_compress.io import package_versions, read_json, write_json, write_text
 from patrol_compress.recipe import Recipe, dump_recipe
@@ -55,9 +62,14 @@ class RunDir:
         return stage in self.stages
 
     def mark(self, stage: str, seconds: float, **info: Any) -> None:
-        stages = self.stages
-        stages[stage] = {"seconds": round(seconds, 3), **info}
-        write_json(self.path / STAGES_FILE, stages)
+        """Record a finished stage (rank 0 writes; every rank returns once it is written)."""
+
+        def write() -> None:
+            stages = self.stages
+            stages[stage] = {"seconds": round(seconds, 3), **info}
+            write_json(self.path / STAGES_FILE, stages)
+
+        distributed.current().run_on_main(write)
 
     @contextmanager
     def stage(self, name: str, **info: Any) -> Iterator[None]:
@@ -69,6 +81,11 @@ class RunDir:
 def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> RunDir:
     """Create or reopen the run directory according to the rules above."""
     path = recipe.run_dir(out)
+    distributed.current().run_on_main(lambda: _prepare(path, recipe, resume, force))
+    return RunDir(path)
+
+
+def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> None:
     text = dump_recipe(recipe)
     existing = path.exists() and any(path.iterdir())
     ours = (path / STAGES_FILE).is_file() or (path / RECIPE_FILE).is_file()
@@ -97,4 +114,3 @@ def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> Run
     path.mkdir(parents=True, exist_ok=True)
     write_text(path / RECIPE_FILE, text)
     write_json(path / "versions.json", package_versions())
-    return RunDir(path)

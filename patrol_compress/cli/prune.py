@@ -1,7 +1,9 @@
 """``patrol-compress prune RECIPE``: the whole PATROL job.
 
 Also home of :func:`recipe_command`, the shared shape of every command that
-runs a recipe into a run directory (``prune``, ``train``).
+runs a recipe into a run directory (``prune``, ``train``). Both run data-parallel
+when started by ``torchrun --nproc-per-node N -m patrol_compress ...`` (see
+:mod:`patrol_compress.distributed`); only rank 0 prints progress and tables.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import typer
 
 from patrol_compress.cli.common import user_errors
+from patrol_compress.errors import PatrolError
 
 OUT = typer.Option(None, "--out", help="Output directory (overrides the recipe's output_dir).")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in the same directory.")
@@ -26,7 +29,14 @@ THREADS = typer.Option(
 
 
 def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
-    """Register ``name RECIPE [--out] [--resume] [--force] [--quiet]`` calling ``api.<name>``."""
+    """Register ``name RECIPE [--out] [--resume] [--force] [--quiet]`` calling ``api.<name>``.
+
+    Under torchrun the command joins the process group for its duration. A
+    user error found by rank 0 reaches the other ranks too (see
+    ``Dist.run_on_main``); they leave quietly with exit code 0, so that torchrun,
+    which stops every worker as soon as one fails, lets rank 0 print the one
+    error line and exit with its code (torchrun's own exit code is then 1).
+    """
 
     @user_errors
     def command(
@@ -41,8 +51,16 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
             import torch
 
             torch.set_num_threads(threads)
+        from patrol_compress import distributed
+
         run = getattr(importlib.import_module("patrol_compress.api"), name)
-        run(recipe, out, resume, force, quiet)
+        with distributed.session() as ctx:
+            try:
+                run(recipe, out, resume, force, quiet or not ctx.main)
+            except PatrolError as exc:
+                if getattr(exc, "from_main_rank", False):
+                    return  # rank 0 reports it
+                raise
 
     command.__doc__ = doc
     app.command(name=name)(command)

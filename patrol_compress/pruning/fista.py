@@ -8,6 +8,12 @@ proximal operator, soft-thresholding, which is what produces *exact* zeros.
 The parameter the network uses holds the extrapolated point ``y`` (where FISTA
 evaluates gradients); the sparse iterate ``x`` lives in the optimizer state and
 :meth:`FISTA.finalize` writes it back before masks are read for pruning.
+
+All of FISTA's state (``x``, ``t``, the steering caps) is tensors in
+``self.state``, so the optimizer's state dict checkpoints and resumes it
+exactly. A step is a deterministic function of the masks, that state and the
+gradient: in a distributed run the mask gradients are averaged over ranks
+before :meth:`FISTA.step`, which keeps masks and state identical on every rank.
 """
 
 from __future__ import annotations

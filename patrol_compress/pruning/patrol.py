@@ -22,6 +22,16 @@ the set (a late re-ranking only swaps channels already near zero). At the end
 the planned masks are exactly zero, so removal changes nothing the network
 computed (FISTA momentum restarts each epoch, a standard "restart" variant, so
 the sparse iterate can be read).
+
+Distributed runs (torchrun; :mod:`patrol_compress.distributed`): every rank
+holds the whole model, masks, FISTA state and surrogate, trains on its share of
+the global batch, and averages the gradients of the weights, the masks and the
+surrogate after each backward pass, so the Adam and FISTA updates (deterministic
+given the gradient) keep all of them identical on every rank; the loss of the
+prediction term is computed on the gathered global batch (batch-hard triplet),
+the cloud's and the surrogate's training-mode BatchNorms use global-batch
+statistics, and the Lipschitz perturbation of each image is the one a single
+process would draw.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.inversion import InversionNet, block_shapes, reconstruction_l2
@@ -42,7 +53,13 @@ from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
 from patrol_compress.recipe import PatrolConfig, Recipe
 from patrol_compress.regularizers import freeze_bn_stats, fused_lipschitz
 from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
-from patrol_compress.train.target import loss_from_outputs, make_loader, set_epoch
+from patrol_compress.train.target import (
+    global_loss,
+    loader_state,
+    make_loader,
+    restore_loader,
+    set_epoch,
+)
 
 
 class StageBlock(nn.Module):
@@ -97,10 +114,12 @@ def train_surrogate(
     dev: torch.device,
 ) -> float:
     """Fit the surrogate on (edge features, image) pairs with the edge frozen; returns last loss."""
+    ctx = distributed.current()
+    params = list(surrogate.parameters())
     surrogate.train()
     last = 0.0
     for _ in range(epochs):
-        for x, _, _ in loader:
+        for x, _, _ in ctx.batches(loader):
             x = x.to(dev)
             with torch.no_grad():
                 z = x
@@ -109,9 +128,10 @@ def train_surrogate(
             loss = reconstruction_l2(x, surrogate(z))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            ctx.average_grads(params)
             opt.step()
             last = float(loss.detach())
-    return last
+    return ctx.mean_scalars({"loss": last})["loss"]
 
 
 @torch.no_grad()
@@ -122,10 +142,16 @@ def surrogate_psnr(
     dev: torch.device,
     max_batches: int = 4,
 ) -> float:
-    """Mean per-image PSNR (data range 1) of the surrogate's reconstructions."""
+    """Mean per-image PSNR (data range 1) of the surrogate's reconstructions.
+
+    Distributed: each rank scores its share of the same batches and the
+    per-image values are gathered, so the mean is over the images one process
+    would score.
+    """
+    ctx = distributed.current()
     surrogate.eval()
     vals = []
-    for i, (x, _, _) in enumerate(loader):
+    for i, (x, _, _) in enumerate(ctx.batches(loader)):
         if i >= max_batches:
             break
         x = x.to(dev)
@@ -133,7 +159,7 @@ def surrogate_psnr(
         for b in edge:
             z = b(z)
         mse = (surrogate(z) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        vals.append((10 * torch.log10(1.0 / mse)).cpu())
+        vals.append(ctx.gather_rows(10 * torch.log10(1.0 / mse)).cpu())
     return float(torch.cat(vals).mean()) if vals else float("nan")
 
 
@@ -213,8 +239,10 @@ def patrol_finetune(
     """
     cfg, tcfg = recipe.patrol, recipe.train
     st = settings or StageSettings("patrol", cfg.epochs, cfg.lr, budget)
+    ctx = distributed.current()
     dev = device()
     model = parts.model.to(dev)
+    ctx.broadcast_module(model)
     split = cfg.split
     loader = make_loader(data, tcfg, recipe.seed + 1)
     steps = len(loader)
@@ -225,12 +253,16 @@ def patrol_finetune(
     edge = edge_stage_blocks(model, split)
     cloud = model.sub_net([b for b in model.block_names if b not in model.edge_blocks(split)])
     surrogate = parts.surrogate.to(dev) if parts.surrogate is not None else None
+    if surrogate is not None:
+        ctx.broadcast_module(surrogate)
+    synced = [*weights, *mask_parameters(model)]
     s_opt = (
         torch.optim.Adam(surrogate.parameters(), lr=cfg.adversarial.adversary_lr)
         if surrogate is not None
         else None
     )
     alphas = cfg.lipschitz.alphas[:split]
+    on_cpu = dev.type == "cpu"
 
     def epoch_fn(epoch: int, rep: EpochReporter) -> None:
         steering.begin_epoch(epoch * steps)
@@ -245,16 +277,18 @@ def patrol_finetune(
         model.train()
         freeze_bn_stats(nn.ModuleList(edge))
         set_epoch(loader, epoch)
-        for i, (x, pids, _) in enumerate(loader):
+        for i, (x, pids, _) in enumerate(ctx.batches(loader)):
             for group in opt.param_groups:
                 group["lr"] = st.lr * lr_factor(epoch + i / steps, 0, st.epochs)
             steering.before_step(epoch * steps + i)
             x, pids = x.to(dev), pids.to(dev)
             log: dict[str, float] = {}
             if cfg.lipschitz.enabled:
-                z, lip, ks = fused_lipschitz(
-                    edge, x, alphas, cfg.lipschitz.sigma, cfg.lipschitz.sample_fraction
-                )
+                noise = perturbed_count(len(x), cfg.lipschitz.sample_fraction) * x[0].numel()
+                with ctx.rng_share(noise, on_cpu):
+                    z, lip, ks = fused_lipschitz(
+                        edge, x, alphas, cfg.lipschitz.sigma, cfg.lipschitz.sample_fraction
+                    )
                 log.update({f"k{j + 1}": k for j, k in enumerate(ks)})
             else:
                 z = x
@@ -262,7 +296,7 @@ def patrol_finetune(
                     z = b(z)
                 lip = x.new_zeros(())
             logits, feat = cloud(z)
-            loss, parts_log = loss_from_outputs(logits, feat, pids, tcfg, data.task)
+            loss, parts_log = global_loss(logits, feat, pids, tcfg, data.task)
             total = loss + lip
             log.update(parts_log)
             log["lip"] = float(lip.detach())
@@ -274,11 +308,12 @@ def patrol_finetune(
             if steering.fista is not None:
                 steering.fista.zero_grad(set_to_none=True)
             total.backward()
+            ctx.average_grads(synced)
             opt.step()
             if steering.fista is not None:
                 steering.fista.step()
             log["loss"] = float(total.detach())
-            rep.step(len(x), log)
+            rep.step(len(x) * ctx.world, ctx.mean_scalars(log))
         if surrogate is not None:
             surrogate.requires_grad_(True)
 
@@ -289,12 +324,35 @@ def patrol_finetune(
     if surrogate is not None and s_opt is not None:
         modules["surrogate"] = surrogate
         optimizers["surrogate_opt"] = s_opt
-    history = run_stage(
-        st.name, folder, st.epochs, steps, epoch_fn, modules, optimizers, resume, quiet=quiet
-    )
+    # The P x K order of the surrogate's fit at the start of an epoch is the one
+    # the previous epoch set; saving the loader's position makes a resumed run
+    # fit on the same batches.
+    with ctx.sync_batchnorm(model, surrogate):
+        history = run_stage(
+            st.name,
+            folder,
+            st.epochs,
+            steps,
+            epoch_fn,
+            modules,
+            optimizers,
+            resume,
+            extra_state=lambda: loader_state(loader),
+            restore_extra=lambda state: restore_loader(loader, state),
+            quiet=quiet,
+        )
     steering.finish(st.epochs > 0)
     psnr = float("nan")
     if surrogate is not None:
         model.eval()
         psnr = surrogate_psnr(surrogate, edge, loader, dev)
     return history, psnr
+
+
+def perturbed_count(batch: int, fraction: float) -> int:
+    """How many images of a batch :func:`fused_lipschitz` perturbs (its own rule, restated).
+
+    Used to skip the other ranks' share of the perturbation noise; if the two
+    ever disagreed, distributed runs would only draw different (still valid) noise.
+    """
+    return max(1, min(batch, round(fraction * batch)))

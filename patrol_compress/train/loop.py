@@ -5,21 +5,37 @@ the progress bar) plus the modules and optimizers that make up its state. The
 loop resumes from the stage's last complete epoch, checkpoints after every epoch
 and stops with a :class:`TrainingError` on a non-finite loss, leaving the last
 good checkpoint in place.
+
+A checkpoint holds everything that decides what the remaining epochs compute,
+so a run killed at any moment and resumed ends with the same weights as an
+uninterrupted one: modules and optimizers (FISTA's iterate, momentum and caps
+live in its optimizer state), the stage's own extra state (loader position,
+AMP scale) and every random generator the epochs draw from (torch CPU, here
+also CUDA, numpy's and Python's global ones). The files are written atomically
+(see :mod:`patrol_compress.train.checkpoint`).
+
+Distributed runs (:mod:`patrol_compress.distributed`): every rank runs the
+epochs, rank 0 alone prints and writes checkpoints, and after each epoch the
+ranks check that their modules are still bitwise identical.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from patrol_compress import distributed
 from patrol_compress.errors import TrainingError
 from patrol_compress.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -73,13 +89,17 @@ def run_stage(
     quiet: bool = False,
 ) -> list[dict[str, float]]:
     """Run ``epochs`` epochs of a stage with checkpoints in ``folder``; returns per-epoch means."""
+    ctx = distributed.current()
+    quiet = quiet or not ctx.main
     start_epoch = 0
     history: list[dict[str, float]] = []
     if resume:
+        # Every rank reads the checkpoint rank 0 wrote in an earlier process.
         got = load_checkpoint(folder, modules, optimizers)
         if got is not None:
             start_epoch, extra, info = got
             history = list(info.get("history", []))
+            restore_rng(extra)
             if restore_extra is not None:
                 restore_extra(extra)
             if not quiet:
@@ -107,15 +127,53 @@ def run_stage(
                 console.print(
                     f"[{name}] epoch {epoch + 1}/{epochs}: {shown}", highlight=False, markup=False
                 )
-            save_checkpoint(
-                folder,
-                epoch + 1,
-                modules,
-                optimizers,
-                extra_state() if extra_state else None,
-                {"history": history},
+            ctx.check_same(modules, f"{name} epoch {epoch + 1}")
+            extra = {**rng_state(), **(extra_state() if extra_state else {})}
+            info = {"history": list(history)}
+            save = functools.partial(
+                save_checkpoint, folder, epoch + 1, modules, optimizers, extra, info
             )
+            ctx.run_on_main(save)  # rank 0 writes; the others wait for it
     return history
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """numpy's, Python's and CUDA's generators as tensors (checkpoint.py saves torch's CPU one)."""
+    out: dict[str, torch.Tensor] = {}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    if kind == "MT19937":
+        out["rng.numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+        out["rng.numpy.pos"] = torch.tensor([pos, has_gauss], dtype=torch.int64)
+        out["rng.numpy.gauss"] = torch.tensor([cached], dtype=torch.float64)
+    version, words, gauss_next = random.getstate()
+    out["rng.python.words"] = torch.tensor([version, *words], dtype=torch.int64)
+    out["rng.python.gauss"] = torch.tensor(
+        [float("nan") if gauss_next is None else gauss_next], dtype=torch.float64
+    )
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["rng.cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def restore_rng(state: dict[str, torch.Tensor]) -> None:
+    """Undo :func:`rng_state` (generators missing from an older checkpoint are left alone)."""
+    if "rng.numpy.keys" in state:
+        pos, has_gauss = (int(v) for v in state["rng.numpy.pos"].tolist())
+        np.random.set_state(
+            (
+                "MT19937",
+                state["rng.numpy.keys"].numpy().astype(np.uint32),
+                pos,
+                has_gauss,
+                float(state["rng.numpy.gauss"][0]),
+            )
+        )
+    if "rng.python.words" in state:
+        version, *words = (int(v) for v in state["rng.python.words"].tolist())
+        gauss = float(state["rng.python.gauss"][0])
+        random.setstate((version, tuple(words), None if math.isnan(gauss) else gauss))
+    if "rng.cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng.cuda"])
 
 
 def lr_factor(progress: float, warmup: float, total: float) -> float:
@@ -128,4 +186,5 @@ def lr_factor(progress: float, warmup: float, total: float) -> float:
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's training device: CUDA (the rank's GPU under torchrun) when available."""
+    return distributed.current().device

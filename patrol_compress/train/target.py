@@ -3,6 +3,10 @@
 Cross-entropy with label smoothing plus batch-hard triplet on P x K identity
 batches (re-id), Adam with linear warm-up and cosine decay, AMP on CUDA. For
 classification data the triplet term is dropped and batches are shuffled.
+
+Under torchrun every rank trains on its share of the same global batch and the
+loss is computed on the gathered global batch (see
+:mod:`patrol_compress.distributed`); in one process nothing here changes.
 """
 
 from __future__ import annotations
@@ -11,38 +15,89 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
+from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
-from patrol_compress.data.sampler import IdentitySampler
+from patrol_compress.data.sampler import IdentitySampler, ShardedBatchSampler
 from patrol_compress.recipe import TrainConfig
 from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
 from patrol_compress.train.losses import reid_loss
 
 
 def make_loader(data: DataBundle, cfg: TrainConfig, seed: int) -> DataLoader:
-    """P x K batches for re-id, shuffled batches of the same size for classification."""
+    """P x K batches for re-id, shuffled batches of the same size for classification.
+
+    In a distributed run each rank's loader yields its ``B / world`` share of the
+    global batch one process would load (:class:`ShardedBatchSampler`); the
+    classification shuffle draws from the same generator in the same order as
+    the single-process ``shuffle=True`` loader, so the global batches agree.
+    """
     data.train.set_augment(True)
+    ctx = distributed.current()
+    batch = cfg.batch_size
     if data.task == "reid":
-        sampler = IdentitySampler(
+        ids = IdentitySampler(
             data.train.pids, cfg.identities_per_batch, cfg.instances_per_identity, seed
         )
+        if not ctx.active:
+            return DataLoader(
+                data.train,
+                batch_size=batch,
+                sampler=ids,
+                num_workers=cfg.num_workers,
+                drop_last=True,
+            )
         return DataLoader(
             data.train,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
+            batch_size=batch // ctx.world,
+            sampler=ShardedBatchSampler(ids, batch, ctx.rank, ctx.world),
             num_workers=cfg.num_workers,
             drop_last=True,
         )
     g = torch.Generator().manual_seed(seed)
+    if not ctx.active:
+        return DataLoader(
+            data.train,
+            batch_size=batch,
+            shuffle=True,
+            generator=g,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+        )
+    shuffled = RandomSampler(data.train, generator=g)
     return DataLoader(
         data.train,
-        batch_size=cfg.batch_size,
-        shuffle=True,
+        batch_size=batch // ctx.world,
+        sampler=ShardedBatchSampler(shuffled, batch, ctx.rank, ctx.world),
         generator=g,
         num_workers=cfg.num_workers,
         drop_last=True,
     )
+
+
+def loader_state(loader: DataLoader) -> dict[str, torch.Tensor]:
+    """Where the loader's order stands: the sampler's epoch and the shuffle generator.
+
+    Saved with every checkpoint so that a resumed run draws the batches the
+    uninterrupted run would have drawn (the P x K order depends on the epoch;
+    the classification shuffle on a generator that advances every epoch).
+    """
+    out: dict[str, torch.Tensor] = {}
+    epoch = getattr(loader.sampler, "epoch", None)
+    if epoch is not None:
+        out["loader.epoch"] = torch.tensor([int(epoch)], dtype=torch.int64)
+    if loader.generator is not None:
+        out["loader.generator"] = loader.generator.get_state()
+    return out
+
+
+def restore_loader(loader: DataLoader, state: dict[str, torch.Tensor]) -> None:
+    """Undo :func:`loader_state` (keys it did not write are left alone)."""
+    if "loader.epoch" in state:
+        set_epoch(loader, int(state["loader.epoch"][0]))
+    if "loader.generator" in state and loader.generator is not None:
+        loader.generator.set_state(state["loader.generator"])
 
 
 def supervised_loss(
@@ -62,8 +117,22 @@ def loss_from_outputs(
     return loss, parts
 
 
+def global_loss(
+    logits: torch.Tensor, feat: torch.Tensor, pids: torch.Tensor, cfg: TrainConfig, task: str
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`loss_from_outputs` of the whole global batch (this rank's rows in one process).
+
+    Batch-hard triplet mining must see every image of the P x K batch, so the
+    ranks' outputs are gathered and each rank computes the same loss.
+    """
+    ctx = distributed.current()
+    return loss_from_outputs(
+        ctx.gather_rows(logits), ctx.gather_rows(feat), ctx.gather_rows(pids), cfg, task
+    )
+
+
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    sampler = loader.sampler
+    sampler: Sampler[int] | object = loader.sampler
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
 
@@ -78,37 +147,62 @@ def train_target(
     quiet: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place; checkpoints go to ``folder``."""
+    ctx = distributed.current()
     dev = device()
     model.to(dev)
+    ctx.broadcast_module(model)
     loader = make_loader(data, cfg, seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps = len(loader)
+    params = list(model.parameters())
 
     def epoch_fn(epoch: int, rep: EpochReporter) -> None:
         model.train()
         set_epoch(loader, epoch)
-        for i, (x, pids, _) in enumerate(loader):
+        for i, (x, pids, _) in enumerate(ctx.batches(loader)):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(epoch + i / steps, cfg.warmup_epochs, cfg.epochs)
             x, pids = x.to(dev, non_blocking=True), pids.to(dev, non_blocking=True)
             with torch.autocast(dev.type, enabled=use_amp):
-                loss, parts = supervised_loss(model, x, pids, cfg, data.task)
+                logits, feat = model(x)
+                loss, parts = global_loss(logits, feat, pids, cfg, data.task)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            ctx.average_grads(params)
             scaler.step(opt)
             scaler.update()
-            rep.step(len(x), parts)
+            rep.step(len(x) * ctx.world, ctx.mean_scalars(parts))
 
-    return run_stage(
-        "train",
-        folder,
-        cfg.epochs,
-        steps,
-        epoch_fn,
-        {"model": model},
-        {"opt": opt},
-        resume,
-        quiet=quiet,
-    )
+    def extra_state() -> dict[str, torch.Tensor]:
+        out = loader_state(loader)
+        if use_amp:
+            out["scaler.scale"] = torch.tensor([scaler.get_scale()], dtype=torch.float64)
+            out["scaler.growth_tracker"] = torch.tensor(
+                [int(scaler.state_dict()["_growth_tracker"])], dtype=torch.int64
+            )
+        return out
+
+    def restore_extra(state: dict[str, torch.Tensor]) -> None:
+        restore_loader(loader, state)
+        if use_amp and "scaler.scale" in state:
+            sd = scaler.state_dict()
+            sd["scale"] = float(state["scaler.scale"][0])
+            sd["_growth_tracker"] = int(state["scaler.growth_tracker"][0])
+            scaler.load_state_dict(sd)
+
+    with ctx.sync_batchnorm(model):
+        return run_stage(
+            "train",
+            folder,
+            cfg.epochs,
+            steps,
+            epoch_fn,
+            {"model": model},
+            {"opt": opt},
+            resume,
+            extra_state=extra_state,
+            restore_extra=restore_extra,
+            quiet=quiet,
+        )
