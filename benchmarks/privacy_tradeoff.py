@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-sweeps", action="store_true", help="skip the baseline sweeps")
     p.add_argument("--low-ratio", action="store_true", help="also PATROL one block shallower")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--tag",
+        default="",
+        help="name of this attack setting: points go to WORK/<dataset>/points-<tag>, results "
+        "to privacy_tradeoff_<dataset>_<tag>.* (the runs themselves are shared)",
+    )
     return p.parse_args(argv)
 
 
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         work / "pruning_only",
         log,
     )
-    pts = work / "points"
+    pts = work / ("points" + (f"-{args.tag}" if args.tag else ""))
     points: dict[str, dict[str, Any]] = {}
     for k in sorted({1, fit}):
         points[f"none-split{k}"] = attack_point(
@@ -345,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": package_versions(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"privacy_tradeoff_{args.dataset.replace('-', '_')}"
+    stem = f"privacy_tradeoff_{args.dataset.replace('-', '_')}" + (
+        f"_{args.tag}" if args.tag else ""
+    )
     write_json(args.out / f"{stem}.json", report)
     write_text(args.out / f"{stem}.md", markdown(report))
     log(f"wrote {args.out / stem}.json and .md")
