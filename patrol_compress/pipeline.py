@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from safetensors.torch import load_file
 from patrol_compress import distributed
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
+from patrol_compress.errors import ModelError
 from patrol_compress.io import read_json, write_json
 from patrol_compress.metrics.flops import count_macs
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone, split
@@ -72,7 +74,10 @@ def fresh_model(recipe: Recipe, data: DataBundle) -> BlockNet:
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, data.num_classes, data.channels, data.task, data.image_size)
     if recipe.model.pretrained is not None:
-        load_torchvision_backbone(model, read_state_dict(recipe.model.pretrained))
+        try:
+            load_torchvision_backbone(model, read_state_dict(recipe.model.pretrained))
+        except ModelError as exc:
+            raise ModelError(f"model.pretrained {recipe.model.pretrained}: {exc}") from None
     return model
 
 
@@ -110,24 +115,62 @@ def edge_report(model: BlockNet, k: int, input_shape: tuple[int, int, int]) -> d
 
 
 def _open_with_data(
-    recipe: Recipe, out: Path | None, resume: bool, force: bool
+    recipe: Recipe,
+    out: Path | None,
+    resume: bool,
+    force: bool,
+    preflight: Callable[[DataBundle], None] | None = None,
 ) -> tuple[RunDir, DataBundle]:
-    """Open the run directory and load the data (the "data" stage writes the sample grid).
+    """Load the data, run ``preflight`` on it, then open the run directory.
+
+    The order matters: a missing dataset, an impossible budget or a wrong
+    checkpoint must fail before ``--force`` empties an old run or a new output
+    folder is created. The "data" stage then writes the sample grid.
 
     Distributed: rank 0 loads first (it may generate and cache the data), the
     others read the cache after it.
     """
     ctx = distributed.current()
-    run = open_run(recipe, out, resume, force)
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
     data = ctx.run_on_main(lambda: build_data(recipe.data))
     if data is None:  # not rank 0: the cache is there now
         data = build_data(recipe.data)
+    if preflight is not None:
+        preflight(data)
+    run = open_run(recipe, out, resume, force)
     if not run.done("data"):
         ctx.run_on_main(lambda: _write_samples(data, run))
         run.mark("data", time.perf_counter() - t0, **data.summary())
     return run, data
+
+
+def _check_checkpoint(recipe: Recipe, model: BlockNet) -> None:
+    """``train.checkpoint`` must be weights of exactly this (unpruned) architecture."""
+    if recipe.train.checkpoint is not None:
+        path = recipe.train.checkpoint
+        load_resized(model, read_state_dict(path), f"train.checkpoint {path}", exact=True)
+
+
+def _preflight(recipe: Recipe, data: DataBundle) -> int | None:
+    """Everything prune can check before writing anything; returns the edge budget.
+
+    The split must exist in the model, the budget must be reachable on the
+    untrained architecture and ``train.checkpoint`` must fit it exactly.
+    """
+    cfg = recipe.patrol
+    probe = fresh_model(recipe, data)
+    n = len(probe.stage_names)
+    if not 1 <= cfg.split <= n:
+        raise ModelError(f"patrol.split: {cfg.split} is beyond this model's depth (stages 1..{n})")
+    _check_checkpoint(recipe, probe)  # before masks are inserted into the probe
+    budget = None
+    if cfg.enabled and cfg.budget is not None:
+        shape = (data.channels, data.image_size, data.image_size)
+        example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(recipe.seed))
+        budget = budget_params(cfg.budget, probe)
+        make_structure(cfg.granularity, probe, cfg.split, cfg.mask_init, example).check(budget)
+    return budget
 
 
 def _load_or_train_target(
@@ -140,7 +183,7 @@ def _load_or_train_target(
     start = time.perf_counter()
     if recipe.train.checkpoint is not None:
         model = fresh_model(recipe, data)
-        load_resized(model, read_state_dict(recipe.train.checkpoint), str(recipe.train.checkpoint))
+        _check_checkpoint(recipe, model)
         how = "loaded"
     else:
         model = fresh_model(recipe, data)
@@ -166,17 +209,16 @@ def prune(
     """Run the whole PATROL job for ``recipe``; returns the metrics written to metrics.json."""
     ctx = distributed.current()
     quiet = quiet or not ctx.main
-    run, data = _open_with_data(recipe, out, resume, force)
+    checked: dict[str, int | None] = {}
+
+    def preflight(data: DataBundle) -> None:
+        checked["budget"] = _preflight(recipe, data)
+
+    run, data = _open_with_data(recipe, out, resume, force, preflight)
     input_shape = (data.channels, data.image_size, data.image_size)
     example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(recipe.seed))
     cfg = recipe.patrol
-
-    # Check the budget on the untrained architecture: an impossible one fails before training.
-    budget = None
-    if cfg.enabled and cfg.budget is not None:
-        probe = fresh_model(recipe, data)
-        budget = budget_params(cfg.budget, probe)
-        make_structure(cfg.granularity, probe, cfg.split, cfg.mask_init, example).check(budget)
+    budget = checked["budget"]
 
     target = _load_or_train_target(recipe, data, run, resume, quiet)
     if not run.done("evaluate_target"):
@@ -400,7 +442,9 @@ def train_only(
     """The ``train`` command: data and target stages, then accuracy into metrics.json."""
     ctx = distributed.current()
     quiet = quiet or not ctx.main
-    run, data = _open_with_data(recipe, out, resume, force)
+    run, data = _open_with_data(
+        recipe, out, resume, force, lambda d: _check_checkpoint(recipe, fresh_model(recipe, d))
+    )
     target = _load_or_train_target(recipe, data, run, resume, quiet)
 
     def finish() -> dict[str, Any]:

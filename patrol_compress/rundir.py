@@ -1,8 +1,10 @@
 """Run directories: creation rules, stage bookkeeping, provenance files.
 
 A run directory is refused if it exists and was not written by us unless
-``--force``; ``--force`` only removes the files and folders patrol-compress
-writes (never anything else). ``stages.json`` records each finished stage with
+``--force``; ``--force`` only removes the files patrol-compress writes: the
+top-level files in :data:`OWNED` and, inside the owned folders, files with a
+suffix in :data:`WRITTEN_SUFFIXES`; anything else (a user's notes in
+``export/``) stays, with the folders that hold it. ``stages.json`` records each finished stage with
 its wall time; a resumed run skips finished stages and never rewrites their
 outputs. The resolved recipe and package versions are written next to every
 run's outputs, and a resumed run must use the same resolved recipe.
@@ -16,7 +18,6 @@ with rank 0's error if there is one.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,15 @@ OWNED = (
     "pruned",
     "checkpoints",
     "export",
+    "defenses",
+    "attack.json",
+    "attack_grid.png",
 )
+WRITTEN_SUFFIXES = frozenset(
+    {".safetensors", ".json", ".png", ".onnx", ".xml", ".bin", ".engine", ".cache", ".yaml"}
+)
+"""Every file patrol-compress writes inside a run folder ends in one of these
+(weights, descriptions, grids, exported partitions, timing caches, recipes)."""
 
 
 class RunDir:
@@ -85,6 +94,18 @@ def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> Run
     return RunDir(path)
 
 
+def remove_written(folder: Path) -> None:
+    """Delete the files we write below ``folder`` and the folders that end up empty."""
+    for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_symlink() or p.is_file():
+            if p.suffix in WRITTEN_SUFFIXES or p.name.endswith(".tmp"):
+                p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> None:
     text = dump_recipe(recipe)
     existing = path.exists() and any(path.iterdir())
@@ -107,9 +128,9 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> None:
     elif existing and force and ours:
         for name in OWNED:
             target = path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
+            if target.is_dir() and not target.is_symlink():
+                remove_written(target)
+            elif target.is_file() or target.is_symlink():
                 target.unlink()
     path.mkdir(parents=True, exist_ok=True)
     write_text(path / RECIPE_FILE, text)

@@ -248,15 +248,7 @@ def test_corrupt_image_in_dataset(tmp_path: Path, cache: Path, kind: str, worker
         "recipe-split-9",
         "export-split-9",
         "export-split-0",
-        pytest.param(
-            "recipe-split-5",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="pipeline.py: a split beyond the model's stages (within the schema's "
-                "1..8) is found only after the target is trained, and the message does not "
-                "name patrol.split",
-            ),
-        ),
+        "recipe-split-5",
     ],
 )
 def test_split_beyond_model_depth(tmp_path: Path, cache: Path, run_dir: Path, case: str) -> None:
@@ -317,28 +309,26 @@ OTHER_MODELS: dict[str, tuple[ModelConfig, int]] = {
     "other-stem": (ModelConfig(width=0.125, stem="imagenet"), 9),
     "other-classes": (ModelConfig(width=0.125, stem="small"), 8),
 }
-CHECKPOINT_NOT_EXACT = pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py _load_or_train_target loads train.checkpoint with load_resized(...) "
-    "without exact=True, so a narrower model's weights pass as if they were pruned",
-)
-PRETRAINED_UNNAMED = pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py fresh_model lets load_torchvision_backbone's ModelError through "
-    "without naming model.pretrained or the file",
-)
 
 
 @pytest.mark.parametrize(
     ("field", "other", "words"),
     [
         ("checkpoint", "resnet34", "96 unexpected keys (first: layer1.2."),
-        ("checkpoint", "wider", "'conv1.weight' has shape (16, 3, 3, 3), which does not fit"),
-        ("checkpoint", "other-stem", "'conv1.weight' has shape (8, 3, 7, 7), which does not fit"),
+        (
+            "checkpoint",
+            "wider",
+            "'conv1.weight' has shape (16, 3, 3, 3), the model's architecture expects",
+        ),
+        (
+            "checkpoint",
+            "other-stem",
+            "'conv1.weight' has shape (8, 3, 7, 7), the model's architecture expects",
+        ),
         ("checkpoint", "other-classes", "'head.classifier.weight' has 8 classes, the model has 9"),
-        pytest.param("checkpoint", "narrower", "expects (8, 3, 3, 3)", marks=CHECKPOINT_NOT_EXACT),
-        pytest.param("pretrained", "resnet34", "96 unexpected", marks=PRETRAINED_UNNAMED),
-        pytest.param("pretrained", "wider", "(16,), model expects (8,)", marks=PRETRAINED_UNNAMED),
+        ("checkpoint", "narrower", "expects (8, 3, 3, 3)"),
+        ("pretrained", "resnet34", "96 unexpected"),
+        ("pretrained", "wider", "(16,), model expects (8,)"),
     ],
     ids=lambda v: v if " " not in v else "",  # field-model
 )
@@ -447,14 +437,7 @@ def test_existing_output_is_refused_without_force(
         "user-folder",
         "run",
         "export",
-        pytest.param(
-            "run-subfolder",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="rundir.py open_run: --force shutil.rmtree()s whole owned folders "
-                "(export/, target/, checkpoints/...) with any user files inside them",
-            ),
-        ),
+        "run-subfolder",
     ],
 )
 def test_force_never_deletes_files_it_did_not_write(
@@ -482,22 +465,8 @@ def test_force_never_deletes_files_it_did_not_write(
     "bad",
     [
         "recipe",
-        pytest.param(
-            "budget",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="pipeline.py prune/_open_with_data: open_run(..., force) empties the "
-                "old run before the budget is checked",
-            ),
-        ),
-        pytest.param(
-            "dataset",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="pipeline.py _open_with_data: open_run(..., force) empties the old run "
-                "before build_data finds the dataset missing",
-            ),
-        ),
+        "budget",
+        "dataset",
     ],
 )
 def test_force_over_a_run_with_bad_input_keeps_the_run(
