@@ -274,11 +274,16 @@ def test_cli_writes_attack_json_and_grid(run_copy: Path, tmp_path: Path) -> None
     result = CliRunner().invoke(
         app,
         ["attack", str(run_copy), "--attack", "blackbox,whitebox,adaptive"]
-        + ["--config", str(cfg), "--out", str(out)],
+        + ["--config", str(cfg), "--out", str(out), "--label", "my edge"],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "attack.json").read_text())
     assert report["split"] == SPLIT
+    assert report["label"] == "my edge" and report["series"] == "none"
+    assert report["accuracy"]["metric"] == "rank1" and 0 <= report["accuracy"]["value"] <= 1
+    assert report["edge"]["params"] > 0 and report["edge"]["bytes_sent"] > 0
+    best = max(report["attacks"], key=lambda n: report["attacks"][n]["psnr"])
+    assert report["strongest"]["attack"] == best
     for name in ("blackbox", "whitebox", "adaptive"):
         for key in ("psnr", "ssim", "mse", "attack_accuracy"):
             assert math.isfinite(report["attacks"][name][key])

@@ -210,12 +210,14 @@ def attack(
     split: int | None = None,
     config: AttackConfig | Path | str | None = None,
     out: Path | str | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Run ``attacks`` on the run's edge; write ``attack.json`` and ``attack_grid.png``.
 
     ``config`` is an :class:`AttackConfig`, a YAML file of one, or None for the
     run recipe's ``attack:`` section. Output goes to ``out`` (default: the run
-    folder). Returns what ``attack.json`` holds.
+    folder). ``label`` names the point in reports (default: series and split).
+    Returns what ``attack.json`` holds.
     """
     from patrol_compress.run import load_run_model
 
@@ -238,7 +240,7 @@ def attack(
         facts={
             "run": str(run),
             "split_source": k_source,
-            "label": f"{prefix} split {k}",
+            "label": label or f"{prefix} split {k}",
             "series": series,
             "defense": None,
             "budget": _run_budget(run),

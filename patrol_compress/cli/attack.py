@@ -19,6 +19,9 @@ CONFIG = typer.Option(
     None, "--config", help="Attack settings YAML (AttackConfig); default: built-in."
 )
 OUT = typer.Option(None, "--out", help="Folder for attack.json and attack_grid.png (default: RUN).")
+LABEL = typer.Option(
+    None, "--label", help="Name of this point in reports (default: e.g. 'PATROL split 4')."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,12 +33,13 @@ def register(app: typer.Typer) -> None:
         split: int | None = SPLIT,
         config: Path | None = CONFIG,
         out: Path | None = OUT,
+        label: str | None = LABEL,
     ) -> None:
         """Reconstruct images from the edge's features; report PSNR, SSIM and attack accuracy."""
         from patrol_compress.attacks import attack as run_attacks
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]
-        report = run_attacks(run, names, split, config, out)
+        report = run_attacks(run, names, split, config, out, label)
         _print(report, out if out is not None else run)
 
 
