@@ -68,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--defenses", default="noise,dropout,skip,app")
     p.add_argument("--no-sweeps", action="store_true", help="skip the baseline sweeps")
     p.add_argument("--low-ratio", action="store_true", help="also PATROL one block shallower")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=RECIPE",
+        help="another PATROL recipe (e.g. stronger privacy weights) pruned from the same "
+        "target and attacked like the others; repeatable",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--tag",
@@ -109,14 +117,20 @@ def ensure_prune(recipe: Recipe, out: Path, log: Any) -> Path:
 
 
 def attack_point(
-    run: Path, split: int, cfg: AttackConfig, attacks: list[str], out: Path, log: Any
+    run: Path,
+    split: int,
+    cfg: AttackConfig,
+    attacks: list[str],
+    out: Path,
+    log: Any,
+    label: str | None = None,
 ) -> dict[str, Any]:
     from patrol_compress.attacks import attack
 
     if (out / "attack.json").is_file():
         return dict(read_json(out / "attack.json"))
     start = time.perf_counter()
-    report = attack(run, attacks, split, cfg, out)
+    report = attack(run, attacks, split, cfg, out, label)
     s = report["strongest"]
     log(
         f"{out.name}: acc {report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']} "
@@ -147,10 +161,12 @@ def below_curve(point: dict[str, Any], series: list[dict[str, Any]], key: str) -
     return {"at_accuracy": value, "below": point["strongest"][key] < value}
 
 
-def summarise(points: dict[str, dict[str, Any]], fit: int) -> dict[str, Any]:
-    """The goal numbers of the issue from the attacked points."""
+def summarise(
+    points: dict[str, dict[str, Any]], fit: int, patrol: str = "patrol"
+) -> dict[str, Any]:
+    """The goal numbers of the issue for the PATROL point ``patrol``."""
     base = points[f"none-split{fit}"]
-    pat = points["patrol"]
+    pat = points[patrol]
     po = points.get("pruning-only")
 
     def acc(p: dict[str, Any]) -> float:
@@ -203,7 +219,6 @@ def summarise(points: dict[str, dict[str, Any]], fit: int) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    g = report["goal"]
     lines = [
         f"# Privacy-utility trade-off: {report['dataset']}",
         "",
@@ -230,14 +245,24 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Mean-image baseline (the attacker learned nothing): PSNR {mean['psnr']:.2f} dB, "
         f"SSIM {mean['ssim']:.3f}.",
-        "",
-        "## Goal",
-        "",
+    ]
+    goals = {"patrol": report["goal"], **report.get("variant_goals", {})}
+    for name, g in goals.items():
+        lines += ["", f"## Goal: {name}", "", *goal_lines(g)]
+    return "\n".join(lines) + "\n"
+
+
+def title(args: argparse.Namespace) -> str:
+    return f"Privacy-utility trade-off: {args.dataset} (benchmarks/privacy_tradeoff.py)"
+
+
+def goal_lines(g: dict[str, Any]) -> list[str]:
+    lines = [
         f"- PATROL split {g['patrol']['split']} vs undefended split {g['undefended']['split']}: "
         f"PSNR -{g['psnr_drop_pct']:.1f}% (goal >= {GOAL['psnr_drop_pct']:.0f}%), "
         f"SSIM -{g['ssim_drop_pct']:.1f}% (goal >= {GOAL['ssim_drop_pct']:.0f}%), "
         f"accuracy cost {g['acc_cost_pts']:+.1f} points (goal <= {GOAL['max_acc_cost_pts']:.0f})"
-        f": **{'met' if g['goal_met_vs_undefended'] else 'not met'}**.",
+        f": **{'met' if g['goal_met_vs_undefended'] else 'not met'}**."
     ]
     if "vs_pruning_only" in g:
         d = g["vs_pruning_only"]
@@ -260,11 +285,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- below every baseline curve: **{'yes' if g['below_every_curve'] else 'no'}**"
         )
-    return "\n".join(lines) + "\n"
-
-
-def title(args: argparse.Namespace) -> str:
-    return f"Privacy-utility trade-off: {args.dataset} (benchmarks/privacy_tradeoff.py)"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     points["pruning-only"] = attack_point(
         pruning_only, recipe.patrol.split, cfg, attacks, pts / "pruning-only", log
     )
+    variants: list[str] = []
+    for spec in args.variant:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            raise SystemExit(f"--variant: expected NAME=RECIPE, found '{spec}'")
+        v_recipe = derived(load_recipe(path), name, target)
+        v_run = ensure_prune(v_recipe, work / f"variant-{name}", log)
+        key = f"patrol-{name}"
+        points[key] = attack_point(
+            v_run, v_recipe.patrol.split, cfg, attacks, pts / key, log, label=f"PATROL {name}"
+        )
+        variants.append(key)
     if args.low_ratio and recipe.patrol.split - 1 > fit:
         k = recipe.patrol.split - 1
         low = ensure_prune(
@@ -347,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         f"white-box {args.whitebox_steps} steps on {args.whitebox_images} images, "
         f"{args.eval_images} evaluation images",
         "goal": summarise(points, fit),
+        "variant_goals": {v: summarise(points, fit, v) for v in variants},
         "points": points,
         "versions": package_versions(),
     }
