@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attacks", default="blackbox,whitebox")
     p.add_argument("--defenses", default="noise,dropout,skip,app")
     p.add_argument("--no-sweeps", action="store_true", help="skip the baseline sweeps")
+    p.add_argument(
+        "--undefended-splits",
+        default="",
+        help="comma-separated splits of the undefended target to attack (default: 1 and the "
+        "budget's fit split, which the goal numbers need)",
+    )
     p.add_argument("--low-ratio", action="store_true", help="also PATROL one block shallower")
     p.add_argument(
         "--variant",
@@ -318,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     pts = work / ("points" + (f"-{args.tag}" if args.tag else ""))
     points: dict[str, dict[str, Any]] = {}
-    for k in sorted({1, fit}):
+    splits = {int(k) for k in args.undefended_splits.split(",") if k} or {1}
+    for k in sorted(splits | {fit}):
         points[f"none-split{k}"] = attack_point(
             target, k, cfg, attacks, pts / f"none-split{k}", log
         )
