@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from patrol_compress import distributed
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
-from patrol_compress.errors import ModelError
+from patrol_compress.errors import ModelError, TrainingError
 from patrol_compress.io import read_json, write_json
 from patrol_compress.metrics.flops import count_macs
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone, split
@@ -44,7 +44,7 @@ from patrol_compress.pruning.patrol import (
     patrol_finetune,
 )
 from patrol_compress.pruning.structure import make_structure
-from patrol_compress.recipe import Recipe
+from patrol_compress.recipe import PatrolConfig, Recipe
 from patrol_compress.run import (
     load_resized,
     load_run_model,
@@ -264,6 +264,24 @@ def prune(
     return metrics
 
 
+def check_masks_alive(model: BlockNet, cfg: PatrolConfig) -> None:
+    """Refuse a PATROL result whose masks of a whole block are all <= tau.
+
+    Such a block passes nothing on: removal would cut every channel and the
+    network would output constants (seen with Fashion-MNIST: 6,000 images made
+    4 epochs 188 FISTA steps, enough to shrink every mask from 1 to 0). The
+    cause is the L1/L2 shrinkage outpacing the task gradient, so the error
+    names the knobs instead of letting a dead model reach recovery.
+    """
+    dead = [b for b, s in mask_summary(model, cfg.tau).items() if s["sparsity"] >= 1.0]
+    if dead:
+        raise TrainingError(
+            f"patrol: every mask of {', '.join(dead)} is <= tau after PATROL, so nothing would "
+            "pass; lower patrol.mask_lr or patrol.lambda1/lambda2 (each step shrinks a mask by "
+            "about mask_lr x (lambda1 + lambda2 x mask)) and rerun with --force"
+        )
+
+
 def _patrol_stages(
     recipe: Recipe,
     data: DataBundle,
@@ -294,6 +312,7 @@ def _patrol_stages(
                 parts, data, recipe, run / "checkpoints" / "patrol", budget, resume, quiet
             )
             model.cpu()
+            check_masks_alive(model, cfg)
 
             def save_patrol() -> None:
                 write_json(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from patrol_compress.errors import BudgetError, OutputExistsError
+from patrol_compress.errors import BudgetError, OutputExistsError, TrainingError
 from patrol_compress.pipeline import prune
 from patrol_compress.run import load_run_model
 
@@ -61,6 +61,15 @@ def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(BudgetError, match="cannot be met"):
         prune(recipe, quiet=True)
     assert not (tmp_path / "run" / "target").exists()
+
+
+def test_masks_shrunk_to_zero_stop_before_removal(tmp_path: Path) -> None:
+    """A mask learning rate far too high for the data zeroes whole blocks: the run stops
+    with an error naming the knobs instead of removing every channel."""
+    recipe = tiny_recipe(tmp_path, mask_lr=1.0, lambda1=10.0, recovery_epochs=1)
+    with pytest.raises(TrainingError, match="patrol.mask_lr"):
+        prune(recipe, quiet=True)
+    assert not (tmp_path / "run" / "pruned").exists()
 
 
 def test_existing_output_refused_without_force(tmp_path: Path) -> None:
