@@ -400,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {args.out / stem}.json and .md")
     from patrol_compress.report import build_report
 
-    files = build_report([pts], args.out / f"{stem}.html", title=title(args), force=True)
+    # The report gets its own stem: its markdown would otherwise replace the goal summary.
+    page = args.out / f"{stem}_report.html"
+    files = build_report([pts], page, title=title(args), force=True)
     log(f"wrote {files.html}, {files.markdown} and {files.assets}/")
     return 0
 
