@@ -229,7 +229,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Privacy-utility trade-off: {report['dataset']}",
         "",
         f"Command: `{report['command']}` ({report['threads']} thread(s), "
-        f"{report['seconds'] / 60:.0f} min). Attack: {report['attack_summary']}. "
+        f"this invocation {report['seconds'] / 60:.0f} min, all the compute behind the points "
+        f"{report['compute_seconds'] / 60:.0f} min, points made earlier are reused). "
+        f"Attack: {report['attack_summary']}. "
         "Strongest attack = the highest PSNR among the attacks run on that point.",
         "",
         "| point | split | series | accuracy | strongest | PSNR dB | SSIM | attack acc |"
@@ -256,6 +258,19 @@ def markdown(report: dict[str, Any]) -> str:
     for name, g in goals.items():
         lines += ["", f"## Goal: {name}", "", *goal_lines(g)]
     return "\n".join(lines) + "\n"
+
+
+def compute_seconds(points: dict[str, dict[str, Any]], work: Path) -> float:
+    """Seconds spent on everything behind the points, whenever it ran: prune stages
+    (stages.json of every run under ``work``), defenses and attacks (their attack.json)."""
+    total = 0.0
+    for stages in work.glob("*/stages.json"):
+        total += sum(float(v.get("seconds", 0.0)) for v in read_json(stages).values())
+    for p in points.values():
+        total += float(p.get("defense_seconds") or 0.0)
+        total += float(p.get("recogniser", {}).get("seconds") or 0.0)
+        total += sum(float(a.get("seconds") or 0.0) for a in p["attacks"].values())
+    return total
 
 
 def title(args: argparse.Namespace) -> str:
@@ -383,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset,
         "threads": args.threads,
         "seconds": time.perf_counter() - started,
+        "compute_seconds": compute_seconds(points, work),
         "attack_summary": f"{', '.join(attacks)}; black-box {args.attack_epochs} epochs, "
         f"white-box {args.whitebox_steps} steps on {args.whitebox_images} images, "
         f"{args.eval_images} evaluation images",

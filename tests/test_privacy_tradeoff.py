@@ -76,6 +76,7 @@ def test_summarise_reports_drops_margins_and_curves(bench: ModuleType) -> None:
             "command": "c",
             "threads": 1,
             "seconds": 60,
+            "compute_seconds": 600,
             "attack_summary": "a",
             "goal": g,
             "points": {
@@ -90,3 +91,4 @@ def test_summarise_reports_drops_margins_and_curves(bench: ModuleType) -> None:
         }
     )
     assert "PSNR -35.0%" in text and "**met**" in text
+    assert "all the compute behind the points 10 min" in text
