@@ -254,6 +254,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"Mean-image baseline (the attacker learned nothing): PSNR {mean['psnr']:.2f} dB, "
         f"SSIM {mean['ssim']:.3f}.",
     ]
+    for plot in report.get("plots", []):
+        lines += ["", f"![privacy-utility plane]({plot})"]
+    if report.get("report_html"):
+        lines += [
+            "",
+            f"Full report with every reconstruction grid: `{report['report_html']}` "
+            f"(`patrol-compress report <points folder>` rebuilds it).",
+        ]
     goals = {"patrol": report["goal"], **report.get("variant_goals", {})}
     for name, g in goals.items():
         lines += ["", f"## Goal: {name}", "", *goal_lines(g)]
@@ -412,14 +420,22 @@ def main(argv: list[str] | None = None) -> int:
         f"_{args.tag}" if args.tag else ""
     )
     write_json(args.out / f"{stem}.json", report)
-    write_text(args.out / f"{stem}.md", markdown(report))
-    log(f"wrote {args.out / stem}.json and .md")
+    # The full report (grids of every point, megabytes of PNG) stays next to the
+    # points; the results folder gets the numbers and the two planes.
     from patrol_compress.report import build_report
 
-    # The report gets its own stem: its markdown would otherwise replace the goal summary.
-    page = args.out / f"{stem}_report.html"
+    page = work / f"report{'-' + args.tag if args.tag else ''}.html"
     files = build_report([pts], page, title=title(args), force=True)
     log(f"wrote {files.html}, {files.markdown} and {files.assets}/")
+    report["plots"] = []
+    for key in ("psnr", "ssim"):
+        name = f"{stem}_{key}.svg"
+        write_text(args.out / name, (files.assets / f"plane-{key}.svg").read_text("utf-8"))
+        report["plots"].append(name)
+    report["report_html"] = str(files.html)
+    write_json(args.out / f"{stem}.json", report)
+    write_text(args.out / f"{stem}.md", markdown(report))
+    log(f"wrote {args.out / stem}.json, .md and the planes")
     return 0
 
 
