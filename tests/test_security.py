@@ -31,7 +31,7 @@ from patrol_compress.models import build_model
 from patrol_compress.recipe import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SCANNED = ("patrol_compress", "exporters", "benchmarks")
+SCANNED = ("patrol_compress", "exporters", "benchmarks", "tests")
 
 # --------------------------------------------------------------------------- source scan
 
