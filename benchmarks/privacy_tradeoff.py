@@ -209,10 +209,9 @@ def summarise(
         d["accuracy_matched"] = abs(d["acc_diff_pts"]) <= GOAL_VS_PRUNING["acc_within_pts"]
         out["vs_pruning_only"] = d
     curves: dict[str, Any] = {}
-    for name in sorted({p["series"] for p in points.values()} - {"none", "patrol"}):
+    not_baselines = {"none", "patrol", "pruning-only", "pruning+lip", "pruning+adv"}
+    for name in sorted({p["series"] for p in points.values()} - not_baselines):
         series = [p for p in points.values() if p["series"] == name] + [base]
-        if name in ("pruning-only", "pruning+lip", "pruning+adv"):
-            continue
         curves[name] = {
             "psnr": below_curve(pat, series, "psnr"),
             "ssim": below_curve(pat, series, "ssim"),
@@ -419,7 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"privacy_tradeoff_{args.dataset.replace('-', '_')}" + (
         f"_{args.tag}" if args.tag else ""
     )
-    write_json(args.out / f"{stem}.json", report)
     # The full report (grids of every point, megabytes of PNG) stays next to the
     # points; the results folder gets the numbers and the two planes.
     from patrol_compress.report import build_report

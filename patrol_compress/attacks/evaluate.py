@@ -62,7 +62,7 @@ def _split(split: int | None, meta: dict[str, Any], recipe: Recipe) -> tuple[int
 
 
 def _context(
-    run_dir: Path,
+    run_dir: Path | None,
     split: int,
     cfg: AttackConfig,
     data: AttackData,
@@ -79,7 +79,8 @@ def _context(
     shape = tuple(int(d) for d in meta["input_shape"])
     if tuple(data.eval_images.shape[1:]) != shape:
         raise ModelError(
-            f"{run_dir}: model expects images {list(shape)}, the recipe's data gives "
+            f"{f'{run_dir}: ' if run_dir else ''}model expects images {list(shape)}, the "
+            "recipe's data gives "
             f"{list(data.eval_images.shape[1:])}"
         )
     edge, _ = split_model(model, split)
@@ -297,8 +298,7 @@ def attack_model(
     torch.manual_seed(cfg.seed)
     bundle = data_bundle if data_bundle is not None else build_data(recipe.data)
     data = build_attack_data(bundle, cfg)
-    ctx = _context(run_dir or out_dir, split, cfg, data, model, meta)
-    ctx.run_dir = run_dir
+    ctx = _context(run_dir, split, cfg, data, model, meta)
 
     accuracy_all = evaluate(model, bundle)
     metric = "top1" if "top1" in accuracy_all else "rank1"

@@ -86,6 +86,37 @@ def select_sweeps(
     return sweeps
 
 
+def _defended(
+    model: Any,
+    k: int,
+    sweep: DefenseSweep | None,
+    strength: float | None,
+    bundle: Any,
+    recipe: Recipe,
+    dev: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The model to attack for one point (the target itself when undefended) and its facts."""
+    import torch
+
+    from patrol_compress.defenses.base import DEFENSES, DefenseContext
+
+    if sweep is None or strength is None:
+        return model, {"label": f"no defense split {k}", "series": "none", "defense": None}
+    d = DEFENSES.get(sweep.name)()
+    torch.manual_seed(recipe.seed)
+    defended = d.apply(model, k, strength, DefenseContext(bundle, recipe, sweep, dev, recipe.seed))
+    return defended, {
+        "label": f"{sweep.name} {d.parameter}={strength:g} split {k}",
+        "series": sweep.name,
+        "defense": {
+            "name": sweep.name,
+            "parameter": d.parameter,
+            "strength": strength,
+            "epochs": sweep.epochs,
+        },
+    }
+
+
 def defend(
     run_dir: Path | str,
     defenses: Sequence[str] | None = None,
@@ -103,11 +134,9 @@ def defend(
     ``config`` replaces the recipe's ``attack:`` section (benchmarks size the
     attacker for the machine).
     """
-    import torch
-
     from patrol_compress.attacks.evaluate import attack_model, find_recipe
     from patrol_compress.data import build_data
-    from patrol_compress.defenses.base import DEFENSES, DefenseContext
+    from patrol_compress.models.blocknet import check_split
     from patrol_compress.pipeline import edge_report
     from patrol_compress.run import load_run_model
     from patrol_compress.train.loop import device
@@ -120,8 +149,6 @@ def defend(
     names = list(attacks) if attacks else list(recipe.defenses.attacks)
     out_dir = Path(out) if out is not None else run / "defenses"
     model, meta = load_run_model(target)
-    from patrol_compress.models.blocknet import check_split
-
     check_split(model, k)
     bundle = build_data(recipe.data)
     input_shape = tuple(int(d) for d in meta["input_shape"])
@@ -147,43 +174,12 @@ def defend(
                 log(f"{folder}: kept (attack.json exists; --force recomputes)")
         else:
             start = time.perf_counter()
-            if sweep is None or strength is None:
-                defended, facts = model, {"label": f"no defense split {k}", "series": "none"}
-                defense_info = None
-            else:
-                d = DEFENSES.get(sweep.name)()
-                torch.manual_seed(recipe.seed)
-                ctx = DefenseContext(bundle, recipe, sweep, dev, recipe.seed)
-                defended = d.apply(model, k, strength, ctx)
-                defense_info = {
-                    "name": sweep.name,
-                    "parameter": d.parameter,
-                    "strength": strength,
-                    "epochs": sweep.epochs,
-                }
-                facts = {
-                    "label": f"{sweep.name} {d.parameter}={strength:g} split {k}",
-                    "series": sweep.name,
-                }
+            defended, facts = _defended(model, k, sweep, strength, bundle, recipe, dev)
             seconds = time.perf_counter() - start
+            facts.update(run=str(target), defense_seconds=round(seconds, 2))
+            facts.update(budget=budget, edge=edge)
             report = attack_model(
-                defended,
-                meta,
-                recipe,
-                names,
-                k,
-                cfg,
-                dest,
-                run_dir=None,
-                facts={
-                    **facts,
-                    "run": str(target),
-                    "defense": defense_info,
-                    "defense_seconds": round(seconds, 2),
-                    "budget": budget,
-                    "edge": edge,
-                },
-                data_bundle=bundle,
+                defended, meta, recipe, names, k, cfg, dest, facts=facts, data_bundle=bundle
             )
             if log:
                 s = report["strongest"]
