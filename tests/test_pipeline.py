@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from patrol_compress.errors import BudgetError, OutputExistsError, TrainingError
 from patrol_compress.pipeline import prune
 from patrol_compress.run import load_run_model
+from patrol_compress.train.faults import FAULT_ENV
 
 from .helpers import tiny_recipe, tiny_recipe_dict, write_recipe
 
@@ -89,14 +89,12 @@ def test_killed_run_resumes_to_completion(tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "patrol_compress", "prune", str(recipe), "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    marker = run / "checkpoints" / "patrol" / "last.json"
-    deadline = time.time() + 240
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert marker.exists(), "the run never reached the PATROL stage"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # Dies (SIGKILL, sent by itself) in PATROL's second epoch, after one epoch's checkpoint.
+    died = subprocess.run(
+        cmd, env={**env, FAULT_ENV: "patrol:2:1"}, capture_output=True, timeout=300
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert (run / "checkpoints" / "patrol" / "last.json").is_file()
     stages = json.loads((run / "stages.json").read_text())
     assert "target" in stages and "patrol" not in stages
     target_file = run / "target" / "model.safetensors"

@@ -1,13 +1,14 @@
 """Crash safety: a run killed at any moment resumes to the result it would have had.
 
 The end-to-end test kills a run with SIGKILL in the middle of a PATROL epoch
-and resumes it; on CPU with one thread every computation is deterministic, so
-the resumed run must end with *exactly* the uninterrupted run's weights and
-metrics (tolerance 0). That holds only if a checkpoint restores everything the
-remaining epochs depend on: weights, Adam, FISTA (iterate, momentum, caps), the
-surrogate and its Adam, every random generator, and where the P x K sampler
-stands (the surrogate's fit at an epoch's start reuses the previous epoch's
-batch order).
+(at an exact step, through ``PATROL_FAULT``: never sleep-then-signal, which
+depends on the machine's speed) and resumes it; on CPU with one thread every
+computation is deterministic, so the resumed run must end with *exactly* the
+uninterrupted run's weights and metrics (tolerance 0). That holds only if a
+checkpoint restores everything the remaining epochs depend on: weights, Adam,
+FISTA (iterate, momentum, caps), the surrogate and its Adam, every random
+generator, and where the P x K sampler stands (the surrogate's fit at an
+epoch's start reuses the previous epoch's batch order).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ import torch
 from patrol_compress.io import sha256_file
 from patrol_compress.train import checkpoint
 from patrol_compress.train.checkpoint import load_checkpoint, save_checkpoint
-from patrol_compress.train.loop import restore_rng, rng_state
+from patrol_compress.train.faults import FAULT_ENV, FaultSpecError, InjectedFault, parse_fault
+from patrol_compress.train.loop import EpochReporter, restore_rng, rng_state, run_stage
 
 from .helpers import tiny_recipe_dict, write_recipe
 
@@ -125,22 +126,18 @@ def test_killed_mid_epoch_resumes_to_identical_results(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
-    proc = subprocess.Popen(
+    # Killed after the first step of PATROL's third epoch (the process SIGKILLs
+    # itself there, whatever the machine's speed): resuming at an epoch > 1 is
+    # what needs the sampler's position (the surrogate's fit reuses the previous
+    # epoch's order).
+    died = subprocess.run(
         _cli(recipe, "--out", str(killed)),
-        env=_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env={**_ENV, FAULT_ENV: "patrol:3:1"},
+        capture_output=True,
+        timeout=300,
     )
-    # Killed in PATROL's third epoch: resuming at an epoch > 1 is what needs the
-    # sampler's position (the surrogate's fit reuses the previous epoch's order).
+    assert died.returncode == -signal.SIGKILL, died.stderr
     marker = killed / "checkpoints" / "patrol" / "last.json"
-    deadline = time.time() + 240
-    while _epoch(marker) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert _epoch(marker) == 2, "the run never finished two PATROL epochs"
-    time.sleep(0.25)  # into the third epoch (each takes about a second here)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     stages = json.loads((killed / "stages.json").read_text())
     assert "target" in stages and "patrol" not in stages
     assert _epoch(marker) == 2
@@ -162,3 +159,33 @@ def test_killed_mid_epoch_resumes_to_identical_results(tmp_path: Path) -> None:
         assert a[key] == b[key], key  # exact: tolerance 0
     for name in ("patrol/masked.safetensors", "pruned/model.safetensors", "model.safetensors"):
         assert sha256_file(straight / name) == sha256_file(killed / name), name
+
+
+def test_fault_hook_fails_at_the_exact_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PATROL_FAULT stops a stage right after the named step, before that epoch's checkpoint."""
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: list[tuple[int, int]] = []
+
+    def epoch_fn(epoch: int, rep: EpochReporter) -> None:
+        for i in range(3):
+            seen.append((epoch + 1, i + 1))
+            rep.step(1, {"loss": 0.5})
+
+    monkeypatch.setenv(FAULT_ENV, "demo:2:2:raise")
+    with pytest.raises(InjectedFault, match="demo epoch 2 step 2"):
+        run_stage("demo", tmp_path, 3, 3, epoch_fn, {"m": model}, {"o": opt}, False, quiet=True)
+    assert seen == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+    assert _epoch(tmp_path / "last.json") == 1  # epoch 2's checkpoint was never written
+    monkeypatch.setenv(FAULT_ENV, "other:1:1:raise")  # another stage's fault: no effect
+    run_stage("demo", tmp_path, 3, 3, epoch_fn, {"m": model}, {"o": opt}, True, quiet=True)
+    assert _epoch(tmp_path / "last.json") == 3
+
+
+@pytest.mark.parametrize("spec", ["patrol", "patrol:x:1", "patrol:0:1", "patrol:1:1:explode"])
+def test_malformed_fault_spec_is_refused(spec: str) -> None:
+    """A typo must not silently disable the fault (the test would then pass for nothing)."""
+    with pytest.raises(FaultSpecError, match="STAGE:EPOCH:STEP"):
+        parse_fault(spec)

@@ -12,7 +12,9 @@ uninterrupted one: modules and optimizers (FISTA's iterate, momentum and caps
 live in its optimizer state), the stage's own extra state (loader position,
 AMP scale) and every random generator the epochs draw from (torch CPU, here
 also CUDA, numpy's and Python's global ones). The files are written atomically
-(see :mod:`patrol_compress.train.checkpoint`).
+(see :mod:`patrol_compress.train.checkpoint`). ``PATROL_FAULT`` makes a run die
+at an exact step (see :mod:`patrol_compress.train.faults`), which is how the
+crash-safety tests kill runs without depending on the machine's speed.
 
 Distributed runs (:mod:`patrol_compress.distributed`): every rank runs the
 epochs, rank 0 alone prints and writes checkpoints, and after each epoch the
@@ -38,6 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from patrol_compress import distributed
 from patrol_compress.errors import TrainingError
 from patrol_compress.train.checkpoint import load_checkpoint, save_checkpoint
+from patrol_compress.train.faults import fault_from_env
 
 console = Console(soft_wrap=True)
 
@@ -52,6 +55,8 @@ class EpochReporter:
     steps: int = 0
     images: int = 0
     start: float = field(default_factory=time.perf_counter)
+    after_step: Callable[[int], None] | None = None
+    """Called with the 1-based step number once a step is counted (fault injection)."""
 
     def step(self, n_images: int, losses: dict[str, float]) -> None:
         for k, v in losses.items():
@@ -67,6 +72,8 @@ class EpochReporter:
             rate = self.images / max(time.perf_counter() - self.start, 1e-9)
             loss = self.means().get("loss", 0.0)
             self.progress.update(self.task, advance=1, info=f"loss {loss:.3f} | {rate:.0f} img/s")
+        if self.after_step is not None:
+            self.after_step(self.steps)
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
@@ -91,6 +98,7 @@ def run_stage(
     """Run ``epochs`` epochs of a stage with checkpoints in ``folder``; returns per-epoch means."""
     ctx = distributed.current()
     quiet = quiet or not ctx.main
+    fault = fault_from_env()
     start_epoch = 0
     history: list[dict[str, float]] = []
     if resume:
@@ -114,7 +122,8 @@ def run_stage(
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         for epoch in range(start_epoch, epochs):
             task = progress.add_task(f"{name} {epoch + 1}/{epochs}", total=steps_per_epoch, info="")
-            reporter = EpochReporter(progress, task)
+            hook = None if fault is None else functools.partial(fault.check, name, epoch + 1)
+            reporter = EpochReporter(progress, task, after_step=hook)
             epoch_fn(epoch, reporter)
             means = reporter.means()
             means["images_per_s"] = reporter.images / max(

@@ -1,0 +1,76 @@
+"""Deterministic fault injection: make a training run die at an exact step.
+
+Crash-safety tests must kill a run *in the middle of* a given epoch. Doing that
+from outside (sleep, then SIGKILL) depends on the machine's speed: on a fast or
+quiet machine the next checkpoint is already written, on a slow one the run has
+not got there yet. Instead the test sets ::
+
+    PATROL_FAULT=STAGE:EPOCH:STEP[:ACTION]
+
+and the training loop (:func:`patrol_compress.train.loop.run_stage`) fails
+right after step ``STEP`` (1-based) of epoch ``EPOCH`` (1-based) of the stage
+named ``STAGE`` (``train``, ``patrol``, ``recover``): the weights have moved
+but the epoch's checkpoint is not written, whatever the machine's speed.
+``ACTION`` is ``kill`` (default: the process sends itself SIGKILL, so nothing
+after it runs, not even ``finally`` blocks or atexit) or ``raise`` (a
+:class:`InjectedFault`, for in-process tests). Unset, nothing happens.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+from patrol_compress.errors import PatrolError
+
+FAULT_ENV = "PATROL_FAULT"
+ACTIONS = ("kill", "raise")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a ``raise`` fault; deliberately not a PatrolError (it stands for a crash)."""
+
+
+class FaultSpecError(PatrolError):
+    """``PATROL_FAULT`` is set but malformed (a typo must not silently disable the fault)."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Where to fail: a stage name, a 1-based epoch and a 1-based step within it."""
+
+    stage: str
+    epoch: int
+    step: int
+    action: str = "kill"
+
+    def check(self, stage: str, epoch: int, step: int) -> None:
+        """Fail now if (stage, epoch, step) is the configured point."""
+        if (stage, epoch, step) != (self.stage, self.epoch, self.step):
+            return
+        if self.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise InjectedFault(f"{FAULT_ENV}: injected fault at {stage} epoch {epoch} step {step}")
+
+
+def parse_fault(text: str) -> Fault:
+    """``"patrol:3:1"`` or ``"patrol:3:1:raise"`` -> :class:`Fault`."""
+    parts = text.split(":")
+    usage = f"{FAULT_ENV} must look like STAGE:EPOCH:STEP[:kill|raise], found {text[:60]!r}"
+    if len(parts) not in (3, 4) or not parts[0]:
+        raise FaultSpecError(usage)
+    try:
+        epoch, step = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise FaultSpecError(usage) from None
+    action = parts[3] if len(parts) == 4 else "kill"
+    if epoch < 1 or step < 1 or action not in ACTIONS:
+        raise FaultSpecError(usage)
+    return Fault(parts[0], epoch, step, action)
+
+
+def fault_from_env() -> Fault | None:
+    """The fault ``PATROL_FAULT`` asks for, or None when it is unset or empty."""
+    text = os.environ.get(FAULT_ENV, "").strip()
+    return parse_fault(text) if text else None
