@@ -6,10 +6,12 @@ pick the same split, output folder and manifest provenance.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from patrol_compress.errors import ExportError, ModelError
+from patrol_compress.locking import folder_lock
 
 from .base import EXPORTERS
 from .partitions import export_partitions
@@ -53,18 +55,21 @@ def export_run(
             f"{what} is out of range: the model saved in {run_dir} has stages 1..{stages}"
         )
     out_dir = Path(out) if out is not None else default_out(run_dir, target, k, precision)
-    manifest = export_partitions(
-        model,
-        k,
-        out_dir,
-        target,
-        precision,
-        tuple(info["input_shape"]),
-        opset=opset,
-        extra_manifest={
-            "run": str(run_dir),
-            "weights_sha256": info.get("weights", {}).get("sha256"),
-        },
-        force=force,
-    )
+    # Writing inside the run (the default): a prune of the same run must not run meanwhile.
+    inside = out_dir.resolve().is_relative_to(run_dir.resolve())
+    with folder_lock(run_dir) if inside else contextlib.nullcontext():
+        manifest = export_partitions(
+            model,
+            k,
+            out_dir,
+            target,
+            precision,
+            tuple(info["input_shape"]),
+            opset=opset,
+            extra_manifest={
+                "run": str(run_dir),
+                "weights_sha256": info.get("weights", {}).get("sha256"),
+            },
+            force=force,
+        )
     return {**manifest, "out_dir": str(out_dir)}

@@ -6,6 +6,8 @@ function so that ``import patrol_compress`` stays cheap and torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +63,63 @@ def bench(artifact_dir: Path, **kwargs: Any) -> dict[str, Any]:
     from patrol_compress.bench import bench as run_bench
 
     return run_bench(artifact_dir, **kwargs)
+
+
+def _locked(folder: Path) -> AbstractContextManager[object]:
+    """The lock of the run ``folder`` belongs to, if that run folder exists yet.
+
+    A job that writes into a run (attack, defend) must not run while a prune of
+    it does; a folder that does not exist yet is new and has nothing to mix up
+    (and creating it here would leave an empty folder behind a failed job).
+    """
+    from patrol_compress.locking import folder_lock, run_root
+
+    root = run_root(folder)
+    return folder_lock(root) if root.is_dir() else nullcontext()
+
+
+def attack_output_free(out_dir: Path, force: bool) -> None:
+    """Refuse to overwrite an earlier attack's results without ``force`` (checked before work)."""
+    from patrol_compress.errors import OutputExistsError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
+    if (out_dir / "attack.json").exists() and not force:
+        raise OutputExistsError(
+            f"{out_dir / 'attack.json'}: an attack's results are already here; "
+            "pass --force to replace them or --out to write elsewhere"
+        )
+
+
+def attack(
+    run_dir: Path,
+    attacks: Sequence[str] | None = None,
+    split: int | None = None,
+    config: Path | None = None,
+    out: Path | None = None,
+    label: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Model inversion attacks on the run's edge; writes attack.json and attack_grid.png.
+
+    An existing ``attack.json`` in the output folder is refused unless ``force``,
+    before the (minutes-long) attack starts, and the run folder is locked meanwhile.
+    """
+    from patrol_compress.attacks import DEFAULT_ATTACKS
+    from patrol_compress.attacks import attack as run_attacks
+
+    out_dir = Path(out) if out is not None else Path(run_dir)
+    attack_output_free(out_dir, force)
+    with _locked(out_dir):
+        attack_output_free(out_dir, force)  # again, now that no other job can write it
+        names = list(attacks) if attacks else list(DEFAULT_ATTACKS)
+        return run_attacks(run_dir, names, split, config, out, label)
+
+
+def defend(run_dir: Path, out: Path | None = None, **kwargs: Any) -> dict[str, Any]:
+    """The baseline defenses' sweeps (see :func:`patrol_compress.defenses.defend`), run locked."""
+    from patrol_compress.defenses import defend as run_defend
+
+    out_dir = Path(out) if out is not None else Path(run_dir) / "defenses"
+    with _locked(out_dir):
+        return run_defend(run_dir, out=out, **kwargs)

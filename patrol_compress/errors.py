@@ -49,6 +49,10 @@ class OutputExistsError(PatrolError):
     """An output directory exists and would be overwritten without --force."""
 
 
+class RunLockedError(PatrolError):
+    """Another process holds the run folder's lock (two jobs must never write one run)."""
+
+
 def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional backend, or raise :class:`MissingExtraError` naming the extra."""
     try:

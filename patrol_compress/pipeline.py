@@ -125,7 +125,8 @@ def _open_with_data(
 
     The order matters: a missing dataset, an impossible budget or a wrong
     checkpoint must fail before ``--force`` empties an old run or a new output
-    folder is created. The "data" stage then writes the sample grid.
+    folder is created. The "data" stage then writes the sample grid. The
+    returned run holds the folder's lock: the caller releases it when the job ends.
 
     Distributed: rank 0 loads first (it may generate and cache the data), the
     others read the cache after it.
@@ -139,9 +140,13 @@ def _open_with_data(
     if preflight is not None:
         preflight(data)
     run = open_run(recipe, out, resume, force)
-    if not run.done("data"):
-        ctx.run_on_main(lambda: _write_samples(data, run))
-        run.mark("data", time.perf_counter() - t0, **data.summary())
+    try:
+        if not run.done("data"):
+            ctx.run_on_main(lambda: _write_samples(data, run))
+            run.mark("data", time.perf_counter() - t0, **data.summary())
+    except BaseException:
+        run.release()
+        raise
     return run, data
 
 
@@ -215,10 +220,18 @@ def prune(
         checked["budget"] = _preflight(recipe, data)
 
     run, data = _open_with_data(recipe, out, resume, force, preflight)
+    with run:  # the run folder stays locked until the job ends
+        return _prune_stages(recipe, run, data, checked["budget"], resume, quiet)
+
+
+def _prune_stages(
+    recipe: Recipe, run: RunDir, data: DataBundle, budget: int | None, resume: bool, quiet: bool
+) -> dict[str, Any]:
+    """Every stage of :func:`prune` after the run folder is open (and locked)."""
+    ctx = distributed.current()
     input_shape = (data.channels, data.image_size, data.image_size)
     example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(recipe.seed))
     cfg = recipe.patrol
-    budget = checked["budget"]
 
     target = _load_or_train_target(recipe, data, run, resume, quiet)
     if not run.done("evaluate_target"):
@@ -464,6 +477,15 @@ def train_only(
     run, data = _open_with_data(
         recipe, out, resume, force, lambda d: _check_checkpoint(recipe, fresh_model(recipe, d))
     )
+    with run:  # the run folder stays locked until the job ends
+        return _train_stages(recipe, run, data, resume, quiet)
+
+
+def _train_stages(
+    recipe: Recipe, run: RunDir, data: DataBundle, resume: bool, quiet: bool
+) -> dict[str, Any]:
+    """Every stage of :func:`train_only` after the run folder is open (and locked)."""
+    ctx = distributed.current()
     target = _load_or_train_target(recipe, data, run, resume, quiet)
 
     def finish() -> dict[str, Any]:

@@ -7,7 +7,9 @@ suffix in :data:`WRITTEN_SUFFIXES`; anything else (a user's notes in
 ``export/``) stays, with the folders that hold it. ``stages.json`` records each finished stage with
 its wall time; a resumed run skips finished stages and never rewrites their
 outputs. The resolved recipe and package versions are written next to every
-run's outputs, and a resumed run must use the same resolved recipe.
+run's outputs, and a resumed run must use the same resolved recipe. The folder
+is locked (:mod:`patrol_compress.locking`) from the moment it is opened until
+the job ends, so a second job on the same run fails at once with one line.
 
 Distributed runs: rank 0 alone checks, creates and writes the directory and
 ``stages.json``; both are collective steps (see
@@ -27,6 +29,7 @@ from typing import Any
 from patrol_compress import distributed
 from patrol_compress.errors import OutputExistsError, RecipeError
 from patrol_compress.io import package_versions, read_json, write_json, write_text
+from patrol_compress.locking import LOCK_FILE, FolderLock, acquire
 from patrol_compress.recipe import Recipe, dump_recipe
 
 STAGES_FILE = "stages.json"
@@ -56,8 +59,23 @@ WRITTEN_SUFFIXES = frozenset(
 
 
 class RunDir:
-    def __init__(self, path: Path) -> None:
+    """An open run folder; holds its lock (rank 0) until :meth:`release` or the process ends."""
+
+    def __init__(self, path: Path, lock: FolderLock | None = None) -> None:
         self.path = path
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let the next job into this run folder."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -88,10 +106,15 @@ class RunDir:
 
 
 def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> RunDir:
-    """Create or reopen the run directory according to the rules above."""
+    """Create or reopen the run directory according to the rules above, and lock it.
+
+    The returned :class:`RunDir` holds the folder's lock (see
+    :mod:`patrol_compress.locking`) until released: use it as a context manager
+    around the whole job.
+    """
     path = recipe.run_dir(out)
-    distributed.current().run_on_main(lambda: _prepare(path, recipe, resume, force))
-    return RunDir(path)
+    lock = distributed.current().run_on_main(lambda: _prepare(path, recipe, resume, force))
+    return RunDir(path, lock)
 
 
 def remove_written(folder: Path) -> None:
@@ -106,9 +129,9 @@ def remove_written(folder: Path) -> None:
         folder.rmdir()
 
 
-def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> None:
-    text = dump_recipe(recipe)
-    existing = path.exists() and any(path.iterdir())
+def _check(path: Path, text: str, resume: bool, force: bool) -> bool:
+    """Refuse what the rules above refuse (reads only); True when ``--force`` must clear a run."""
+    existing = path.exists() and any(p.name != LOCK_FILE for p in path.iterdir())
     ours = (path / STAGES_FILE).is_file() or (path / RECIPE_FILE).is_file()
     if existing and resume and ours:
         old = (
@@ -120,18 +143,37 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> None:
             raise RecipeError(
                 f"{path}: this run was started with a different recipe; use a new --out or --force"
             )
-    elif existing and not force:
+        return False
+    if existing and not force:
         what = "holds a run" if ours else "exists and is not empty"
         raise OutputExistsError(
             f"{path}: output directory {what}; pass --resume to continue it or --force to overwrite"
         )
-    elif existing and force and ours:
-        for name in OWNED:
-            target = path / name
-            if target.is_dir() and not target.is_symlink():
-                remove_written(target)
-            elif target.is_file() or target.is_symlink():
-                target.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    write_text(path / RECIPE_FILE, text)
-    write_json(path / "versions.json", package_versions())
+    return existing and force and ours
+
+
+def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLock:
+    """Check, lock, then (with ``--force``) clear and write the provenance files.
+
+    Checked before the lock so that a refused folder gets no lock file, and again
+    under the lock, which is what makes the decision safe against another job.
+    """
+    text = dump_recipe(recipe)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path}: exists and is not a folder; choose another --out")
+    _check(path, text, resume, force)
+    lock = acquire(path)
+    try:
+        if _check(path, text, resume, force):
+            for name in OWNED:
+                target = path / name
+                if target.is_dir() and not target.is_symlink():
+                    remove_written(target)
+                elif target.is_file() or target.is_symlink():
+                    target.unlink()
+        write_text(path / RECIPE_FILE, text)
+        write_json(path / "versions.json", package_versions())
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -491,3 +491,102 @@ def test_recipe_helper_is_valid(tmp_path: Path, cache: Path) -> None:
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 1
     result = cli("validate", path)
     assert result.exit_code == 0 and result.output.strip() == f"{path}: ok"
+
+
+# --------------------------------------------------------------------------- issue 12: red team
+# One test (or parametrized group) per item of issue 12; each fails without its fix.
+
+
+# item 1: two jobs on one run folder ------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["prune-resume", "prune-force", "export", "attack", "defend"])
+def test_a_second_job_on_a_locked_run_is_refused(
+    tmp_path: Path, cache: Path, run_dir: Path, command: str
+) -> None:
+    """While one process works in a run folder, any other job writing into it exits 2."""
+    from patrol_compress.locking import folder_lock
+
+    run = copy_run(run_dir, tmp_path)
+    recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
+    args: dict[str, tuple[object, ...]] = {
+        "prune-resume": ("prune", recipe, "--out", run, "--resume", "--quiet"),
+        "prune-force": ("prune", recipe, "--out", run, "--force", "--quiet"),
+        "export": ("export", run, "--target", "onnx", "--split", "2"),
+        "attack": ("attack", run),
+        "defend": ("defend", run),
+    }
+    before = snapshot(run)
+    with folder_lock(run):  # stands for another process's job (flock excludes any other open)
+        line = error_line(cli(*args[command]))
+    assert line == (
+        f"error: {run}: another patrol-compress process is working in this run folder; "
+        "wait for it to finish (or stop it), then retry"
+    )
+    assert snapshot(run) == before
+
+
+def test_the_run_lock_goes_when_its_process_dies(tmp_path: Path) -> None:
+    """A holder killed with SIGKILL leaves no stale lock (the kernel drops flocks)."""
+    import subprocess
+    import sys
+
+    from patrol_compress.errors import RunLockedError
+    from patrol_compress.locking import acquire
+
+    code = (
+        "import os, sys; from pathlib import Path; from patrol_compress.locking import acquire; "
+        f"acquire(Path({str(tmp_path)!r})); print('locked', flush=True); sys.stdin.readline(); "
+        "os.kill(os.getpid(), 9)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunLockedError):
+        acquire(tmp_path)
+    holder.stdin.write("die\n")
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == -9
+    acquire(tmp_path).release()
+
+
+# item 5: attack and bench --json overwrote earlier results --------------------------------
+
+
+def test_attack_refuses_to_overwrite_an_earlier_attack(tmp_path: Path, run_dir: Path) -> None:
+    run = copy_run(run_dir, tmp_path)
+    (run / "attack.json").write_bytes(NOTES)
+    before = snapshot(run)
+    line = error_line(cli("attack", run))
+    assert line == (
+        f"error: {run / 'attack.json'}: an attack's results are already here; "
+        "pass --force to replace them or --out to write elsewhere"
+    )
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("existing", ["file", "folder"])
+def test_bench_json_refuses_an_existing_path(tmp_path: Path, artifact: Path, existing: str) -> None:
+    report = tmp_path / "bench.json"
+    if existing == "file":
+        report.write_bytes(NOTES)
+        words = "already exists; pass --force to replace it"
+    else:
+        report.mkdir()
+        words = "--json needs a file name, found a folder"
+    line = error_line(cli("bench", artifact, "--batch", "1", "--runs", "1", "--json", report))
+    assert line == f"error: {report}: {words}" + (
+        " or choose another --json file" if existing == "file" else ""
+    )
+    assert existing == "folder" or report.read_bytes() == NOTES
+
+
+def test_bench_json_force_replaces_the_file(tmp_path: Path, artifact: Path) -> None:
+    report = tmp_path / "bench.json"
+    report.write_bytes(NOTES)
+    args = ("bench", artifact, "--batch", "1", "--runs", "1", "--warmup", "0", "--json", report)
+    result = cli(*args, "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["runs"] == 1

@@ -32,6 +32,7 @@ from patrol_compress.bench.runtimes import (
     BenchError,
     runtime_version,
 )
+from patrol_compress.errors import OutputExistsError
 from patrol_compress.io import package_versions, write_json
 
 
@@ -70,6 +71,16 @@ def _validate(
         raise BenchError(f"uplink_mbps must be > 0, found {uplink_mbps}")
 
 
+def check_json_path(path: Path, force: bool) -> None:
+    """``--json FILE`` must not be a folder nor hold an earlier report (unless force)."""
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: --json needs a file name, found a folder")
+    if path.exists() and not force:
+        raise OutputExistsError(
+            f"{path}: already exists; pass --force to replace it or choose another --json file"
+        )
+
+
 def transfer_ms(bytes_per_image: int, uplink_mbps: float) -> float:
     """Milliseconds to send one image's split tensor over an uplink of ``uplink_mbps`` Mbit/s."""
     return bytes_per_image * 8 / (uplink_mbps * 1e6) * 1e3
@@ -85,8 +96,12 @@ def bench(
     uplink_mbps: float | None = None,
     json_path: Path | str | None = None,
     ov_precision_hint: str | None = "f32",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Time the edge partition in ``artifact_dir`` and return (and optionally write) the report.
+
+    An existing ``json_path`` is refused unless ``force`` (before anything is
+    timed: an earlier measurement is not lost silently).
 
     ``runtime`` is onnxruntime (edge.onnx), openvino (edge.xml, else edge.onnx)
     or trt (edge.engine). "torch" is refused with a pointer to onnxruntime: an
@@ -97,6 +112,8 @@ def bench(
     if runtime == "torch":
         raise BenchError(TORCH_REFUSAL)
     _validate(batches, threads, warmup, runs, uplink_mbps)
+    if json_path is not None:
+        check_json_path(Path(json_path), force)
     root = Path(artifact_dir)
     manifest = verify_manifest(root)
     backend = RUNTIMES[runtime]

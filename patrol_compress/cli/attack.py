@@ -22,6 +22,7 @@ OUT = typer.Option(None, "--out", help="Folder for attack.json and attack_grid.p
 LABEL = typer.Option(
     None, "--label", help="Name of this point in reports (default: e.g. 'PATROL split 4')."
 )
+FORCE = typer.Option(False, "--force", help="Replace an existing attack.json in the output folder.")
 
 
 def register(app: typer.Typer) -> None:
@@ -34,12 +35,13 @@ def register(app: typer.Typer) -> None:
         config: Path | None = CONFIG,
         out: Path | None = OUT,
         label: str | None = LABEL,
+        force: bool = FORCE,
     ) -> None:
         """Reconstruct images from the edge's features; report PSNR, SSIM and attack accuracy."""
-        from patrol_compress.attacks import attack as run_attacks
+        from patrol_compress.api import attack as run_attacks
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]
-        report = run_attacks(run, names, split, config, out, label)
+        report = run_attacks(run, names, split, config, out, label, force=force)
         _print(report, out if out is not None else run)
 
 

@@ -76,6 +76,7 @@ def register(app: typer.Typer) -> None:
         ov_hint: str = typer.Option(
             "f32", "--ov-precision-hint", help="OpenVINO INFERENCE_PRECISION_HINT ('' for default)."
         ),
+        force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
     ) -> None:
         """Verify an export's checksums, then time its edge partition per batch size."""
         report = bench(
@@ -88,6 +89,7 @@ def register(app: typer.Typer) -> None:
             uplink_mbps=uplink_mbps,
             json_path=json_path,
             ov_precision_hint=ov_hint or None,
+            force=force,
         )
         console.print(render(report))
         if report["transfer_ms_per_image"] is not None:

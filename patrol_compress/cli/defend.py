@@ -50,17 +50,17 @@ def register(app: typer.Typer) -> None:
         no_undefended: bool = NO_BASELINE,
     ) -> None:
         """Evaluate noise/dropout/skip/APP strength sweeps: accuracy and attack PSNR/SSIM."""
-        from patrol_compress.defenses import defend as run_defend
+        from patrol_compress.api import defend as run_defend
 
         names = [d.strip() for d in defense.split(",") if d.strip()] if defense else None
         attacks = [a.strip() for a in attack.split(",") if a.strip()] if attack else None
         summary = run_defend(
             run,
-            names,
-            _floats(strengths),
-            split,
-            attacks,
             out,
+            defenses=names,
+            strengths=_floats(strengths),
+            split=split,
+            attacks=attacks,
             force=force,
             include_undefended=not no_undefended,
             log=lambda line: console.print(line, highlight=False, markup=False),
