@@ -27,27 +27,72 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class BlackboxConfig(_Strict):
-    """He et al.'s inverse network, trained on (edge features, image) pairs.
+DecoderFamily = Literal["mirror", "upsample", "lift"]
 
-    Defaults, measured on the quickstart target at split 1 (64 px, 1,080
-    attacker images, one CPU thread): 30 epochs give 26.4 dB / SSIM 0.76 on
-    held-out identities in ~8 minutes (mean image: 14.4 dB / 0.32), shapes,
-    colours and faces clearly recovered, plate characters not, with the
-    training loss still falling. A 64-channel floor with two refinement convs
-    costs ~4x the time per epoch; on a CPU more epochs are the better buy, on
-    a GPU raise both.
+
+def _all_families() -> list[DecoderFamily]:
+    return ["mirror", "upsample", "lift"]
+
+
+class BlackboxConfig(_Strict):
+    """Learned inversion (He et al.'s black-box attacker), trained until it stops improving.
+
+    Strength is set here, never by the victim: ``families`` are the decoder
+    families trained (:mod:`patrol_compress.attacks.decoders`), and the
+    strongest on the evaluation images is reported. ``upsample`` and ``lift``
+    have ``base_width`` channels at the feature map's resolution whatever the
+    edge's (pruned) width; ``mirror`` follows the edge's shapes, capped by
+    ``max_width`` and floored by ``min_width``.
+
+    Data and convergence: by default the attacker trains on every
+    training-distribution image the data source has (``max_images: 0``; for
+    Fashion-MNIST that is the whole 60,000-image training file, not the
+    recipe's training cap), holds out ``val_fraction`` of them (at most
+    ``max_val_images``) and trains each family until the validation PSNR has
+    not improved by ``min_delta_db`` for ``patience`` epochs (at most
+    ``epochs``), halving the learning rate after ``patience // 2`` such epochs;
+    the best epoch's weights are kept. A fixed epoch count either wastes time
+    or, worse, stops an attacker that was still learning and reports its
+    failure as privacy.
     """
 
+    families: list[DecoderFamily] = Field(default_factory=_all_families, min_length=1)
+    base_width: Annotated[int, Field(ge=4, le=2048)] = 128
+    lift_max_side: Annotated[int, Field(ge=1, le=64)] = 4
+    lift_side: Annotated[int, Field(ge=1, le=64)] = 4
     max_width: Annotated[int, Field(ge=4, le=1024)] = 256
     min_width: Annotated[int, Field(ge=4, le=1024)] = 32
     refine: Annotated[int, Field(ge=0, le=8)] = 1
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
-    batch_size: Annotated[int, Field(ge=2, le=4096)] = 32
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-3
-    max_images: Annotated[int, Field(ge=0)] = Field(
-        default=0, description="cap on attacker training images (0 = all)"
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=60, description="maximum epochs per family (training stops earlier on a plateau)"
     )
+    patience: Annotated[int, Field(ge=1, le=1000)] = 5
+    min_delta_db: Annotated[float, Field(ge=0.0, le=10.0)] = 0.05
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    max_val_images: Annotated[int, Field(ge=1)] = 1000
+    batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
+    max_images: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="cap on attacker images, validation included (0 = all)"
+    )
+    feature_cache_mb: Annotated[int, Field(ge=0)] = Field(
+        default=4096,
+        description="features of a deterministic edge are computed once and kept in memory up "
+        "to this size; above it (or for a randomised edge) they are recomputed per batch",
+    )
+
+    @model_validator(mode="after")
+    def _unique_families(self) -> BlackboxConfig:
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"blackbox.families lists a family twice: {self.families}")
+        return self
+
+
+WhiteboxInit = Literal["gray", "mean", "decoder"]
+
+
+def _default_inits() -> list[WhiteboxInit]:
+    return ["gray", "decoder"]
 
 
 class WhiteboxConfig(_Strict):
@@ -62,13 +107,20 @@ class WhiteboxConfig(_Strict):
     the mean image); 0.1 gives 27.1 / 0.85; 0.5 gives
     30.0 / 0.90 with faces and parts of the plates legible; 1.0 gives
     27.9 / 0.86 (washed out: TV costs contrast).
+
+    ``inits`` are the starting points tried, each a family whose result is
+    scored; the strongest is reported. ``gray`` uses no data (the pure
+    white-box threat model), ``mean`` the attacker data's mean image, and
+    ``decoder`` the strongest black-box decoder's reconstruction (the
+    attacker knows the weights *and* has data: rMLE then refines a learned
+    guess, which is never weaker than that guess's feature match).
     """
 
     steps: Annotated[int, Field(ge=1, le=100_000)] = 600
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.05
     tv_weight: Annotated[float, Field(ge=0.0)] = 0.5
     parametrization: Literal["sigmoid", "clamp"] = "sigmoid"
-    init: Literal["gray", "mean"] = "gray"
+    inits: list[WhiteboxInit] = Field(default_factory=_default_inits, min_length=1)
     max_images: Annotated[int, Field(ge=1)] = Field(
         default=32, description="evaluation images inverted (each costs `steps` edge passes)"
     )

@@ -58,6 +58,11 @@ class AttackContext:
     config: AttackConfig
     device: torch.device
     run_dir: Path | None = None
+    quiet: bool = False
+    """No progress bars or per-family lines."""
+    shared: dict[str, Any] = field(default_factory=dict)
+    """Results one attack leaves for a later one in the same run (e.g. the
+    strongest black-box reconstruction, the white-box attack's ``decoder`` start)."""
 
 
 @dataclass

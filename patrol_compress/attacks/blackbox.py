@@ -2,28 +2,19 @@
 
 The attacker can query the edge (send an image, observe what goes over the
 uplink) but not read its weights. It collects features of its own images and
-fits a decoder that maps them back. The decoder is
-:class:`~patrol_compress.models.inversion.InversionNet`, which mirrors the
-edge block by block (the paper: "three 3x3 conv layers at the edge side ->
-three 3x3 deconvolution layers"), so its depth and resolution follow the split
-being attacked; the attack only widens and deepens it (see ``BlackboxConfig``).
-
-Training minimises the per-pixel MSE (the quantity PSNR is a log of) with Adam
-and a cosine learning-rate decay, which reliably gains a dB or more over a
-constant rate in the last epochs. Features are recomputed per batch rather
-than cached: at deep splits they are small, at shallow ones the cache would
-be several times the size of the images.
+fits decoders that map them back: every configured decoder family
+(:mod:`patrol_compress.attacks.decoders`), each trained until its validation
+PSNR stops improving (:mod:`patrol_compress.attacks.fit`). The reported
+reconstruction is the family with the highest PSNR on the evaluation images:
+a defense is judged by the worst case, and ``info["families"]`` keeps every
+family's scores, so a reader sees how much the choice mattered.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from patrol_compress.attacks.base import (
     ATTACKS,
@@ -31,98 +22,73 @@ from patrol_compress.attacks.base import (
     AttackContext,
     FeatureFn,
     Reconstruction,
-    Shapes,
     torch_features,
 )
-from patrol_compress.data.base import Item
+from patrol_compress.attacks.decoders import DecoderSpec, build_decoders
+from patrol_compress.attacks.fit import Pairs, attacker_pairs, decode, fit_decoder
 from patrol_compress.errors import TrainingError
-from patrol_compress.models.inversion import InversionNet
+from patrol_compress.metrics.image import psnr_per_image, ssim_per_image
 from patrol_compress.privacy_config import BlackboxConfig
 
-
-def build_decoder(shapes: Shapes, cfg: BlackboxConfig) -> InversionNet:
-    return InversionNet(shapes, max_width=cfg.max_width, refine=cfg.refine, min_width=cfg.min_width)
-
-
-def attacker_loader(data: Dataset[Item], cfg: BlackboxConfig, seed: int) -> DataLoader[Item]:
-    """Shuffled batches of the attacker's images (at most ``cfg.max_images`` of them)."""
-    n = len(data)  # type: ignore[arg-type]
-    if cfg.max_images and cfg.max_images < n:
-        keep = np.random.default_rng(seed).permutation(n)[: cfg.max_images]
-        data = Subset(data, keep.tolist())
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=False)
-
-
-def train_decoder(
-    decoder: nn.Module,
-    features: FeatureFn,
-    loader: DataLoader[Item],
-    cfg: BlackboxConfig,
-    device: torch.device,
-) -> list[float]:
-    """Fit ``decoder`` so that ``decoder(features(x)) ~ x``; returns the mean loss per epoch."""
-    decoder.to(device).train()
-    opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * len(loader))
-    history: list[float] = []
-    for epoch in range(cfg.epochs):
-        total, n = 0.0, 0
-        for x, _, _ in loader:
-            if len(x) < 2:  # BatchNorm cannot train on a single image
-                continue
-            z = features(x).to(device)
-            x = x.to(device)
-            loss = nn.functional.mse_loss(decoder(z), x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(x)
-            n += len(x)
-        mean = total / max(n, 1)
-        if not math.isfinite(mean):
-            raise TrainingError(f"inversion network loss became {mean} in epoch {epoch + 1}")
-        history.append(mean)
-    return history
-
-
-@torch.no_grad()
-def decode(
-    decoder: nn.Module, features: FeatureFn, images: torch.Tensor, device: torch.device
-) -> torch.Tensor:
-    """Reconstructions of ``images`` through the edge's features (eval-mode decoder)."""
-    decoder.eval()
-    out = []
-    for i in range(0, len(images), 64):
-        z = features(images[i : i + 64]).to(device)
-        out.append(decoder(z).cpu())
-    return torch.cat(out)
+SHARED_RECON = "blackbox_reconstruction"
+"""Key in :attr:`AttackContext.shared` of the strongest black-box reconstruction
+(the white-box attack's ``decoder`` start)."""
 
 
 def run_inversion(
-    ctx: AttackContext, features: FeatureFn, cfg: BlackboxConfig
+    ctx: AttackContext, features: FeatureFn, cfg: BlackboxConfig, name: str = "blackbox"
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Train a fresh decoder on the attacker's data through ``features`` and decode the eval set."""
+    """Train every decoder family on the attacker's data through ``features``; the strongest."""
+    data = attacker_pairs(ctx.attacker_data, features, cfg, ctx.config.seed)
+    mean, std = data.train.channel_stats()
+    probe = data.val.images[:1]
+    z = features(probe)
+    spec = DecoderSpec(
+        shapes=ctx.shapes,
+        feature_shape=(int(z.shape[1]), int(z.shape[2]), int(z.shape[3])),
+        image_shape=ctx.input_shape,
+        mean=mean,
+        std=std,
+    )
     torch.manual_seed(ctx.config.seed)
-    decoder = build_decoder(ctx.shapes, cfg)
-    loader = attacker_loader(ctx.attacker_data, cfg, ctx.config.seed)
-    history = train_decoder(decoder, features, loader, cfg, ctx.device)
-    recon = decode(decoder, features, ctx.eval_images, ctx.device)
+    decoders = build_decoders(spec, cfg)
+    if not decoders:
+        raise TrainingError(
+            f"{name}: no decoder family applies to {list(spec.feature_shape)} features "
+            f"(families: {cfg.families}); add 'upsample' or 'mirror'"
+        )
+    evaluation = Pairs(ctx.eval_images, features, cached=False)
+    families: dict[str, Any] = {}
+    recons: dict[str, torch.Tensor] = {}
+    for family, decoder in decoders.items():
+        torch.manual_seed(ctx.config.seed)
+        record = fit_decoder(
+            decoder, data, cfg, ctx.device, f"{name}/{family}", ctx.config.seed, ctx.quiet
+        )
+        recon = decode(decoder, evaluation, ctx.device)
+        record["psnr"] = float(psnr_per_image(ctx.eval_images, recon).mean())
+        record["ssim"] = float(ssim_per_image(ctx.eval_images, recon).mean())
+        families[family] = record
+        recons[family] = recon
+    best = max(families, key=lambda f: families[f]["psnr"])
     info = {
-        "train_images": len(loader.dataset),  # type: ignore[arg-type]
-        "decoder_params": sum(p.numel() for p in decoder.parameters()),
-        "final_train_mse": history[-1] if history else None,
+        "family": best,
+        "families": families,
+        "data": data.info,
+        "feature_shape": list(spec.feature_shape),
+        "epochs_run": families[best]["epochs_run"],
+        "best_val_psnr": families[best]["best_val_psnr"],
     }
-    return recon, info
+    return recons[best], info
 
 
 @ATTACKS.register("blackbox")
 class BlackboxAttack(Attack):
-    """Inverse network trained on features of the torch edge partition."""
+    """Inverse networks trained on features of the torch edge partition; the strongest."""
 
     name = "blackbox"
 
     def run(self, ctx: AttackContext) -> Reconstruction:
         recon, info = run_inversion(ctx, torch_features(ctx.edge, ctx.device), ctx.config.blackbox)
+        ctx.shared[SHARED_RECON] = recon
         return Reconstruction(recon, info)

@@ -68,6 +68,10 @@ class AttackData:
     eval_boxes: torch.Tensor | None
     """Per-image private-region boxes of the evaluation images, where the dataset has them."""
     mean_image: torch.Tensor
+    label_only: torch.Tensor
+    """Per evaluation image, the guess of an attacker who knows only its label: the
+    mean image of its class (classification, over the attacker's images) or of its
+    identity's other held-out images (re-id)."""
     summary: dict[str, Any]
 
 
@@ -103,17 +107,45 @@ def _boxes(refs: list[Ref]) -> torch.Tensor | None:
     return torch.tensor(np.stack(rows), dtype=torch.float32) if rows else None
 
 
-def mean_image(ds: Dataset[Item], batch_size: int = 128) -> torch.Tensor:
-    """Pixel-wise mean of a dataset's images (the attacker's trivial guess)."""
+def image_means(
+    ds: Dataset[Item], batch_size: int = 128
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Pixel-wise mean of a dataset's images, and of each label's images (one pass)."""
     total: torch.Tensor | None = None
-    n = 0
-    for x, _, _ in DataLoader(ds, batch_size=batch_size):
-        s = x.double().sum(0)
-        total = s if total is None else total + s
-        n += len(x)
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = defaultdict(int)
+    for x, pids, _ in DataLoader(ds, batch_size=batch_size):
+        x = x.double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        for label in torch.unique(pids).tolist():
+            sel = x[pids == label]
+            sums[label] = sel.sum(0) + sums[label] if label in sums else sel.sum(0)
+            counts[label] += len(sel)
     if total is None:
         raise DataError("the attacker has no images to compute a mean image from")
-    return (total / n).float()
+    n = sum(counts.values())
+    return (total / n).float(), {k: (v / counts[k]).float() for k, v in sums.items()}
+
+
+def identity_means(held: list[Ref], probe: list[Ref], fallback: torch.Tensor) -> torch.Tensor:
+    """Re-id label-only guesses: per probe, the mean of its identity's *other* held images.
+
+    An identity with no other image gets ``fallback`` (the mean image).
+    """
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = defaultdict(int)
+    for ds, i in held:
+        pid = ds.pids[i]
+        x = ds[i][0].double()
+        sums[pid] = sums[pid] + x if pid in sums else x
+        counts[pid] += 1
+    out = []
+    for ds, i in probe:
+        pid = ds.pids[i]
+        k = counts[pid]
+        own = ds[i][0].double()
+        out.append(fallback if k < 2 else ((sums[pid] - own) / (k - 1)).float())
+    return torch.stack(out)
 
 
 def _split_held(
@@ -148,10 +180,17 @@ def _reference_probe(held: list[Ref]) -> tuple[list[Ref], list[Ref]]:
     return reference, probe
 
 
-def build_attack_data(bundle: DataBundle, cfg: AttackConfig) -> AttackData:
-    """Select the attacker, evaluation and recogniser images (module docstring)."""
+def build_attack_data(
+    bundle: DataBundle, cfg: AttackConfig, attacker_train: ReidDataset | None = None
+) -> AttackData:
+    """Select the attacker, evaluation and recogniser images (module docstring).
+
+    ``attacker_train`` replaces ``bundle.train`` as the ``train`` attacker's
+    images: the whole training split of the data source where the recipe
+    trained the target on a capped subset.
+    """
     rng = np.random.default_rng(cfg.seed)
-    for ds in (bundle.train, bundle.query, bundle.gallery, bundle.test):
+    for ds in (bundle.train, bundle.query, bundle.gallery, bundle.test, attacker_train):
         if ds is not None:
             ds.set_augment(False)
     reid = bundle.task == "reid"
@@ -161,7 +200,7 @@ def build_attack_data(bundle: DataBundle, cfg: AttackConfig) -> AttackData:
     if cfg.attacker_data == "auxiliary":
         attacker, held = _split_held(held, reid, cfg.auxiliary_fraction, rng)
     else:
-        attacker = _refs(bundle.train)
+        attacker = _refs(attacker_train if attacker_train is not None else bundle.train)
     if reid:
         reference, probe = _reference_probe(held)
         ids = sorted({_pid(r) for r in reference})
@@ -179,6 +218,11 @@ def build_attack_data(bundle: DataBundle, cfg: AttackConfig) -> AttackData:
         return torch.tensor([table[p] for p in raw] if table is not None else raw)
 
     attacker_set = Picked(attacker)
+    mean, by_label = image_means(attacker_set)
+    if reid:
+        label_only = identity_means(held, probe, mean)
+    else:
+        label_only = torch.stack([by_label.get(_pid(r), mean) for r in probe])
     return AttackData(
         attacker=attacker_set,
         eval_images=_stack(probe),
@@ -188,10 +232,14 @@ def build_attack_data(bundle: DataBundle, cfg: AttackConfig) -> AttackData:
         reference_labels=labels(reference),
         num_classes=num_classes,
         eval_boxes=_boxes(probe),
-        mean_image=mean_image(attacker_set),
+        mean_image=mean,
+        label_only=label_only,
         summary={
             "attacker_data": cfg.attacker_data,
             "attacker_images": len(attacker),
+            "label_only_source": "identity's other held-out images"
+            if reid
+            else "class mean over the attacker's images",
             "eval_images": len(probe),
             "eval_source": "query+gallery probes" if reid else "test",
             "recogniser_images": len(reference),

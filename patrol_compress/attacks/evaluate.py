@@ -26,7 +26,6 @@ from patrol_compress.metrics.image import (
     METHOD_NOTE,
     attack_accuracy,
     image_metrics,
-    mean_image_metrics,
     region_metrics,
     train_recogniser,
 )
@@ -68,6 +67,7 @@ def _context(
     data: AttackData,
     model: BlockNet,
     meta: dict[str, Any],
+    quiet: bool = False,
 ) -> AttackContext:
     from patrol_compress.models import split as split_model
     from patrol_compress.models.inversion import block_shapes
@@ -96,6 +96,7 @@ def _context(
         config=cfg,
         device=dev,
         run_dir=run_dir,
+        quiet=quiet,
     )
 
 
@@ -212,6 +213,7 @@ def attack(
     config: AttackConfig | Path | str | None = None,
     out: Path | str | None = None,
     label: str | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Run ``attacks`` on the run's edge; write ``attack.json`` and ``attack_grid.png``.
 
@@ -246,6 +248,7 @@ def attack(
             "defense": None,
             "budget": _run_budget(run),
         },
+        quiet=quiet,
     )
 
 
@@ -265,9 +268,72 @@ def _config(config: AttackConfig | Path | str | None, recipe: Recipe) -> AttackC
 
 
 def strongest(results: dict[str, Any]) -> dict[str, Any]:
-    """The attack with the highest PSNR: a defense is judged by its worst case."""
+    """The attack with the highest PSNR: a defense is judged by its worst case.
+
+    ``converged`` is False when that attack did not beat the label-only floor
+    (see :func:`beats_floor`): then no attack worked, and the point measures
+    the attacker's failure, not the defense.
+    """
     name = max(results, key=lambda n: results[n]["psnr"])
-    return {"attack": name, "psnr": results[name]["psnr"], "ssim": results[name]["ssim"]}
+    r = results[name]
+    return {
+        "attack": name,
+        "family": r.get("info", {}).get("family"),
+        "psnr": r["psnr"],
+        "ssim": r["ssim"],
+        "converged": bool(r.get("converged", True)),
+    }
+
+
+def attack_floor(data: AttackData, n: int) -> dict[str, float]:
+    """Per metric, the higher of the label-only and mean-image floors on the first ``n`` images.
+
+    An attacker who knows only the label draws that class's (identity's) mean
+    image, one who knows nothing draws the mean image. Which is higher depends
+    on the data: a class mean of Fashion-MNIST is a sharp silhouette, while an
+    identity's few other photos of the generated vehicles average over
+    cameras and backgrounds and can score below the global mean.
+    """
+    x = data.eval_images[:n]
+    label = image_metrics(x, data.label_only[:n])
+    mean = image_metrics(x, data.mean_image.expand_as(x))
+    return {k: max(label[k], mean[k]) for k in ("psnr", "ssim")}
+
+
+def beats_floor(scores: dict[str, Any], floor: dict[str, float]) -> bool:
+    """Whether an attack beat the floor (:func:`attack_floor`) in PSNR *and* SSIM.
+
+    An inversion attack that does not learned nothing usable from the
+    features, whatever the reason (too weak, not trained long enough), and
+    its score must not be reported as the defense's success.
+    """
+    return bool(scores["psnr"] > floor["psnr"] and scores["ssim"] > floor["ssim"])
+
+
+_ATTACKER_TRAIN: dict[str, Any] = {}
+"""The uncapped training split by data settings (one at a time, like the recognisers)."""
+
+
+def attacker_train_split(recipe: Recipe) -> Any:
+    """The data source's whole training split when the recipe caps it, else None.
+
+    The target may be trained on a capped subset (``data.max_train_images``)
+    to fit a small machine, but the attacker's images are not limited by what
+    the victim trained on: it gets every training-distribution image the
+    source has (``blackbox.max_images`` caps it explicitly).
+    """
+    import json
+
+    from patrol_compress.data import build_data
+
+    if not recipe.data.max_train_images:
+        return None
+    uncapped = recipe.data.model_copy(update={"max_train_images": 0})
+    key = json.dumps(uncapped.model_dump(mode="json"), sort_keys=True)
+    if key not in _ATTACKER_TRAIN:
+        _ATTACKER_TRAIN.clear()
+        _ATTACKER_TRAIN[key] = build_data(uncapped).train
+    return _ATTACKER_TRAIN[key]
 
 
 def attack_model(
@@ -281,6 +347,7 @@ def attack_model(
     run_dir: Path | None = None,
     facts: dict[str, Any] | None = None,
     data_bundle: Any = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Attack an in-memory model (a run's, or a defended copy) and write the results.
 
@@ -297,8 +364,9 @@ def attack_model(
     check_split(model, split)
     torch.manual_seed(cfg.seed)
     bundle = data_bundle if data_bundle is not None else build_data(recipe.data)
-    data = build_attack_data(bundle, cfg)
-    ctx = _context(run_dir, split, cfg, data, model, meta)
+    attacker_train = attacker_train_split(recipe) if cfg.attacker_data == "train" else None
+    data = build_attack_data(bundle, cfg, attacker_train)
+    ctx = _context(run_dir, split, cfg, data, model, meta, quiet)
 
     accuracy_all = evaluate(model, bundle)
     metric = "top1" if "top1" in accuracy_all else "rank1"
@@ -319,14 +387,25 @@ def attack_model(
         rec = ATTACKS.get(name)().run(ctx)
         seconds = time.perf_counter() - start
         recons[name] = rec.images
+        n = len(rec.images)
         scores = _score(data.eval_images, rec.images, data.eval_labels, recogniser, region)
-        results[name] = {**scores, "seconds": round(seconds, 2), "info": rec.info}
+        floor = attack_floor(data, n)
+        results[name] = {
+            **scores,
+            "converged": beats_floor(scores, floor),
+            "floor": floor,
+            "seconds": round(seconds, 2),
+            "info": rec.info,
+        }
 
-    guess = data.mean_image.expand_as(data.eval_images)
-    mean_scores: dict[str, Any] = mean_image_metrics(data.mean_image, data.eval_images)
-    mean_scores["attack_accuracy"] = attack_accuracy(recogniser, guess, data.eval_labels)
-    if region is not None:
-        mean_scores["region"] = region_metrics(data.eval_images, guess, region[0])
+    floors = {
+        "mean_image": data.mean_image.expand_as(data.eval_images),
+        "label_only": data.label_only,
+    }
+    floor_scores: dict[str, dict[str, Any]] = {}
+    for key, guess in floors.items():
+        floor_scores[key] = _score(data.eval_images, guess, data.eval_labels, recogniser, region)
+    best = strongest(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _grid(out_dir / GRID_FILE, data.eval_images, recons, cfg.grid_images)
     report = {
@@ -339,9 +418,11 @@ def attack_model(
         "split": split,
         "accuracy": {"metric": metric, "value": accuracy_all[metric], "all": accuracy_all},
         "edge": edge,
-        "strongest": strongest(results),
+        "strongest": best,
+        "attack_failed": not best["converged"],
         "attacks": results,
-        "mean_image": mean_scores,
+        "mean_image": floor_scores["mean_image"],
+        "label_only": floor_scores["label_only"],
         "recogniser": {
             "clean_accuracy": attack_accuracy(recogniser, data.eval_images, data.eval_labels),
             "chance": 1.0 / data.num_classes,

@@ -13,15 +13,18 @@ images in [0, 1] by gradient descent (Adam). Choices:
 * ``sigmoid`` parametrisation (default): ``x = sigmoid(u)`` stays in [0, 1]
   with gradients everywhere; ``clamp`` optimises ``x`` directly and projects
   after every step (gradients vanish at pixels stuck at 0 or 1).
-* Start from a flat grey image (default) so that the attack uses no data at
-  all, as in the white-box threat model; ``mean`` starts from the attacker
-  data's mean image instead.
+* Several starts (``inits``, see ``WhiteboxConfig``), each scored; the
+  strongest is reported: a flat grey image (no data at all, the pure
+  white-box threat model), the attacker data's mean image, or the strongest
+  black-box decoder's reconstruction, which rMLE then refines.
 
 Each image costs ``steps`` forward and backward passes through the edge, so
 only the first ``max_images`` evaluation images are inverted.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +35,9 @@ from patrol_compress.attacks.base import (
     AttackContext,
     Reconstruction,
     frozen,
+    torch_features,
 )
+from patrol_compress.metrics.image import psnr_per_image, ssim_per_image
 from patrol_compress.privacy_config import WhiteboxConfig
 
 EPS = 1e-6
@@ -86,34 +91,63 @@ def rmle(
     return x, before, after
 
 
+def _start(ctx: AttackContext, init: str, n: int) -> torch.Tensor:
+    """The starting images of one init family for the first ``n`` evaluation images."""
+    shape = (n, *ctx.eval_images.shape[1:])
+    if init == "mean":
+        return ctx.mean_image.expand(shape).clone()
+    if init == "decoder":
+        from patrol_compress.attacks.blackbox import SHARED_RECON, run_inversion
+
+        if SHARED_RECON not in ctx.shared:  # no black-box attack ran before this one
+            features = torch_features(ctx.edge, ctx.device)
+            ctx.shared[SHARED_RECON] = run_inversion(
+                ctx, features, ctx.config.blackbox, "whitebox-init"
+            )[0]
+        return ctx.shared[SHARED_RECON][:n].clone()
+    return torch.full(shape, 0.5)
+
+
+def invert(ctx: AttackContext, init: torch.Tensor, cfg: WhiteboxConfig) -> dict[str, Any]:
+    """rMLE from ``init`` for the first ``len(init)`` evaluation images, in chunks."""
+    edge = ctx.edge.to(ctx.device)
+    outs, befores, afters = [], [], []
+    images = ctx.eval_images[: len(init)]
+    for i in range(0, len(init), CHUNK):
+        x = images[i : i + CHUNK].to(ctx.device)
+        with torch.no_grad():
+            z = edge(x)
+        rec, before, after = rmle(edge, z, init[i : i + CHUNK].to(ctx.device), cfg)
+        outs.append(rec.cpu())
+        befores.append(before.cpu())
+        afters.append(after.cpu())
+    return {
+        "images": torch.cat(outs),
+        "feature_mismatch_start": float(torch.cat(befores).mean()),
+        "feature_mismatch_end": float(torch.cat(afters).mean()),
+    }
+
+
 @ATTACKS.register("whitebox")
 class WhiteboxAttack(Attack):
-    """rMLE with a TV prior against the torch edge (weights known to the attacker)."""
+    """rMLE with a TV prior against the torch edge, from each init; the strongest."""
 
     name = "whitebox"
 
     def run(self, ctx: AttackContext) -> Reconstruction:
         cfg = ctx.config.whitebox
-        images = ctx.eval_images[: cfg.max_images]
-        edge = ctx.edge.to(ctx.device)
-        outs, befores, afters = [], [], []
-        for i in range(0, len(images), CHUNK):
-            x = images[i : i + CHUNK].to(ctx.device)
-            with torch.no_grad():
-                z = edge(x)
-            if cfg.init == "mean":
-                init = ctx.mean_image.to(ctx.device).expand_as(x)
-            else:
-                init = torch.full_like(x, 0.5)
-            rec, before, after = rmle(edge, z, init, cfg)
-            outs.append(rec.cpu())
-            befores.append(before.cpu())
-            afters.append(after.cpu())
+        n = min(cfg.max_images, len(ctx.eval_images))
+        x = ctx.eval_images[:n]
+        families: dict[str, Any] = {}
+        recons: dict[str, torch.Tensor] = {}
+        for init in cfg.inits:
+            out = invert(ctx, _start(ctx, init, n), cfg)
+            recons[init] = out.pop("images")
+            out["psnr"] = float(psnr_per_image(x, recons[init]).mean())
+            out["ssim"] = float(ssim_per_image(x, recons[init]).mean())
+            families[init] = out
+        best = max(families, key=lambda f: families[f]["psnr"])
         return Reconstruction(
-            torch.cat(outs),
-            {
-                "images": len(images),
-                "feature_mismatch_start": float(torch.cat(befores).mean()),
-                "feature_mismatch_end": float(torch.cat(afters).mean()),
-            },
+            recons[best],
+            {"images": n, "family": best, "families": families, **families[best]},
         )

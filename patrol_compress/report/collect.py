@@ -69,6 +69,10 @@ class Point:
     strongest_score: Score
     grid: Grid
     mean_image: Score | None = None
+    label_only: Score | None = None
+    attack_failed: bool = False
+    """No attack beat the label-only / mean-image floor: the point shows a failed
+    attacker, never privacy."""
     defense: Defense | None = None
     accuracy: Accuracy | None = None
     edge: dict[str, Any] | None = None
@@ -212,6 +216,10 @@ def _point(path: Path, r: _Reader) -> Point:
     attacks = {name: r.score(v, f"attacks.{name}") for name, v in raw_attacks.items()}
     strongest, strongest_score = _strongest(r, attacks)
     mean = d.get("mean_image")
+    label_only = d.get("label_only")
+    failed = d.get("attack_failed", False)
+    if not isinstance(failed, bool):
+        r.fail("attack_failed", "true or false", _describe(failed))
     label = d.get("label")
     series = d.get("series")
     return Point(
@@ -224,6 +232,8 @@ def _point(path: Path, r: _Reader) -> Point:
         strongest_score=strongest_score,
         grid=_grid(path, r, list(attacks)),
         mean_image=None if mean is None else r.score(mean, "mean_image"),
+        label_only=None if label_only is None else r.score(label_only, "label_only"),
+        attack_failed=failed,
         defense=_defense(r),
         accuracy=_accuracy(r),
         edge=_counts(r, "edge", ("params", "weight_bytes", "macs", "bytes_sent")),

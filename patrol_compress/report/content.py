@@ -25,8 +25,10 @@ READING_GUIDE = (
     "reconstructions with the camera images: higher means the attacker sees more. "
     "'attack acc' is the share of reconstructions that a recogniser trained on clean images "
     "assigns to the right identity. The strongest attack is the one with the highest PSNR. "
-    "The mean-image baseline reconstructs every image as the average training image: "
-    "an attack at that level has learned nothing from the features."
+    "The mean-image baseline reconstructs every image as the average training image; the "
+    "label-only baseline as the mean image of its class (or of its identity's other images). "
+    "An attack that does not beat the higher of the two in PSNR and SSIM is marked "
+    "ATTACK FAILED (hollow, dashed in the plots): it measures a weak attacker, not privacy."
 )
 PLANE_GUIDE = (
     "x: accuracy of the attacked (defended) model; y: what the strongest attack recovers. "

@@ -271,9 +271,16 @@ def _point(q: _Placed, style: Style, sx: _Linear, sy: _Linear) -> str:
         f"{p.strongest} PSNR {s.psnr:.2f} dB, SSIM {s.ssim:.3f}"
     )
     classes = "point patrol" if patrol else "point"
+    fill = style.colour
+    if p.attack_failed:
+        # Hollow and dashed: the attacker failed, so the height is no privacy measure.
+        tip += " - ATTACK FAILED (not above the label-only floor): not a privacy result"
+        classes += " failed"
+        fill = "none"
+        stroke = f'stroke="{style.colour}" stroke-width="2" stroke-dasharray="3 2"'
     return (
         f'<circle class="{classes}" data-series="{escape(p.series)}" '
-        f'data-label="{escape(p.label)}" cx="{x}" cy="{y}" r="{r}" fill="{style.colour}" '
+        f'data-label="{escape(p.label)}" cx="{x}" cy="{y}" r="{r}" fill="{fill}" '
         f"{stroke}><title>{escape(tip)}</title></circle>"
         + _glyph(style.glyph, x, y, 3.2 if patrol else 2.6)
     )

@@ -49,6 +49,7 @@ def summary_table(points: list[Point]) -> Table:
         "accuracy",
         *(f"{a}: PSNR dB / SSIM / attack acc" for a in attacks),
         "mean image: PSNR dB / SSIM",
+        "label only: PSNR dB / SSIM",
         "strongest attack",
     ]
     rows = []
@@ -70,8 +71,8 @@ def summary_table(points: list[Point]) -> Table:
                 if s is None
                 else f"{db(s.psnr)} / {ssim(s.ssim)} / {percent(s.attack_accuracy)}"
             )
-        m = p.mean_image
-        row.append(MISSING if m is None else f"{db(m.psnr)} / {ssim(m.ssim)}")
+        for floor in (p.mean_image, p.label_only):
+            row.append(MISSING if floor is None else f"{db(floor.psnr)} / {ssim(floor.ssim)}")
         row.append(strongest_text(p))
         rows.append(row)
     text = ("point", "accuracy", "strongest attack")
@@ -138,6 +139,8 @@ def accuracy_text(p: Point) -> str:
 
 def strongest_text(p: Point) -> str:
     s = p.strongest_score
+    if p.attack_failed:
+        return f"ATTACK FAILED: {p.strongest} ({db(s.psnr)} dB, not above the floor)"
     return f"{p.strongest} ({db(s.psnr)} dB)"
 
 

@@ -1,0 +1,232 @@
+"""Training an inversion decoder until it stops improving, on (edge features, image) pairs.
+
+The attacker's images are split once into a training part and a held-out
+validation part (seeded). Each decoder is trained with Adam on the per-pixel
+MSE (the quantity PSNR is a log of) and scored on the validation part after
+every epoch by mean per-image PSNR, the number the evaluation reports. The
+learning rate halves after ``patience // 2`` epochs without an improvement of
+``min_delta_db``; training stops after ``patience`` such epochs or ``epochs``
+in all, and the best epoch's weights are restored. The validation curve,
+epochs run and images used are returned for ``attack.json``, so a reader can
+see whether the attacker converged.
+
+Features of a deterministic edge are computed once and kept (at deep splits
+they are small; the edge pass would otherwise dominate every epoch). A
+randomised edge (noise, dropout and skip defenses draw fresh randomness per
+query) is queried anew for every batch, as an attacker with device access
+would see it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from patrol_compress.attacks.base import FeatureFn
+from patrol_compress.data.base import Item
+from patrol_compress.errors import TrainingError
+from patrol_compress.metrics.image import psnr_per_image
+from patrol_compress.privacy_config import BlackboxConfig
+
+LOAD_BATCH = 256
+
+
+def _images(data: Dataset[Item]) -> torch.Tensor:
+    """Every image of ``data`` stacked (N x C x H x W)."""
+    loader = DataLoader(data, batch_size=LOAD_BATCH, shuffle=False)
+    return torch.cat([x for x, _, _ in loader])
+
+
+class Pairs:
+    """(features, image) batches of a fixed set of images."""
+
+    def __init__(self, images: torch.Tensor, features: FeatureFn, cached: bool) -> None:
+        self.images = images
+        self.features = features
+        self.cached = features(images) if cached else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(
+        self, batch_size: int, seed: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled (with ``seed``) or in-order batches; features from the cache or fresh."""
+        n = len(self.images)
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            if seed is not None
+            else torch.arange(n)
+        )
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            x = self.images[idx]
+            z = self.cached[idx] if self.cached is not None else self.features(x)
+            yield z, x
+
+    @torch.no_grad()
+    def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the features over images and positions."""
+        total = sq = None
+        count = 0
+        for z, _ in self.batches(LOAD_BATCH):
+            z = z.double()
+            s, q = z.sum((0, 2, 3)), z.pow(2).sum((0, 2, 3))
+            total = s if total is None else total + s
+            sq = q if sq is None else sq + q
+            count += z.shape[0] * z.shape[2] * z.shape[3]
+        if total is None or sq is None:
+            raise TrainingError("the attacker has no training images")
+        mean = total / count
+        var = (sq / count - mean.pow(2)).clamp_min(0.0)
+        return mean.float(), var.sqrt().float()
+
+
+def is_deterministic(features: FeatureFn, probe: torch.Tensor) -> bool:
+    """Whether two queries of the same images give identical features."""
+    return bool(torch.equal(features(probe), features(probe)))
+
+
+@dataclass
+class AttackerData:
+    """The attacker's training and validation pairs, and how they were chosen."""
+
+    train: Pairs
+    val: Pairs
+    info: dict[str, Any]
+
+
+def attacker_pairs(
+    data: Dataset[Item], features: FeatureFn, cfg: BlackboxConfig, seed: int
+) -> AttackerData:
+    """Split the attacker's images (capped by ``cfg.max_images``) into train and validation."""
+    n_all = len(data)  # type: ignore[arg-type]
+    order = np.random.default_rng(seed).permutation(n_all)
+    if cfg.max_images and cfg.max_images < n_all:
+        order = order[: cfg.max_images]
+    n = len(order)
+    n_val = min(cfg.max_val_images, max(1, round(cfg.val_fraction * n)))
+    if n - n_val < 2:
+        raise TrainingError(
+            f"the attacker has {n} image(s); at least {n_val + 2} are needed for training "
+            "and validation (raise blackbox.max_images or use more data)"
+        )
+    images = _images(Subset(data, order.tolist()))
+    probe = images[: min(4, n)]
+    deterministic = is_deterministic(features, probe)
+    per_image = int(np.prod(features(probe[:1]).shape[1:])) * 4
+    cache = deterministic and per_image * n <= cfg.feature_cache_mb * 2**20
+    val = Pairs(images[:n_val], features, cache)
+    train = Pairs(images[n_val:], features, cache)
+    info = {
+        "images_available": n_all,
+        "images_used": n,
+        "train_images": n - n_val,
+        "val_images": n_val,
+        "cap": cfg.max_images or None,
+        "features_cached": cache,
+        "edge_deterministic": deterministic,
+    }
+    return AttackerData(train, val, info)
+
+
+@torch.no_grad()
+def decode(decoder: nn.Module, pairs: Pairs, device: torch.device) -> torch.Tensor:
+    """Reconstructions of every image of ``pairs``, in order (eval-mode decoder)."""
+    decoder.eval()
+    return torch.cat([decoder(z.to(device)).cpu() for z, _ in pairs.batches(LOAD_BATCH)])
+
+
+def _progress(quiet: bool) -> Progress:
+    from patrol_compress.train.loop import console
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=False,
+    )
+
+
+def fit_decoder(
+    decoder: nn.Module,
+    data: AttackerData,
+    cfg: BlackboxConfig,
+    device: torch.device,
+    label: str,
+    seed: int,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train ``decoder`` to its best validation PSNR (module docstring); returns the record."""
+    from patrol_compress.train.loop import console
+
+    decoder.to(device)
+    opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr)
+    best, best_state, bad, stop = -math.inf, copy.deepcopy(decoder.state_dict()), 0, "epochs"
+    curve: list[dict[str, float]] = []
+    x_val = data.val.images
+    with _progress(quiet) as progress:
+        task = progress.add_task(label, total=cfg.epochs, info="")
+        for epoch in range(cfg.epochs):
+            decoder.train()
+            total, n = 0.0, 0
+            for z, x in data.train.batches(cfg.batch_size, seed=seed + epoch):
+                if len(x) < 2:  # BatchNorm cannot train on a single image
+                    continue
+                x = x.to(device)
+                loss = nn.functional.mse_loss(decoder(z.to(device)), x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(x)
+                n += len(x)
+            mse = total / max(n, 1)
+            if not math.isfinite(mse):
+                raise TrainingError(f"{label}: inversion loss became {mse} in epoch {epoch + 1}")
+            val = float(psnr_per_image(x_val, decode(decoder, data.val, device)).mean())
+            curve.append({"epoch": epoch + 1, "train_mse": mse, "val_psnr": val, "lr": _lr(opt)})
+            if val > best:
+                best_state = copy.deepcopy(decoder.state_dict())
+            if val > best + cfg.min_delta_db:
+                bad = 0
+            else:
+                bad += 1
+                if bad % max(1, cfg.patience // 2) == 0:
+                    for group in opt.param_groups:
+                        group["lr"] *= 0.5
+            best = max(best, val)
+            progress.update(task, advance=1, info=f"val {val:.2f} dB (best {best:.2f})")
+            if bad >= cfg.patience:
+                stop = "plateau"
+                break
+    decoder.load_state_dict(best_state)
+    if not quiet and not console.is_terminal:
+        console.print(
+            f"[{label}] {len(curve)} epoch(s), best validation PSNR {best:.2f} dB ({stop})",
+            highlight=False,
+            markup=False,
+        )
+    return {
+        "epochs_run": len(curve),
+        "stopped": stop,
+        "best_val_psnr": best,
+        "curve": curve,
+        "decoder_params": sum(p.numel() for p in decoder.parameters()),
+    }
+
+
+def _lr(opt: torch.optim.Optimizer) -> float:
+    return float(opt.param_groups[0]["lr"])
