@@ -54,7 +54,7 @@ from patrol_compress.run import (
 )
 from patrol_compress.rundir import RunDir, open_run
 from patrol_compress.train.evaluate import evaluate, headline
-from patrol_compress.train.target import train_target
+from patrol_compress.train.target import check_batches, train_target
 
 console = Console()
 
@@ -160,10 +160,12 @@ def _check_checkpoint(recipe: Recipe, model: BlockNet) -> None:
 def _preflight(recipe: Recipe, data: DataBundle) -> int | None:
     """Everything prune can check before writing anything; returns the edge budget.
 
-    The split must exist in the model, the budget must be reachable on the
-    untrained architecture and ``train.checkpoint`` must fit it exactly.
+    A training batch must be drawable from the data, the split must exist in
+    the model, the budget must be reachable on the untrained architecture and
+    ``train.checkpoint`` must fit it exactly.
     """
     cfg = recipe.patrol
+    check_batches(data, recipe.train)
     probe = fresh_model(recipe, data)
     n = len(probe.stage_names)
     if not 1 <= cfg.split <= n:
@@ -474,9 +476,12 @@ def train_only(
     """The ``train`` command: data and target stages, then accuracy into metrics.json."""
     ctx = distributed.current()
     quiet = quiet or not ctx.main
-    run, data = _open_with_data(
-        recipe, out, resume, force, lambda d: _check_checkpoint(recipe, fresh_model(recipe, d))
-    )
+
+    def preflight(data: DataBundle) -> None:
+        check_batches(data, recipe.train)
+        _check_checkpoint(recipe, fresh_model(recipe, data))
+
+    run, data = _open_with_data(recipe, out, resume, force, preflight)
     with run:  # the run folder stays locked until the job ends
         return _train_stages(recipe, run, data, resume, quiet)
 

@@ -467,6 +467,7 @@ def test_force_never_deletes_files_it_did_not_write(
         "recipe",
         "budget",
         "dataset",
+        "pk-batch",
     ],
 )
 def test_force_over_a_run_with_bad_input_keeps_the_run(
@@ -479,9 +480,14 @@ def test_force_over_a_run_with_bad_input_keeps_the_run(
         data["patrol"]["tau"] = -1
     elif bad == "budget":
         data["patrol"]["budget"] = {"params": 50}
+    elif bad == "pk-batch":  # issue 12 item 2: more identities per batch than the data has
+        data["train"]["identities_per_batch"] = 40
     else:
         data["data"] = {"kind": "imagefolder", "root": str(tmp_path / "nowhere")}
-    error_line(cli("prune", write_recipe(tmp_path, data), "--out", run, "--force", "--quiet"))
+    line = error_line(
+        cli("prune", write_recipe(tmp_path, data), "--out", run, "--force", "--quiet")
+    )
+    assert bad != "pk-batch" or "train.identities_per_batch: a P x K batch needs" in line
     assert snapshot(run) == before
 
 

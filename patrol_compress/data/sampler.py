@@ -37,8 +37,8 @@ class IdentitySampler(Sampler[int]):
         self.ids = sorted(self.index)
         if len(self.ids) < p:
             raise DataError(
-                f"a P x K batch needs at least P={p} identities in the training split, "
-                f"found {len(self.ids)}"
+                f"train.identities_per_batch: a P x K batch needs at least P={p} identities "
+                f"in the training split, found {len(self.ids)}"
             )
         self.p, self.k, self.seed = p, k, seed
         self.epoch = 0

@@ -20,9 +20,35 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
 from patrol_compress.data.sampler import IdentitySampler, ShardedBatchSampler
+from patrol_compress.errors import DataError
 from patrol_compress.recipe import TrainConfig
 from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
 from patrol_compress.train.losses import reid_loss
+
+
+def check_batches(data: DataBundle, cfg: TrainConfig) -> None:
+    """Raise DataError unless a full training batch can be drawn from ``data``.
+
+    Called before a run folder is touched: a recipe asking for more identities
+    per batch than the data has must fail before ``--force`` clears an old run,
+    not at the first training step. Nothing is loaded (identities are known
+    without decoding images).
+    """
+    if data.task == "reid":
+        IdentitySampler(data.train.pids, cfg.identities_per_batch, cfg.instances_per_identity)
+    elif len(data.train) < cfg.batch_size:
+        raise DataError(
+            f"train: a batch of {cfg.batch_size} images (identities_per_batch x "
+            f"instances_per_identity) needs at least that many training images, "
+            f"found {len(data.train)}"
+        )
+    world = distributed.current().world
+    if cfg.batch_size % world:
+        raise DataError(
+            f"the batch of {cfg.batch_size} images cannot be split evenly between {world} "
+            "processes; choose train.identities_per_batch x instances_per_identity "
+            "divisible by the number of processes"
+        )
 
 
 def make_loader(data: DataBundle, cfg: TrainConfig, seed: int) -> DataLoader:
