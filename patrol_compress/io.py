@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from patrol_compress.errors import ArtifactError
+
 _VERSIONED = (
     "patrol-compress",
     "torch",
@@ -69,7 +71,37 @@ def write_json(path: Path | str, data: Any) -> None:
 
 
 def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse a JSON file we wrote; a corrupt one is an ArtifactError (one line), not a traceback.
+
+    Truncated, edited or non-UTF-8 files, and absurdly deep nesting (Python's
+    recursion limit), all mean the file is not what we wrote.
+    """
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"{p}: not valid JSON ({reason}); the file is corrupt") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{p}: expected a JSON file, found a folder") from None
+
+
+def contained_file(root: Path, name: object, source: Path) -> Path:
+    """``root/name`` for a file name read from ``source``, refused unless it stays in ``root``.
+
+    Our JSON files name their companions (``model.json`` its weights,
+    ``last.json`` its checkpoint); an edited name must not make us load a file
+    from elsewhere (``../../other/model.safetensors``, an absolute path, or a
+    symlink leading out).
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ArtifactError(f"{source}: expected a file name, found {str(name)[:60]!r}")
+    path = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ArtifactError(f"{source}: names '{name[:80]}', which is outside {root}")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ArtifactError(f"{source}: names {path}, a link to a file outside {root}")
+    return path
 
 
 def _jsonable(obj: Any) -> Any:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from patrol_compress.errors import ArtifactError, ModelError
-from patrol_compress.io import atomic_path, read_json, sha256_file, write_json
+from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
 from patrol_compress.models import BlockNet, build_model
 from patrol_compress.models.head import ReidHead
 from patrol_compress.recipe import ModelConfig
@@ -65,20 +66,23 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[BlockNet, dict[s
             f"{meta_path}: no saved model here (expected {META_FILE} from train/prune)"
         )
     meta = read_json(meta_path)
-    weights = run_dir / meta.get("weights", {}).get("file", MODEL_FILE)
+    _check_meta(meta, meta_path)
+    weights = contained_file(run_dir, meta.get("weights", {}).get("file", MODEL_FILE), meta_path)
     if not weights.is_file():
         raise ArtifactError(f"{weights}: weights file missing")
     expected = meta.get("weights", {}).get("sha256")
     if expected and sha256_file(weights) != expected:
         raise ArtifactError(f"{weights}: sha256 does not match {meta_path}; the file was changed")
+    try:
+        config = ModelConfig.model_validate(meta["model"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"{meta_path}: model.{where}: {first['msg']}") from None
     model = build_model(
-        ModelConfig.model_validate(meta["model"]),
-        meta["num_classes"],
-        meta["in_channels"],
-        meta["task"],
-        meta["image_size"],
+        config, meta["num_classes"], meta["in_channels"], meta["task"], meta["image_size"]
     )
-    state = load_file(str(weights))
+    state = read_state_dict(weights)
     if meta.get("removed_blocks"):
         from patrol_compress.pruning.blocks import remove_residual_branches
 
@@ -86,6 +90,37 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[BlockNet, dict[s
     load_resized(model, state, str(weights))
     model.eval()
     return model, meta
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (dict,),
+    "num_classes": (int,),
+    "in_channels": (int,),
+    "task": (str,),
+    "image_size": (int,),
+    "weights": (dict,),
+}
+_META_RANGES = {"num_classes": (1, 1_000_000), "in_channels": (1, 64), "image_size": (8, 4096)}
+
+
+def _check_meta(meta: Any, path: Path) -> None:
+    """model.json must hold what we wrote: the keys, their types, sane sizes (else one line)."""
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if key == "weights" and value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ArtifactError(
+                f"{path}: '{key}' must be {types[0].__name__}, found {str(value)[:40]!r}"
+            )
+    for key, (low, high) in _META_RANGES.items():
+        if not low <= meta[key] <= high:
+            raise ArtifactError(f"{path}: '{key}' is {meta[key]}, expected {low}..{high}")
+    if meta["task"] not in ("reid", "classification"):
+        found = str(meta["task"])[:40]
+        raise ArtifactError(f"{path}: 'task' must be reid or classification, found {found!r}")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -596,3 +596,101 @@ def test_bench_json_force_replaces_the_file(tmp_path: Path, artifact: Path) -> N
     result = cli(*args, "--force")
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["runs"] == 1
+
+
+# item 3: bench and run loaders read only files they verified, inside their folder -------
+
+
+def _relist(folder: Path, *names: str) -> None:
+    """Rewrite manifest.json's entries of ``names`` to the files' current sha256 and size."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in names:
+        data = (folder / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["unlisted", "listed"])
+def test_bench_loads_onnx_external_data_only_when_listed(
+    tmp_path: Path, artifact: Path, listed: bool
+) -> None:
+    """Weights moved into an unlisted weights.bin (and set to 1e30) must never be timed."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    copy = Path(shutil.copytree(artifact, tmp_path / "artifact"))
+    model = onnx.load(str(copy / "edge.onnx"))
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            huge = np.full(numpy_helper.to_array(init).shape, 1e30, dtype=np.float32)
+            init.CopyFrom(numpy_helper.from_array(huge, init.name))
+    onnx.save_model(
+        model,
+        str(copy / "edge.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    _relist(copy, "edge.onnx", *(["weights.bin"] if listed else []))
+    args = ("bench", copy, "--batch", "1", "--runs", "1", "--warmup", "0")
+    if listed:  # verified like every other file: it may be loaded
+        assert cli(*args).exit_code == 0
+        return
+    line = error_line(cli(*args))
+    assert line.startswith(f"error: {copy / 'edge.onnx'}: onnxruntime cannot load it (")
+    assert "needs files manifest.json does not list (external data)" in line
+
+
+def test_bench_refuses_a_symlink_leading_out_of_the_artifact(
+    tmp_path: Path, artifact: Path
+) -> None:
+    copy = Path(shutil.copytree(artifact, tmp_path / "artifact"))
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(copy / "edge.onnx", outside)
+    (copy / "edge.onnx").symlink_to(outside)  # same bytes: the checksum alone would pass
+    line = error_line(cli("bench", copy, "--batch", "1", "--runs", "1"))
+    assert line == (
+        f"error: {copy / 'edge.onnx'}: a link to {outside}, which is outside the artifact "
+        "folder; refusing to load it"
+    )
+
+
+@pytest.mark.parametrize("name", ["../stolen.safetensors", "/tmp/stolen.safetensors", "link"])
+def test_model_json_cannot_name_weights_outside_the_run(
+    tmp_path: Path, run_dir: Path, name: str
+) -> None:
+    run = copy_run(run_dir, tmp_path)
+    stolen = tmp_path / "stolen.safetensors"
+    shutil.copy(run / "model.safetensors", stolen)
+    if name == "link":
+        (run / "link").symlink_to(stolen)
+    meta = json.loads((run / "model.json").read_text())
+    meta["weights"]["file"] = name
+    (run / "model.json").write_text(json.dumps(meta))
+    line = error_line(cli("export", run, "--target", "onnx"))
+    assert line.startswith(f"error: {run / 'model.json'}: names ")
+    assert "outside" in line
+    assert not (run / "export").exists()
+
+
+@pytest.mark.parametrize("name", ["../../stolen.safetensors", "link"])
+def test_checkpoint_last_json_cannot_name_a_file_outside_its_folder(
+    tmp_path: Path, name: str
+) -> None:
+    from patrol_compress.errors import ArtifactError
+    from patrol_compress.train.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints" / "patrol"
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(folder, 1, {"m": model}, {})
+    stolen = tmp_path / "stolen.safetensors"
+    shutil.copy(folder / "epoch-0001.safetensors", stolen)
+    if name == "link":
+        (folder / "link").symlink_to(stolen)
+    meta = json.loads((folder / "last.json").read_text())
+    meta["file"] = name
+    (folder / "last.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="outside"):
+        load_checkpoint(folder, {"m": model}, {})

@@ -9,6 +9,10 @@ untrustworthy and raises :class:`~patrol_compress.errors.ArtifactError` naming i
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +42,33 @@ def read_manifest(artifact_dir: Path | str) -> dict[str, Any]:
     return manifest
 
 
+def listed_path(root: Path, name: object) -> Path:
+    """``root/name`` for a name the manifest lists, refused unless it stays inside ``root``.
+
+    Symlinks are resolved first: a link from the artifact to a file elsewhere
+    (``edge.onnx -> /somewhere/else.onnx``) is outside the folder too.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ArtifactError(f"{MANIFEST} lists {str(name)[:60]!r}, which is not a file name")
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ArtifactError(f"{MANIFEST} lists '{name[:80]}', which is outside the artifact folder")
+    path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ArtifactError(
+            f"{path}: a link to {path.resolve()}, which is outside the artifact folder; "
+            "refusing to load it"
+        )
+    return path
+
+
 def verify_manifest(artifact_dir: Path | str) -> dict[str, Any]:
     """Recompute every listed file's sha256; raise ArtifactError naming the first mismatch."""
     root = Path(artifact_dir)
     manifest = read_manifest(root)
     for name, entry in manifest["files"].items():
-        path = root / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactError(f"{MANIFEST} lists '{name}', which is outside the artifact folder")
+        path = listed_path(root, name)
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{root / MANIFEST}: entry of '{name}' must be an object")
         if not path.is_file():
             raise ArtifactError(f"{path}: listed in {MANIFEST} but missing")
         size = path.stat().st_size
@@ -56,3 +79,31 @@ def verify_manifest(artifact_dir: Path | str) -> dict[str, Any]:
         if sha256_file(path) != entry.get("sha256"):
             raise ArtifactError(f"{path}: sha256 does not match {MANIFEST}; the file was changed")
     return manifest
+
+
+@contextlib.contextmanager
+def staged_copy(root: Path, manifest: dict[str, Any]) -> Iterator[Path]:
+    """A private folder holding copies of exactly the files the manifest lists.
+
+    Runtimes load from here, never from the artifact folder: a file the model
+    refers to but the manifest does not list (ONNX external data moved into an
+    unlisted ``weights.bin``) is simply absent, so it is never loaded, and each
+    copy is hashed while it is written, so a file swapped after
+    :func:`verify_manifest` is caught too.
+    """
+    with tempfile.TemporaryDirectory(prefix="patrol-bench-") as tmp:
+        stage = Path(tmp)
+        for name, entry in manifest["files"].items():
+            source = listed_path(root, name)
+            dest = stage / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            with open(source, "rb") as src, open(dest, "wb") as out:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+            if digest.hexdigest() != entry.get("sha256"):
+                raise ArtifactError(
+                    f"{source}: sha256 does not match {MANIFEST}; the file was changed"
+                )
+        yield stage

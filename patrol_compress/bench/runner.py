@@ -8,7 +8,8 @@ the idle process (see :mod:`patrol_compress.bench.memory`), and the bytes the
 edge must send per image from the manifest. With ``uplink_mbps`` the transfer
 time and an end-to-end edge estimate (median per-image compute + transfer)
 are added. The manifest's checksums are verified before anything is loaded, so
-a tampered artifact is never timed. Torch is never imported.
+a tampered artifact is never timed, and the runtime loads private copies of
+exactly the listed files (an unlisted external-data file is never read). Torch is never imported.
 """
 
 from __future__ import annotations
@@ -19,20 +20,23 @@ import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from patrol_compress.bench.manifest_check import verify_manifest
+from patrol_compress.bench.manifest_check import staged_copy, verify_manifest
 from patrol_compress.bench.memory import PeakRss
 from patrol_compress.bench.runtimes import (
     RUNTIME_NAMES,
     RUNTIMES,
     TORCH_REFUSAL,
     BenchError,
+    EdgeSession,
+    Runtime,
     runtime_version,
 )
-from patrol_compress.errors import OutputExistsError
+from patrol_compress.errors import ArtifactError, OutputExistsError
 from patrol_compress.io import package_versions, write_json
 
 
@@ -86,6 +90,71 @@ def transfer_ms(bytes_per_image: int, uplink_mbps: float) -> float:
     return bytes_per_image * 8 / (uplink_mbps * 1e6) * 1e3
 
 
+def _timed_calls(session: EdgeSession, x: np.ndarray, warmup: int, runs: int) -> np.ndarray:
+    """``warmup`` untimed calls, then the milliseconds of each of ``runs`` timed calls."""
+    for _ in range(warmup):
+        session.run(x)
+    times_ms = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        session.run(x)
+        times_ms[i] = (time.perf_counter_ns() - start) / 1e6
+    return times_ms
+
+
+def _time_batches(
+    backend: Runtime,
+    module: ModuleType,
+    root: Path,
+    input_shape: tuple[int, ...],
+    batches: Sequence[int],
+    threads: int | None,
+    warmup: int,
+    runs: int,
+    options: dict[str, Any],
+) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """One fresh session per batch size: warm-up, timed calls, percentiles and peak memory."""
+    rng = np.random.default_rng(0)
+    results: list[dict[str, Any]] = []
+    rss_method = "none"
+    edge_files: list[str] = []
+    for batch in (int(b) for b in batches):
+        gc.collect()
+        memory = PeakRss()
+        memory.start()
+        session = backend.open(module, root, (batch, *input_shape), threads, options)
+        try:
+            x = rng.standard_normal((batch, *input_shape)).astype(session.input_dtype)
+            try:
+                times_ms = _timed_calls(session, x, warmup, runs)
+            except Exception as exc:  # runtimes raise their own types; the user needs one line
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise ArtifactError(
+                    f"{root}: the edge partition does not run on input shape "
+                    f"{[batch, *input_shape]} (manifest.json's input_shape): {first}"
+                ) from None
+            peak = memory.peak_mb()
+        finally:
+            session.close()
+        rss_method, edge_files = memory.method, session.files
+        del session
+        p50, p90, p99 = (float(v) for v in np.percentile(times_ms, [50, 90, 99]))
+        results.append(
+            {
+                "batch": batch,
+                "p50_ms": round(p50, 4),
+                "p90_ms": round(p90, 4),
+                "p99_ms": round(p99, 4),
+                "mean_ms": round(float(times_ms.mean()), 4),
+                "per_image_ms": round(p50 / batch, 4),
+                "throughput": round(batch / (p50 / 1e3), 2),
+                "peak_rss_mb": peak,
+                "_p50": p50,
+            }
+        )
+    return results, rss_method, edge_files
+
+
 def bench(
     artifact_dir: Path | str,
     runtime: str = "onnxruntime",
@@ -121,46 +190,21 @@ def bench(
     input_shape = tuple(int(d) for d in manifest["input_shape"])
     sent = int(manifest["edge"]["bytes_sent"])
     per_transfer = transfer_ms(sent, uplink_mbps) if uplink_mbps else None
-    rng = np.random.default_rng(0)
     # Runtimes load only files the manifest lists, i.e. whose sha256 was just checked.
-    options = {"ov_precision_hint": ov_precision_hint, "verified": frozenset(manifest["files"])}
+    options: dict[str, Any] = {
+        "ov_precision_hint": ov_precision_hint,
+        "verified": frozenset(manifest["files"]),
+    }
 
-    results: list[dict[str, Any]] = []
-    rss_method = "none"
-    edge_files: list[str] = []
-    for batch in (int(b) for b in batches):
-        gc.collect()
-        memory = PeakRss()
-        memory.start()
-        session = backend.open(module, root, (batch, *input_shape), threads, options)
-        try:
-            x = rng.standard_normal((batch, *input_shape)).astype(session.input_dtype)
-            for _ in range(warmup):
-                session.run(x)
-            times_ms = np.empty(runs)
-            for i in range(runs):
-                start = time.perf_counter_ns()
-                session.run(x)
-                times_ms[i] = (time.perf_counter_ns() - start) / 1e6
-            peak = memory.peak_mb()
-        finally:
-            session.close()
-        rss_method, edge_files = memory.method, session.files
-        del session
-        p50, p90, p99 = (float(v) for v in np.percentile(times_ms, [50, 90, 99]))
-        row: dict[str, Any] = {
-            "batch": batch,
-            "p50_ms": round(p50, 4),
-            "p90_ms": round(p90, 4),
-            "p99_ms": round(p99, 4),
-            "mean_ms": round(float(times_ms.mean()), 4),
-            "per_image_ms": round(p50 / batch, 4),
-            "throughput": round(batch / (p50 / 1e3), 2),
-            "peak_rss_mb": peak,
-        }
+    with staged_copy(root, manifest) as stage:
+        options["stage"] = stage
+        results, rss_method, edge_files = _time_batches(
+            backend, module, root, input_shape, batches, threads, warmup, runs, options
+        )
+    for row in results:
         if per_transfer is not None:
-            row["edge_plus_transfer_ms"] = round(p50 / batch + per_transfer, 4)
-        results.append(row)
+            row["edge_plus_transfer_ms"] = round(row.pop("_p50") / row["batch"] + per_transfer, 4)
+        row.pop("_p50", None)
 
     files = manifest["files"]
     report: dict[str, Any] = {

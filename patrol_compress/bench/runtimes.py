@@ -52,7 +52,9 @@ def _need(root: Path, name: str, why: str, opts: dict[str, Any]) -> Path:
     """``root/name`` if it exists and the manifest lists it (so its sha256 was checked).
 
     ``opts["verified"]`` holds the names :func:`verify_manifest` checked; a file
-    the manifest does not list (dropped from it, or added next to it) is never loaded.
+    the manifest does not list (dropped from it, or added next to it) is never
+    loaded. The path returned is the private copy in ``opts["stage"]`` (see
+    :func:`~patrol_compress.bench.manifest_check.staged_copy`) when there is one.
     """
     path = root / name
     if not path.is_file():
@@ -62,7 +64,22 @@ def _need(root: Path, name: str, why: str, opts: dict[str, Any]) -> Path:
             f"{path}: not listed in manifest.json, so its sha256 was never checked; "
             "refusing to load it (re-export the artifact)"
         )
-    return path
+    stage = opts.get("stage")
+    return Path(stage) / name if stage is not None else path
+
+
+def _runtime_refused(root: Path, name: str, runtime: str, exc: Exception) -> ArtifactError:
+    """A runtime's own error while loading (corrupt model, an unlisted external file) as one line.
+
+    Runtimes load from a copy holding only the listed files, so a model that
+    needs another file (ONNX external data the manifest does not list) fails here.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = (lines[0] if lines else type(exc).__name__)[:200]
+    return ArtifactError(
+        f"{root / name}: {runtime} cannot load it ({detail}); a corrupt model, or one that "
+        "needs files manifest.json does not list (external data); re-export the artifact"
+    )
 
 
 def _load_ort() -> ModuleType:
@@ -85,7 +102,10 @@ def _open_ort(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own (pybind) types for every load failure
+        raise _runtime_refused(root, EDGE_ONNX, "onnxruntime", exc) from None
     inp = session.get_inputs()[0]
     dtype = np.dtype(np.float16 if inp.type == "tensor(float16)" else np.float32)
     name = inp.name
@@ -113,8 +133,11 @@ def _open_ov(
             [EDGE_ONNX],
         )
     core = ov.Core()
-    model = core.read_model(str(path))
-    model.reshape(list(shape))
+    try:
+        model = core.read_model(str(path))
+        model.reshape(list(shape))
+    except Exception as exc:  # OpenVINO raises RuntimeError and its own types
+        raise _runtime_refused(root, path.name, "OpenVINO", exc) from None
     config: dict[str, Any] = {}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads

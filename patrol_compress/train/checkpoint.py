@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from patrol_compress.errors import ArtifactError
-from patrol_compress.io import atomic_path, read_json, sha256_file, write_json
+from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
 
 LAST = "last.json"
 
@@ -101,10 +101,16 @@ def load_checkpoint(
     if not meta_path.is_file():
         return None
     meta = read_json(meta_path)
-    path = folder / meta["file"]
+    if not isinstance(meta, dict) or not all(k in meta for k in ("epoch", "file", "sha256")):
+        raise ArtifactError(f"{meta_path}: not a checkpoint description (epoch, file, sha256)")
+    path = contained_file(folder, meta["file"], meta_path)
     if not path.is_file() or sha256_file(path) != meta["sha256"]:
         raise ArtifactError(f"{path}: checkpoint missing or does not match {meta_path}")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+        epoch = int(meta["epoch"])
+    except Exception as exc:  # safetensors raises its own types for a corrupt file
+        raise ArtifactError(f"{path}: cannot read the checkpoint ({type(exc).__name__})") from None
     for name, m in modules.items():
         prefix = f"module:{name}:"
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -118,4 +124,4 @@ def load_checkpoint(
         _opt_join(opt, f"opt:{name}", tensors, meta["optimizers"][name])
     torch.set_rng_state(tensors["rng:torch"])
     extra = {k[len("extra:") :]: v for k, v in tensors.items() if k.startswith("extra:")}
-    return int(meta["epoch"]), extra, meta.get("info", {})
+    return epoch, extra, meta.get("info", {})
