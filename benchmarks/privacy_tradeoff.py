@@ -20,10 +20,14 @@ numbers: PSNR/SSIM reduction against the undefended fit split, accuracy cost,
 margin over pruning-only, and whether PATROL sits below each baseline's curve)
 and the report (HTML, markdown, plot) of all points into ``--out``.
 
-Sized for 2 CPU cores: the attacker trains for ``--attack-epochs`` (default
-10, the attack command's default is 30) and the white-box attack inverts 16
-images for 300 steps; both are the same for every point, so the comparison is
-fair, but absolute PSNRs are a few dB below a fully trained attacker's.
+The attacker is the attack command's: every decoder family (mirror,
+fixed-width upsample, lift for tiny maps), each trained on the attacker's
+images until its validation PSNR plateaus (``--attack-epochs`` is only the
+ceiling), and rMLE from grey and from the strongest decoder. What 2 CPU cores
+cannot afford is made explicit and recorded in the results: ``--attack-images``
+caps the attacker's images (default: all the source has) and
+``--base-width``/``--min-width`` size the decoders. Every point gets the same
+attacker, and each result says whether its attack beat the label-only floor.
 
     python benchmarks/privacy_tradeoff.py                      # quickstart
     python benchmarks/privacy_tradeoff.py --dataset fashion-mnist --no-sweeps
@@ -60,9 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", type=Path, default=None, help="override the dataset's recipe")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "tradeoff")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--attack-epochs", type=int, default=10)
-    p.add_argument("--whitebox-steps", type=int, default=300)
-    p.add_argument("--whitebox-images", type=int, default=16)
+    p.add_argument("--attack-epochs", type=int, default=60, help="maximum epochs per family")
+    p.add_argument("--attack-images", type=int, default=0, help="cap on attacker images (0 = all)")
+    p.add_argument("--base-width", type=int, default=None, help="decoder base width")
+    p.add_argument("--min-width", type=int, default=None, help="decoder minimum width")
+    p.add_argument("--patience", type=int, default=None, help="epochs without improvement")
+    p.add_argument("--whitebox-steps", type=int, default=600)
+    p.add_argument("--whitebox-images", type=int, default=32)
     p.add_argument("--eval-images", type=int, default=180)
     p.add_argument("--attacks", default="blackbox,whitebox")
     p.add_argument("--defenses", default="noise,dropout,skip,app")
@@ -95,9 +103,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def attack_config(args: argparse.Namespace, base: AttackConfig) -> AttackConfig:
     data = base.model_dump()
     data["max_eval_images"] = args.eval_images
-    data["blackbox"]["epochs"] = args.attack_epochs
+    bb = {"epochs": args.attack_epochs, "max_images": args.attack_images}
+    for key in ("base_width", "min_width", "patience"):
+        if getattr(args, key) is not None:
+            bb[key] = getattr(args, key)
+    data["blackbox"].update(bb)
     data["whitebox"].update({"steps": args.whitebox_steps, "max_images": args.whitebox_images})
     return AttackConfig.model_validate(data)
+
+
+def attack_summary(cfg: AttackConfig, attacks: list[str]) -> str:
+    """How strong the attacker is, in the words a reader needs to judge the numbers."""
+    b, w = cfg.blackbox, cfg.whitebox
+    images = "all training-distribution images" if not b.max_images else f"{b.max_images:,} images"
+    parts = [
+        f"black-box: families {', '.join(b.families)} (base width {b.base_width}, min width "
+        f"{b.min_width}), {images} minus a {b.val_fraction:.0%} validation slice, each trained "
+        f"until validation PSNR stops improving by {b.min_delta_db} dB for {b.patience} "
+        f"epochs (at most {b.epochs})"
+    ]
+    if "whitebox" in attacks:
+        parts.append(
+            f"white-box rMLE {w.steps} steps on {w.max_images} images from {', '.join(w.inits)}"
+        )
+    return "; ".join(parts) + f"; {cfg.max_eval_images} evaluation images"
 
 
 def derived(recipe: Recipe, name: str, target: Path, **patrol: Any) -> Recipe:
@@ -136,11 +165,13 @@ def attack_point(
     if (out / "attack.json").is_file():
         return dict(read_json(out / "attack.json"))
     start = time.perf_counter()
-    report = attack(run, attacks, split, cfg, out, label)
+    report = attack(run, attacks, split, cfg, out, label, quiet=True)
     s = report["strongest"]
     log(
-        f"{out.name}: acc {report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']} "
-        f"{s['psnr']:.2f} dB / {s['ssim']:.3f} ({time.perf_counter() - start:.0f} s)"
+        f"{out.name}: acc {report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']}/"
+        f"{s.get('family')} {s['psnr']:.2f} dB / {s['ssim']:.3f}"
+        f"{'' if s.get('converged', True) else ' ATTACK FAILED'} "
+        f"({time.perf_counter() - start:.0f} s)"
     )
     return report
 
@@ -233,25 +264,38 @@ def markdown(report: dict[str, Any]) -> str:
         f"Attack: {report['attack_summary']}. "
         "Strongest attack = the highest PSNR among the attacks run on that point.",
         "",
-        "| point | split | series | accuracy | strongest | PSNR dB | SSIM | attack acc |"
-        " edge params | bytes sent/img |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| point | split | series | accuracy | strongest (family) | PSNR dB | SSIM | attack acc |"
+        " epochs | edge params | bytes sent/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, p in report["points"].items():
         s = p["strongest"]
-        aa = p["attacks"][s["attack"]].get("attack_accuracy")
+        a = p["attacks"][s["attack"]]
+        aa = a.get("attack_accuracy")
+        failed = "" if s.get("converged", True) else " **FAILED**"
         lines.append(
             f"| {name} | {p['split']} | {p['series']} | "
-            f"{p['accuracy']['metric']} {p['accuracy']['value'] * 100:.1f}% | {s['attack']} | "
+            f"{p['accuracy']['metric']} {p['accuracy']['value'] * 100:.1f}% | "
+            f"{s['attack']} ({s.get('family') or '-'}){failed} | "
             f"{s['psnr']:.2f} | {s['ssim']:.3f} | "
-            f"{'-' if aa is None else f'{aa * 100:.1f}%'} | {p['edge']['params']:,} | "
-            f"{p['edge']['bytes_sent']:,} |"
+            f"{'-' if aa is None else f'{aa * 100:.1f}%'} | {_epochs(p)} | "
+            f"{p['edge']['params']:,} | {p['edge']['bytes_sent']:,} |"
         )
-    mean = next(iter(report["points"].values()))["mean_image"]
+    first = next(iter(report["points"].values()))
+    mean, label = first["mean_image"], first.get("label_only")
     lines += [
         "",
-        f"Mean-image baseline (the attacker learned nothing): PSNR {mean['psnr']:.2f} dB, "
-        f"SSIM {mean['ssim']:.3f}.",
+        f"Floors (the attacker learned nothing from the features): mean image PSNR "
+        f"{mean['psnr']:.2f} dB / SSIM {mean['ssim']:.3f}"
+        + (
+            ""
+            if label is None
+            else f"; label only (the class's or identity's mean image) {label['psnr']:.2f} dB / "
+            f"SSIM {label['ssim']:.3f}"
+        )
+        + ". An attack at or below the higher floor is marked FAILED.",
+        "",
+        "Epochs: per black-box decoder family, epochs run until the validation PSNR plateaued.",
     ]
     for plot in report.get("plots", []):
         lines += ["", f"![privacy-utility plane]({plot})"]
@@ -265,6 +309,11 @@ def markdown(report: dict[str, Any]) -> str:
     for name, g in goals.items():
         lines += ["", f"## Goal: {name}", "", *goal_lines(g)]
     return "\n".join(lines) + "\n"
+
+
+def _epochs(point: dict[str, Any]) -> str:
+    fams = point["attacks"].get("blackbox", {}).get("info", {}).get("families", {})
+    return ", ".join(f"{f} {r['epochs_run']}" for f, r in fams.items()) or "-"
 
 
 def compute_seconds(points: dict[str, dict[str, Any]], work: Path) -> float:
@@ -406,9 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "seconds": time.perf_counter() - started,
         "compute_seconds": compute_seconds(points, work),
-        "attack_summary": f"{', '.join(attacks)}; black-box {args.attack_epochs} epochs, "
-        f"white-box {args.whitebox_steps} steps on {args.whitebox_images} images, "
-        f"{args.eval_images} evaluation images",
+        "attack_summary": attack_summary(cfg, attacks),
         "goal": summarise(points, fit),
         "variant_goals": {v: summarise(points, fit, v) for v in variants},
         "points": points,

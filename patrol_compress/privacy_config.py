@@ -15,7 +15,7 @@ strong side and a weak attacker has to be asked for explicitly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -121,6 +121,18 @@ class WhiteboxConfig(_Strict):
     tv_weight: Annotated[float, Field(ge=0.0)] = 0.5
     parametrization: Literal["sigmoid", "clamp"] = "sigmoid"
     inits: list[WhiteboxInit] = Field(default_factory=_default_inits, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_init(cls, data: Any) -> Any:
+        """Runs made before ``inits`` resolved ``init: X`` into their recipe; it reads as
+        ``inits: [X, decoder]`` so their recipes still load and get today's strength."""
+        if isinstance(data, dict) and "init" in data and "inits" not in data:
+            data = dict(data)
+            first = data.pop("init")
+            data["inits"] = [first] if first == "decoder" else [first, "decoder"]
+        return data
+
     max_images: Annotated[int, Field(ge=1)] = Field(
         default=32, description="evaluation images inverted (each costs `steps` edge passes)"
     )

@@ -205,3 +205,15 @@ def test_attack_at_the_floor_is_flagged_failed_not_private(run: Path, tmp_path: 
     assert report["attacks"]["test-label-guess"]["converged"] is False
     assert report["strongest"]["converged"] is False
     assert report["attack_failed"] is True
+
+
+def test_runs_resolved_before_inits_still_load() -> None:
+    """Older run folders resolved ``whitebox.init``; they load and get the decoder start too."""
+    from patrol_compress.privacy_config import WhiteboxConfig
+
+    assert WhiteboxConfig.model_validate({"init": "gray"}).inits == ["gray", "decoder"]
+    assert WhiteboxConfig.model_validate({"init": "decoder"}).inits == ["decoder"]
+    assert AttackConfig.model_validate({"whitebox": {"init": "mean"}}).whitebox.inits == [
+        "mean",
+        "decoder",
+    ]

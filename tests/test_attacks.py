@@ -296,6 +296,7 @@ def test_cli_writes_attack_json_and_grid(run_copy: Path, tmp_path: Path) -> None
         side = (2 + 4 * (SIZE + 2)) * 3  # 4 x 4 cells with 2 px borders, enlarged 3x to >= 96 px
         assert grid.size == (side, side)  # 4 images; original + 3 attack rows
     assert "blackbox" in result.output and "mean image" in result.output
+    assert "label only" in result.output
 
 
 def test_cli_bad_split_is_one_line_exit_2(run_copy: Path) -> None:

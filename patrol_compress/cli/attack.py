@@ -51,7 +51,10 @@ def _print(report: dict[str, Any], folder: Path) -> None:
     table = Table(title=f"inversion attacks at split {report['split']} (higher = more leakage)")
     for col in ("attack", "images", "PSNR dB", "SSIM", "MSE", "attack acc", "region PSNR", "s"):
         table.add_column(col, justify="left" if col == "attack" else "right")
-    rows = [*report["attacks"].items(), ("mean image", report["mean_image"])]
+    rows = [(_attack_name(n, m), m) for n, m in report["attacks"].items()]
+    rows.append(("floor: mean image", report["mean_image"]))
+    if "label_only" in report:
+        rows.append(("floor: label only", report["label_only"]))
     for name, m in rows:
         region = m.get("region", {}).get("psnr")
         table.add_row(
@@ -65,9 +68,23 @@ def _print(report: dict[str, Any], folder: Path) -> None:
             "-" if "seconds" not in m else f"{m['seconds']:.0f}",
         )
     console.print(table)
+    if report.get("attack_failed"):
+        console.print(
+            "ATTACK FAILED: no attack beat the floors (mean image, label only); these numbers "
+            "measure a weak attacker, not privacy. Train it longer or with more images.",
+            highlight=False,
+            markup=False,
+        )
     rec = report["recogniser"]
     console.print(
         f"recogniser on clean images: {rec['clean_accuracy']:.1%} (chance {rec['chance']:.1%}); "
         f"wrote {folder / 'attack.json'} and {folder / 'attack_grid.png'}",
         highlight=False,
     )
+
+
+def _attack_name(name: str, m: dict[str, Any]) -> str:
+    """'blackbox (upsample)', with a mark where the attack did not beat the floors."""
+    family = m.get("info", {}).get("family")
+    text = name if family is None else f"{name} ({family})"
+    return text if m.get("converged", True) else f"{text} [failed]"
