@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from patrol_compress.errors import ExportError, OutputExistsError
-from patrol_compress.io import write_json
+from patrol_compress.io import record_written, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
 
@@ -74,12 +74,14 @@ def _install(work: Path, out_dir: Path, names: list[str]) -> None:
     """Move the checked files into ``out_dir``; the manifest goes last, so it marks completeness."""
     if not out_dir.exists():
         os.replace(work, out_dir)
-        return
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    for name in names:
-        if name != MANIFEST:
-            os.replace(work / name, out_dir / name)
-    os.replace(work / MANIFEST, out_dir / MANIFEST)
+    else:
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        for name in names:
+            if name != MANIFEST:
+                os.replace(work / name, out_dir / name)
+        os.replace(work / MANIFEST, out_dir / MANIFEST)
+    for name in names:  # inside a run: --force of that run may remove exactly these
+        record_written(out_dir / name)
 
 
 def _remove_empty(folders: list[Path]) -> None:

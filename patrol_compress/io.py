@@ -50,9 +50,55 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+        record_written(target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+LEDGER = ".patrol-compress.written"
+"""A run folder's record of the files we wrote into it, one relative path a line.
+
+Created when the run folder is opened; every file written through
+:func:`atomic_path` (and every installed export file) below it is appended, so
+``--force`` can remove exactly those and never a user's own file, whatever its
+name or suffix."""
+_LEDGER_DEPTH = 6
+
+
+def find_ledger(path: Path) -> Path | None:
+    """The ledger of the run folder ``path`` lies in (the nearest one above it), if any."""
+    folder = Path(path).absolute().parent
+    for _ in range(_LEDGER_DEPTH):
+        candidate = folder / LEDGER
+        if candidate.is_file():
+            return candidate
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return None
+
+
+def record_written(path: Path | str) -> None:
+    """Append ``path`` to its run folder's ledger (nothing outside a run folder)."""
+    target = Path(path).absolute()
+    ledger = find_ledger(target)
+    if ledger is None or "\n" in str(target):
+        return
+    with open(ledger, "a", encoding="utf-8") as fh:
+        fh.write(f"{target.relative_to(ledger.parent).as_posix()}\n")
+
+
+def read_ledger(root: Path) -> list[str] | None:
+    """The relative paths the ledger of ``root`` records (first-written first), or None."""
+    ledger = root / LEDGER
+    if not ledger.is_file():
+        return None
+    try:
+        lines = ledger.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise ArtifactError(f"{ledger}: cannot read the record of written files") from None
+    return list(dict.fromkeys(line for line in lines if line.strip()))
 
 
 def _umask() -> int:

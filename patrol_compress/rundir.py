@@ -1,15 +1,15 @@
 """Run directories: creation rules, stage bookkeeping, provenance files.
 
 A run directory is refused if it exists and was not written by us unless
-``--force``; ``--force`` only removes the files patrol-compress writes: the
-top-level files in :data:`OWNED` and, inside the owned folders, files with a
-suffix in :data:`WRITTEN_SUFFIXES`; anything else (a user's notes in
-``export/``) stays, with the folders that hold it. ``stages.json`` records each finished stage with
-its wall time; a resumed run skips finished stages and never rewrites their
-outputs. The resolved recipe and package versions are written next to every
-run's outputs, and a resumed run must use the same resolved recipe. The folder
-is locked (:mod:`patrol_compress.locking`) from the moment it is opened until
-the job ends, so a second job on the same run fails at once with one line.
+``--force``; ``--force`` only removes the files patrol-compress wrote, as
+recorded in the run's ledger (:data:`~patrol_compress.io.LEDGER`); anything
+else (a user's ``export/notes.json``) stays, with the folders that hold it.
+``stages.json`` records each finished stage with its wall time; a resumed run
+skips finished stages and never rewrites their outputs. The resolved recipe
+and package versions are written next to every run's outputs, and a resumed
+run must use the same resolved recipe. The folder is locked
+(:mod:`patrol_compress.locking`) from the moment it is opened until the job
+ends, so a second job on the same run fails at once with one line.
 
 Distributed runs: rank 0 alone checks, creates and writes the directory and
 ``stages.json``; both are collective steps (see
@@ -20,6 +20,8 @@ with rank 0's error if there is one.
 
 from __future__ import annotations
 
+import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +30,14 @@ from typing import Any
 
 from patrol_compress import distributed
 from patrol_compress.errors import OutputExistsError, RecipeError
-from patrol_compress.io import package_versions, read_json, write_json, write_text
+from patrol_compress.io import (
+    LEDGER,
+    package_versions,
+    read_json,
+    read_ledger,
+    write_json,
+    write_text,
+)
 from patrol_compress.locking import LOCK_FILE, FolderLock, acquire
 from patrol_compress.recipe import Recipe, dump_recipe
 
@@ -118,7 +127,10 @@ def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> Run
 
 
 def remove_written(folder: Path) -> None:
-    """Delete the files we write below ``folder`` and the folders that end up empty."""
+    """Legacy rule (runs from before the ledger): delete files with our suffixes below ``folder``.
+
+    Also removes the folders that end up empty.
+    """
     for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
         if p.is_symlink() or p.is_file():
             if p.suffix in WRITTEN_SUFFIXES or p.name.endswith(".tmp"):
@@ -127,6 +139,51 @@ def remove_written(folder: Path) -> None:
             p.rmdir()
     if not any(folder.iterdir()):
         folder.rmdir()
+
+
+# Our leftovers from a killed process: atomic_path's temporary files
+# (".NAME.<8 random>.tmp") and an export's work folder (".NAME.<8 random>.partial").
+_LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|partial)$")
+
+
+def clear_run(path: Path) -> None:
+    """``--force``: delete what we wrote into the run ``path``, nothing else.
+
+    With a ledger (:data:`~patrol_compress.io.LEDGER`) exactly the files it
+    records go, plus our temporary leftovers; a user's ``export/mine.json``
+    stays whatever its name. Folders that end up empty go too. A run from
+    before the ledger existed falls back to :func:`remove_written`.
+    """
+    written = read_ledger(path)
+    if written is None:
+        for name in OWNED:
+            target = path / name
+            if target.is_dir() and not target.is_symlink():
+                remove_written(target)
+            elif target.is_file() or target.is_symlink():
+                target.unlink()
+        return
+    emptied: set[Path] = set()
+    root = path.absolute()
+    for rel in written:
+        target = root / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            continue  # never written by us: record_written stores paths below the run
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+            emptied.add(target.parent)
+    for leftover in sorted(root.rglob(".*"), key=lambda q: len(q.parts), reverse=True):
+        if _LEFTOVER.match(leftover.name):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            emptied.add(leftover.parent)
+    for folder in sorted(emptied, key=lambda q: len(q.parts), reverse=True):
+        while folder != root and folder.is_relative_to(root) and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    write_text(path / LEDGER, "")
 
 
 def _check(path: Path, text: str, resume: bool, force: bool) -> bool:
@@ -165,12 +222,8 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLoc
     lock = acquire(path)
     try:
         if _check(path, text, resume, force):
-            for name in OWNED:
-                target = path / name
-                if target.is_dir() and not target.is_symlink():
-                    remove_written(target)
-                elif target.is_file() or target.is_symlink():
-                    target.unlink()
+            clear_run(path)
+        (path / LEDGER).touch()  # from here on, every file we write here is recorded
         write_text(path / RECIPE_FILE, text)
         write_json(path / "versions.json", package_versions())
     except BaseException:

@@ -694,3 +694,31 @@ def test_checkpoint_last_json_cannot_name_a_file_outside_its_folder(
     (folder / "last.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="outside"):
         load_checkpoint(folder, {"m": model}, {})
+
+
+# item 4: --force removed a user's own files with our suffixes --------------------------
+
+
+def test_force_removes_only_the_files_we_recorded(
+    tmp_path: Path, cache: Path, run_dir: Path
+) -> None:
+    run = copy_run(run_dir, tmp_path)
+    export = run / "export" / "onnx-split2-fp32"
+    assert cli("export", run, "--target", "onnx", "--split", "2").exit_code == 0
+    mine = [
+        run / sub / f"mine{suffix}"
+        for sub in ("export", "target", "patrol", "defenses", "checkpoints")
+        for suffix in (".json", ".yaml", ".png", ".safetensors")
+    ]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(NOTES)
+    stale = run / "target" / ".model.json.abcd1234.tmp"  # a killed writer's leftover
+    stale.write_bytes(b"half")
+    recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
+    result = cli("prune", recipe, "--out", run, "--force", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert all(path.read_bytes() == NOTES for path in mine)
+    assert not export.exists()  # the old run's export was ours: gone
+    assert not stale.exists()
+    assert (run / "target" / "model.safetensors").is_file()  # rewritten by the new run
