@@ -12,8 +12,9 @@ batch 1 and 8 with 2 threads:
   that run's saved model; otherwise a STAND-IN: ``--prune-ratio`` (default
   0.75) of the channels of every channel group removed by torch-pruning's L1
   magnitude criterion on random weights. The stand-in has the shapes of a
-  budget-fitted PATROL model (FACTS: 75% per group fits split 2's parameter
-  budget) but not its weights, which latency does not depend on.
+  budget-fitted PATROL model (``docs/measurements.md``, "Budgets": 75% per
+  group fits split 2's parameter budget) but not its weights, which latency
+  does not depend on.
 
 Each timing is the median over ``--repeats`` repeats (variants interleaved
 inside each repeat so drift hits all of them alike) of bench's median latency.

@@ -1,18 +1,20 @@
 """ONNX export of the edge and cloud partitions, checked against torch.
 
 Exporter choice: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``).
-Measured on the target machine (FACTS and a re-run for this module) it exports a
-partition in ~0.1-0.3 s against ~3-7 s for the dynamo exporter, writes exactly
-the requested opset (dynamo writes opset 20 and down-converts through a
-fallback path with a warning), writes one self-contained file, and folds
-BatchNorm into the convolutions. Both gave ORT parity <= 3e-6, so nothing is
-lost in numbers, and exports run in every test. The TorchScript exporter is
-deprecated; torch is pinned below 2.15 in pyproject, where it still ships, and
-every export is checked by ``onnx.checker`` and by ORT parity, so a torch that
-changes its behaviour fails loudly here rather than producing a wrong artifact.
+Measured on the target machine (``docs/measurements.md``, "Splitting and
+export") it exports a partition in ~0.1-0.3 s against ~3-7 s for the dynamo
+exporter, writes exactly the requested opset (dynamo writes opset 20 and
+down-converts through a fallback path with a warning), writes one self-contained
+file, and folds BatchNorm into the convolutions. Both gave ORT parity <= 3e-6,
+so nothing is lost in numbers, and exports run in every test. The TorchScript
+exporter is deprecated; torch is pinned below 2.15 in pyproject, where it still
+ships, and every export is checked by ``onnx.checker`` and by ORT parity, so a
+torch that changes its behaviour fails loudly here rather than producing a wrong
+artifact.
 
-The partitions arrive as deep copies in eval mode (see FACTS: the exporter
-restores a container's mode and would flip shared BatchNorms to training).
+The partitions arrive as deep copies in eval mode (see ``docs/measurements.md``:
+the exporter restores a container's mode and would flip shared BatchNorms to
+training).
 """
 
 from __future__ import annotations

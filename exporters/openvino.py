@@ -6,7 +6,7 @@ keeps the FP16 split tensor of the ONNX. ``ov.save_model`` compresses weights
 to FP16 *by default*; the flag is always passed explicitly so an fp32 artifact
 really holds fp32 weights. Parity is checked with
 ``INFERENCE_PRECISION_HINT="f32"``: without it this CPU runs in bf16 and misses
-torch by ~2e-2 (FACTS), which would hide real export errors.
+torch by ~2e-2 (``docs/measurements.md``), which would hide real export errors.
 """
 
 from __future__ import annotations

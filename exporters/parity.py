@@ -1,8 +1,8 @@
 """Numerical parity between an exported partition and torch, with named tolerances.
 
 FP32: a compiled runtime reorders float sums, nothing more, so outputs must
-match torch to ``FP32_RTOL``/``FP32_ATOL`` (FACTS: ORT and OpenVINO with the f32
-hint stay within 3e-6).
+match torch to ``FP32_RTOL``/``FP32_ATOL`` (``docs/measurements.md``: ORT and
+OpenVINO with the f32 hint stay within 3e-6).
 
 FP16: weights and activations are rounded to 11 significant bits (relative step
 4.9e-4) and the rounding accumulates over depth, so an element-wise tolerance

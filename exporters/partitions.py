@@ -5,7 +5,8 @@ into place only after every check passed, so a failed export (a parity
 mismatch, a missing backend, a crash) leaves no artifact behind and never
 damages an existing one. The model is deep-copied and put in eval mode before
 splitting: the caller's model, its train/eval flags and its BatchNorm
-statistics are never touched (FACTS: the exporter would flip shared BNs).
+statistics are never touched (the exporter would flip shared BNs; see
+``docs/measurements.md``, "Splitting and export").
 """
 
 from __future__ import annotations

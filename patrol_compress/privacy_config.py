@@ -8,8 +8,9 @@ models without an import cycle and ``validate`` stays torch-free.
 The defaults are sized so that, on the quickstart data (64 px, ~1k training
 images), the black-box attacker on an undefended split-1 edge gives visibly
 faithful reconstructions in ~8 minutes on one CPU thread: a defense is only
-as well measured as its attacker is trained (FACTS), so the defaults err on the
-strong side and a weak attacker has to be asked for explicitly.
+as well measured as its attacker is trained (``docs/measurements.md``, "The
+premise holds"), so the defaults err on the strong side and a weak attacker
+has to be asked for explicitly.
 """
 
 from __future__ import annotations

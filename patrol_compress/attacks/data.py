@@ -4,7 +4,7 @@ Attacker data. ``train`` (default): the target's own training split. The
 threat model of He et al.'s black-box attack is an attacker who can query the
 edge with images from the same distribution; handing it the training split is
 the strongest such attacker, and a defense must hold against the strongest
-one (FACTS: a defense is only as well measured as its attacker).
+one (``docs/measurements.md``: a defense is only as well measured as its attacker).
 ``auxiliary``: a share (``auxiliary_fraction``) of the held-out identities
 (re-id) or test images (classification) that neither the target nor the
 evaluation ever sees: the weaker, more realistic attacker.

@@ -1,11 +1,12 @@
 """Edge sessions for each runtime: load the edge partition for one batch size, run it.
 
-One session per batch size (FACTS: one runtime per timed block) and, for
-OpenVINO, a model reshaped to that static batch, which is how a deployed edge
-would run. ORT's intra-op thread pool spins between calls by default, which
-burns the cores the measurement shares; spinning is switched off. OpenVINO
-runs with ``INFERENCE_PRECISION_HINT="f32"`` by default because this class of
-CPU otherwise silently computes in bf16 (FACTS).
+One session per batch size (``docs/measurements.md``: one runtime per timed
+block) and, for OpenVINO, a model reshaped to that static batch, which is how a
+deployed edge would run. ORT's intra-op thread pool spins between calls by
+default, which burns the cores the measurement shares; spinning is switched off.
+OpenVINO runs with ``INFERENCE_PRECISION_HINT="f32"`` by default because this
+class of CPU otherwise silently computes in bf16 (``docs/measurements.md``,
+"Splitting and export").
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The edge holds the stem and the first K stages, the cloud the rest including
 the head. Both share the original's modules, so ``cloud(edge(x)) == model(x)``
 bit for bit, and neither changes any module's train/eval mode (a fresh container
-would be in training mode; see FACTS: the exporter then flips shared BNs). For
-export, deep-copy the partitions first.
+would be in training mode and the exporter then flips shared BNs; see
+``docs/measurements.md``, "Splitting and export"). For export, deep-copy the
+partitions first.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Adam, and the masks take a FISTA step on ``L + lambda1 ||m||_1 + lambda2
 ||m||_2`` (Eq. 1). Algorithm 1 writes three separate updates per batch; we take
 one backward pass through the summed objective (the masks therefore also see the
 Lipschitz and adversarial terms), which costs about a third of three passes
-(FACTS: fused 2.5x a plain step vs ~5x unfused).
+(``docs/measurements.md``, "Training overhead": fused 2.5x a plain step vs ~5x
+unfused).
 
 The surrogate inversion network (Eq. 8) is trained on detached edge features
 before the first epoch and then every ``adversary_every`` epochs (Algorithm 1

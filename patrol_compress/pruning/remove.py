@@ -7,8 +7,8 @@ masks are pruned with their group, and :class:`MaskImportance` scores each
 coupled channel by the *largest* |mask| over the group: a channel is removable
 only if every mask on it is <= tau. A group with a writer that has no mask
 (an unmasked conv or BN writing into it) scores ``inf``: removing its channels
-would change the output, so it is never pruned (FACTS: removing when *any* mask
-is zero changed outputs by 2e-2).
+would change the output, so it is never pruned (``docs/measurements.md``, "Masks
+and channel removal": removing when *any* mask is zero changed outputs by 2e-2).
 
 The removal order is: hard-zero masks <= tau, prune through the graph, fold the
 (now pruned) masks into their BNs. In eval mode the result equals the
@@ -212,9 +212,10 @@ def check_equivalence(
     the float32 rounding of folding each mask into its BN (``fl(m * gamma)``, one
     ulp per channel), which grows with the output's magnitude; the difference is
     therefore divided by ``max(1, max |output|)``: for outputs of order one (the
-    FACTS case) this is the plain max abs diff, for a re-id embedding of norm
-    ~100 it does not punish rounding. Removing a channel that was not exactly
-    zero changes outputs at the 1e-2 level and fails either way.
+    case measured in ``docs/measurements.md``) this is the plain max abs diff,
+    for a re-id embedding of norm ~100 it does not punish rounding. Removing a
+    channel that was not exactly zero changes outputs at the 1e-2 level and
+    fails either way.
     """
     ref = copy.deepcopy(reference).eval().double()
     pr = copy.deepcopy(pruned).eval().double()
