@@ -1,19 +1,23 @@
 """``build_report``: read attack.json files, write FILE.html, FILE.md and FILE_files/.
 
-Every input is read and checked before the first byte is written, and every
-file is written to a temporary name and renamed, so a failed report leaves
-the previous one intact. Existing outputs are refused unless ``force``; with
-``force`` only the files this module writes are replaced.
+Every input is read and checked before the first byte is written, and the
+whole report (page, markdown, plots, grids) is built in a hidden folder next
+to it and only then renamed into place, so a report that fails half-way (a
+full disk) leaves the previous one intact. Existing outputs are refused unless
+``force``; with ``force`` only the files this module writes are replaced (a
+user's own files in ``FILE_files/`` stay).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from patrol_compress.errors import ArtifactError, OutputExistsError
-from patrol_compress.io import atomic_path, write_text
 from patrol_compress.report.collect import Point, load_points
 from patrol_compress.report.content import DEFAULT_TITLE, Report
 from patrol_compress.report.html_page import render_html
@@ -47,11 +51,16 @@ def build_report(
 ) -> ReportFiles:
     html_path, md_path, asset_dir = output_paths(out)
     _refuse_existing(html_path, md_path, asset_dir, force)
-    points = load_points(inputs)
+    try:
+        points = load_points(inputs)
+    except RecursionError:
+        raise ArtifactError(
+            f"{', '.join(map(str, inputs))[:200]}: an attack.json nests too deeply to be ours"
+        ) from None
     report = Report(
         title=title or DEFAULT_TITLE,
         points=points,
-        grids=[read_grid(p.grid.path) for p in points],
+        grids=[read_grid(p.grid.path, inside=p.source.parent) for p in points],
         base=html_path.parent,
     )
 
@@ -76,15 +85,64 @@ def build_report(
     markdown = render_markdown(report, assets)
     html = render_html(report)
 
-    _clear_own_assets(asset_dir)
-    for name, text in names.items():
-        write_text(asset_dir / name, text)
-    for name, data in grid_bytes.items():
-        with atomic_path(asset_dir / name) as tmp:
-            tmp.write_bytes(data)
-    write_text(md_path, markdown)
-    write_text(html_path, html)  # last: its presence means the report is complete
+    files = {name: text.encode("utf-8") for name, text in names.items()} | grid_bytes
+    try:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(
+            tempfile.mkdtemp(prefix=f".{html_path.stem}.", suffix=".partial", dir=html_path.parent)
+        )
+    except OSError as exc:
+        raise ArtifactError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        _write_stage(stage, asset_dir.name, files, markdown, html)
+        _swap_in(stage, html_path, md_path, asset_dir)
+    except OSError as exc:
+        raise ArtifactError(
+            f"--out {out}: writing the report failed ({exc.strerror or exc}); "
+            "the previous report is unchanged"
+        ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return ReportFiles(html_path, md_path, asset_dir, len(points), len(report.plotted))
+
+
+def _write_stage(
+    stage: Path, assets_name: str, files: dict[str, bytes], markdown: str, html: str
+) -> None:
+    """Write the whole report into ``stage`` (same layout as its final place), synced."""
+    folder = stage / assets_name
+    folder.mkdir()
+    for name, data in files.items():
+        _write_synced(folder / name, data)
+    _write_synced(stage / "page.md", markdown.encode("utf-8"))
+    _write_synced(stage / "page.html", html.encode("utf-8"))
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(path, 0o644)
+
+
+def _swap_in(stage: Path, html_path: Path, md_path: Path, asset_dir: Path) -> None:
+    """Rename the staged report into place: only renames from here, nothing is written.
+
+    The assets folder is swapped whole; a user's own files in the old one are
+    moved over first, and the old report's plots and grids go with the old folder.
+    """
+    staged_assets = stage / asset_dir.name
+    staged_assets.chmod(0o755)
+    if asset_dir.is_dir():
+        for f in asset_dir.iterdir():
+            if not (f.is_file() and _OWN_ASSET.match(f.name)):
+                os.replace(f, staged_assets / f.name)
+        old = stage / "old-assets"
+        os.replace(asset_dir, old)
+    os.replace(staged_assets, asset_dir)
+    os.replace(stage / "page.md", md_path)
+    os.replace(stage / "page.html", html_path)  # last: its presence means the report is complete
 
 
 def _refuse_existing(html: Path, md: Path, assets: Path, force: bool) -> None:
@@ -93,15 +151,6 @@ def _refuse_existing(html: Path, md: Path, assets: Path, force: bool) -> None:
             raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
         if path.exists() and path.is_dir() != (kind == "folder"):
             raise OutputExistsError(f"{path} exists and is not a {kind}; expected a {kind} there")
-
-
-def _clear_own_assets(folder: Path) -> None:
-    """Drop a previous report's plots and grids (a grid list can shrink); keep the rest."""
-    if not folder.is_dir():
-        return
-    for f in folder.iterdir():
-        if f.is_file() and _OWN_ASSET.match(f.name):
-            f.unlink()
 
 
 def _slug(p: Point) -> str:

@@ -42,16 +42,43 @@ class GridImage:
         return f"data:{mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
-def read_grid(path: Path) -> GridImage:
+MAX_GRID_BYTES = 64 << 20
+MAX_GRID_PIXELS = 40_000_000
+"""A grid is at most a few thousand pixels a side; anything far larger is refused
+unread or undecoded (a decompression bomb would exhaust memory)."""
+
+
+def read_grid(path: Path, inside: Path | None = None) -> GridImage:
+    """Read and verify the grid at ``path``, which must lie inside the folder ``inside``.
+
+    ``grid.file`` comes from an attack.json: an absolute path or ``../../``
+    would let a report embed any image on the disk, so it must resolve
+    (symlinks included) inside the folder of its attack.json.
+    """
+    if inside is not None and not path.resolve().is_relative_to(inside.resolve()):
+        return GridImage(
+            path, problem=f"grid refused: {path} is outside the folder of its attack.json"
+        )
     if not path.is_file():
         return GridImage(path, problem=f"grid missing: {path} does not exist")
+    if path.stat().st_size > MAX_GRID_BYTES:
+        return GridImage(path, problem=f"grid refused: {path} is larger than 64 MB")
     try:
         data = path.read_bytes()
+        with Image.open(BytesIO(data)) as im:
+            if im.size[0] * im.size[1] > MAX_GRID_PIXELS:
+                return GridImage(path, problem=f"grid refused: {path} is {im.size} pixels")
         with Image.open(BytesIO(data)) as im:
             im.verify()  # catches truncated and corrupt files without decoding twice
         with Image.open(BytesIO(data)) as im:
             fmt, (w, h) = im.format or "", im.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:
         return GridImage(path, problem=f"grid unreadable: {path} ({type(exc).__name__})")
     if fmt not in _MIME:
         return GridImage(path, problem=f"grid unreadable: {path} is {fmt or 'unknown'}, not PNG")

@@ -8,6 +8,7 @@ folder next to the .md (``<stem>_files/``) and linked by relative path: the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -72,7 +73,8 @@ def render_markdown(report: Report, assets: Assets) -> str:
         lines += [_inline(note), ""]
     lines += ["## Provenance", "", *_table(report.sources), ""]
     for label, command in report.commands:
-        lines += [f"{_inline(label)}:", "", "```", command, "```", ""]
+        fence = _fence(command)
+        lines += [f"{_inline(label)}:", "", fence, command, fence, ""]
     groups = report.version_groups
     for labels, versions in groups:
         who = "" if len(groups) == 1 else f" ({_inline(', '.join(labels))})"
@@ -99,6 +101,17 @@ def _inline(text: str) -> str:
     for ch in "\\`*_[]<>#":
         out = out.replace(ch, "\\" + ch)
     return out
+
+
+def _fence(text: str) -> str:
+    """A fence longer than any run of backticks in ``text``.
+
+    CommonMark closes a fence only with at least as many backticks as opened
+    it, so a command that holds three backticks cannot end its block early and
+    turn the rest of the page into markdown.
+    """
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def _link(path: str) -> str:
