@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from patrol_compress.errors import RecipeError
 from patrol_compress.privacy_config import AttackConfig, DefensesConfig
+from patrol_compress.yamlio import load_yaml_file
 
 SCHEMA_VERSION = 1
 
@@ -230,9 +231,13 @@ def recipe_problems(exc: ValidationError) -> list[str]:
 
 
 def _short(value: object) -> str:
+    """A short excerpt of ``value`` for an error message, cheap however large the value is."""
     if isinstance(value, dict):
-        return "a mapping with keys " + ", ".join(map(str, list(value)[:6]))
-    text = repr(value)
+        keys = ", ".join(str(k)[:20] for k in list(value)[:6])
+        return f"a mapping with keys {keys}" + (", ..." if len(value) > 6 else "")
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} items"
+    text = repr(value) if not isinstance(value, str) else repr(value[:80])
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -251,15 +256,7 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
 def _read_yaml(p: Path) -> object:
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
-    try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise RecipeError(f"{p}: malformed YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{p}: expected UTF-8 text, found undecodable bytes") from None
+    return load_yaml_file(p, RecipeError)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -722,3 +722,55 @@ def test_force_removes_only_the_files_we_recorded(
     assert not export.exists()  # the old run's export was ours: gone
     assert not stale.exists()
     assert (run / "target" / "model.safetensors").is_file()  # rewritten by the new run
+
+
+# item 7: bounded YAML --------------------------------------------------------------------
+
+BILLION_LAUGHS = "name: lol\nseed: 0\n" + "\n".join(
+    ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    + ["train: {lr: *a8}"]
+)
+
+
+@pytest.mark.parametrize("command", ["validate", "prune"])
+@pytest.mark.parametrize("case", ["billion-laughs", "deep-nesting", "huge-file"])
+def test_yaml_bombs_fail_fast_in_one_line(
+    tmp_path: Path, command: str, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alias expansion, nesting and size are bounded before anything walks the value."""
+    path = tmp_path / "bomb.yaml"
+    if case == "billion-laughs":  # 9^9 values from ~500 bytes
+        path.write_text(BILLION_LAUGHS)
+        words = "expands to more than 100,000 values"
+    elif case == "deep-nesting":
+        path.write_text("name: deep\ntrain: " + "[" * 5000 + "]" * 5000 + "\n")
+        words = "nests"
+    else:
+        path.write_text("name: big\n# " + "x" * (2 << 20) + "\n")
+        words = "a recipe is at most 1,048,576"
+    out = user_folder(tmp_path / "out")
+    args = ("validate", path) if command == "validate" else ("prune", path, "--out", out)
+    result = cli(*args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output[:500]
+    assert str(path) in lines[0] and words in lines[0] and len(lines[0]) < 300
+    assert only_notes(out)
+
+
+def test_anchors_and_aliases_of_normal_size_still_work(tmp_path: Path, cache: Path) -> None:
+    data = recipe_dict(tmp_path, cache)
+    text = yaml.safe_dump(data).replace("mask_lr: 0.005", "mask_lr: &rate 0.005")
+    path = tmp_path / "anchored.yaml"
+    path.write_text(text.replace("  lr: 0.003", "  lr: *rate"))
+    assert "*rate" in path.read_text()
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_long_bad_value_is_quoted_short(tmp_path: Path, cache: Path) -> None:
+    data = recipe_dict(tmp_path, cache)
+    data["train"]["lr"] = "x" * 100_000
+    data["train"]["warmup_epochs"] = list(range(20_000))
+    line = error_line(cli("prune", write_recipe(tmp_path, data), "--force", "--quiet"))
+    assert "train.lr" in line and len(line) < 400
