@@ -49,6 +49,10 @@ class OutputExistsError(PatrolError):
     """An output directory exists and would be overwritten without --force."""
 
 
+class UsageError(PatrolError):
+    """A command-line option is out of range for this machine or this job."""
+
+
 class RunLockedError(PatrolError):
     """Another process holds the run folder's lock (two jobs must never write one run)."""
 

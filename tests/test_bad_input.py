@@ -774,3 +774,26 @@ def test_a_long_bad_value_is_quoted_short(tmp_path: Path, cache: Path) -> None:
     data["train"]["warmup_epochs"] = list(range(20_000))
     line = error_line(cli("prune", write_recipe(tmp_path, data), "--force", "--quiet"))
     assert "train.lr" in line and len(line) < 400
+
+
+# item 9: --threads beyond the usable cores ---------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["prune", "train", "bench"])
+@pytest.mark.parametrize("threads", ["0", "above", "100000"])
+def test_threads_beyond_the_usable_cores_is_one_line(
+    tmp_path: Path, cache: Path, artifact: Path, command: str, threads: str
+) -> None:
+    from patrol_compress.cli.common import usable_cores
+
+    cores = usable_cores()
+    value = str(cores + 1) if threads == "above" else threads
+    out = user_folder(tmp_path / "out")
+    recipe = write_recipe(tmp_path, recipe_dict(tmp_path, cache))
+    target: tuple[object, ...] = (artifact,) if command == "bench" else (recipe, "--out", out)
+    line = error_line(cli(command, *target, "--threads", value))
+    assert (
+        line
+        == f"error: --threads {value}: expected 1..{cores} (the CPU cores this process may use)"
+    )
+    assert only_notes(out)

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from patrol_compress.bench import RUNTIME_NAMES, BenchError, bench
-from patrol_compress.cli.common import console, user_errors
+from patrol_compress.cli.common import check_threads, console, user_errors
 
 
 def parse_batches(text: str) -> list[int]:
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
     ) -> None:
         """Verify an export's checksums, then time its edge partition per batch size."""
+        check_threads(threads)
         report = bench(
             artifact_dir,
             runtime=runtime,

@@ -17,7 +17,7 @@ from typing import ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from patrol_compress.errors import PatrolError
+from patrol_compress.errors import PatrolError, UsageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,6 +27,28 @@ console = Console(stderr=False, soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_USAGE = 2
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cgroups, containers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads`` between 1 and the usable cores.
+
+    More threads than cores only oversubscribe them (>= 1024 thrashed a
+    machine, 20000 gave a raw libgomp error, 100000 a segfault).
+    """
+    if threads is None:
+        return
+    cores = usable_cores()
+    if not 1 <= threads <= cores:
+        raise UsageError(
+            f"--threads {threads}: expected 1..{cores} (the CPU cores this process may use)"
+        )
 
 
 def debug_enabled() -> bool:

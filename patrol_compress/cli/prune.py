@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from patrol_compress.cli.common import user_errors
+from patrol_compress.cli.common import check_threads, user_errors
 from patrol_compress.errors import PatrolError
 
 OUT = typer.Option(None, "--out", help="Output directory (overrides the recipe's output_dir).")
@@ -23,8 +23,7 @@ QUIET = typer.Option(False, "--quiet", help="No progress bars or tables.")
 THREADS = typer.Option(
     None,
     "--threads",
-    min=1,
-    help="CPU threads for torch (default: all cores; use 1 when the cores are shared).",
+    help="CPU threads for torch, 1..usable cores (default: all; use 1 when the cores are shared).",
 )
 
 
@@ -47,6 +46,7 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
         quiet: bool = QUIET,
         threads: int | None = THREADS,
     ) -> None:
+        check_threads(threads)
         if threads is not None:
             import torch
 
