@@ -20,6 +20,7 @@ with rank 0's error if there is one.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from patrol_compress import distributed
-from patrol_compress.errors import OutputExistsError, RecipeError
+from patrol_compress.errors import ArtifactError, OutputExistsError, RecipeError
 from patrol_compress.io import (
     LEDGER,
     package_versions,
@@ -70,9 +71,12 @@ WRITTEN_SUFFIXES = frozenset(
 class RunDir:
     """An open run folder; holds its lock (rank 0) until :meth:`release` or the process ends."""
 
-    def __init__(self, path: Path, lock: FolderLock | None = None) -> None:
+    def __init__(
+        self, path: Path, lock: FolderLock | None = None, recipe_sha256: str | None = None
+    ) -> None:
         self.path = path
         self._lock = lock
+        self.recipe_sha256 = recipe_sha256
 
     def release(self) -> None:
         """Let the next job into this run folder."""
@@ -103,6 +107,8 @@ class RunDir:
         def write() -> None:
             stages = self.stages
             stages[stage] = {"seconds": round(seconds, 3), **info}
+            if self.recipe_sha256 is not None:  # which recipe produced it (checked on resume)
+                stages[stage]["recipe_sha256"] = self.recipe_sha256
             write_json(self.path / STAGES_FILE, stages)
 
         distributed.current().run_on_main(write)
@@ -123,7 +129,12 @@ def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> Run
     """
     path = recipe.run_dir(out)
     lock = distributed.current().run_on_main(lambda: _prepare(path, recipe, resume, force))
-    return RunDir(path, lock)
+    return RunDir(path, lock, recipe_hash(dump_recipe(recipe)))
+
+
+def recipe_hash(text: str) -> str:
+    """sha256 of the resolved recipe's text: recorded with every finished stage."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def remove_written(folder: Path) -> None:
@@ -186,20 +197,30 @@ def clear_run(path: Path) -> None:
     write_text(path / LEDGER, "")
 
 
+def _check_same_recipe(path: Path, text: str) -> None:
+    """A resumed run must use the recipe it started with: the resolved recipe file and the
+    hash every finished stage recorded (so deleting recipe.resolved.yaml does not let a
+    changed learning rate in half-way)."""
+    differs = (path / RECIPE_FILE).is_file() and (path / RECIPE_FILE).read_text(
+        encoding="utf-8"
+    ) != text
+    stages = read_json(path / STAGES_FILE) if (path / STAGES_FILE).is_file() else {}
+    if not isinstance(stages, dict):
+        raise ArtifactError(f"{path / STAGES_FILE}: expected a JSON object; the file is corrupt")
+    digest = recipe_hash(text)
+    recorded = {v.get("recipe_sha256") for v in stages.values() if isinstance(v, dict)} - {None}
+    if differs or recorded - {digest}:
+        raise RecipeError(
+            f"{path}: this run was started with a different recipe; use a new --out or --force"
+        )
+
+
 def _check(path: Path, text: str, resume: bool, force: bool) -> bool:
     """Refuse what the rules above refuse (reads only); True when ``--force`` must clear a run."""
     existing = path.exists() and any(p.name != LOCK_FILE for p in path.iterdir())
     ours = (path / STAGES_FILE).is_file() or (path / RECIPE_FILE).is_file()
     if existing and resume and ours:
-        old = (
-            (path / RECIPE_FILE).read_text(encoding="utf-8")
-            if (path / RECIPE_FILE).is_file()
-            else ""
-        )
-        if old and old != text:
-            raise RecipeError(
-                f"{path}: this run was started with a different recipe; use a new --out or --force"
-            )
+        _check_same_recipe(path, text)
         return False
     if existing and not force:
         what = "holds a run" if ours else "exists and is not empty"

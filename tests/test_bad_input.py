@@ -797,3 +797,32 @@ def test_threads_beyond_the_usable_cores_is_one_line(
         == f"error: --threads {value}: expected 1..{cores} (the CPU cores this process may use)"
     )
     assert only_notes(out)
+
+
+# item 10: resume with another recipe once recipe.resolved.yaml is gone ------------------
+
+
+@pytest.mark.parametrize("recipe_file", ["kept", "deleted"])
+def test_resume_with_a_changed_recipe_is_refused(
+    tmp_path: Path, run_dir: Path, recipe_file: str
+) -> None:
+    run = copy_run(run_dir, tmp_path)
+    data = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
+    data["train"]["lr"] = data["train"]["lr"] * 2  # a learning rate changed half-way
+    changed = write_recipe(tmp_path, data, "changed.yaml")
+    if recipe_file == "deleted":
+        (run / "recipe.resolved.yaml").unlink()
+    before = snapshot(run)
+    line = error_line(cli("prune", changed, "--out", run, "--resume", "--quiet"))
+    assert line == (
+        f"error: {run}: this run was started with a different recipe; use a new --out or --force"
+    )
+    assert snapshot(run) == before
+
+
+def test_corrupt_stages_json_is_one_line(tmp_path: Path, run_dir: Path) -> None:
+    run = copy_run(run_dir, tmp_path)
+    (run / "stages.json").write_text('{"data": {"seconds": 1')
+    recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
+    line = error_line(cli("prune", recipe, "--out", run, "--resume", "--quiet"))
+    assert line.startswith(f"error: {run / 'stages.json'}: not valid JSON (")
