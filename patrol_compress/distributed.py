@@ -322,14 +322,14 @@ class Dist:
 
 class _GatherRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
         parts = [torch.empty_like(x) for _ in range(world)]
         tdist.all_gather(parts, x.contiguous())
         ctx.rank, ctx.world, ctx.n = rank, world, x.shape[0]
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         own = grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
         return own * ctx.world, None, None
 
@@ -338,14 +338,14 @@ class _GatherStats(torch.autograd.Function):
     """all_gather whose backward sums the gradient over ranks (each rank's loss uses all)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
         parts = [torch.empty_like(x) for _ in range(world)]
         tdist.all_gather(parts, x.contiguous())
         ctx.rank = rank
         return torch.stack(parts)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grad.contiguous()
         tdist.all_reduce(grad)
         return grad[ctx.rank], None, None

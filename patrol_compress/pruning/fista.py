@@ -19,7 +19,7 @@ before :meth:`FISTA.step`, which keeps masks and state identical on every rank.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -41,7 +41,9 @@ class FISTA(torch.optim.Optimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[no-untyped-def,override]
+    def step(  # type: ignore[override]  # one signature for torch's two overloads
+        self, closure: Callable[[], float] | None = None
+    ) -> float | None:
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
