@@ -20,6 +20,7 @@ import torch
 
 from patrol_compress.attacks.base import ATTACKS, AttackContext, AttackError
 from patrol_compress.attacks.data import AttackData, build_attack_data
+from patrol_compress.data.base import DataBundle, ReidDataset
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import package_versions, write_json
 from patrol_compress.metrics.image import (
@@ -310,11 +311,11 @@ def beats_floor(scores: dict[str, Any], floor: dict[str, float]) -> bool:
     return bool(scores["psnr"] > floor["psnr"] and scores["ssim"] > floor["ssim"])
 
 
-_ATTACKER_TRAIN: dict[str, Any] = {}
+_ATTACKER_TRAIN: dict[str, ReidDataset] = {}
 """The uncapped training split by data settings (one at a time, like the recognisers)."""
 
 
-def attacker_train_split(recipe: Recipe) -> Any:
+def attacker_train_split(recipe: Recipe) -> ReidDataset | None:
     """The data source's whole training split when the recipe caps it, else None.
 
     The target may be trained on a capped subset (``data.max_train_images``)
@@ -346,7 +347,7 @@ def attack_model(
     out_dir: Path,
     run_dir: Path | None = None,
     facts: dict[str, Any] | None = None,
-    data_bundle: Any = None,
+    data_bundle: DataBundle | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Attack an in-memory model (a run's, or a defended copy) and write the results.

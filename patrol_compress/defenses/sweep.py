@@ -17,9 +17,9 @@ PATROL would have to cut.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -27,6 +27,12 @@ from patrol_compress.errors import ArtifactError, RecipeError
 from patrol_compress.io import read_json, write_json
 from patrol_compress.privacy_config import AttackConfig, DefenseSweep
 from patrol_compress.recipe import Recipe
+
+if TYPE_CHECKING:  # torch is imported where a sweep runs, not for the CLI's --help
+    import torch
+
+    from patrol_compress.data.base import DataBundle
+    from patrol_compress.models import BlockNet
 
 SUMMARY_FILE = "defenses.json"
 
@@ -87,14 +93,14 @@ def select_sweeps(
 
 
 def _defended(
-    model: Any,
+    model: BlockNet,
     k: int,
     sweep: DefenseSweep | None,
     strength: float | None,
-    bundle: Any,
+    bundle: DataBundle,
     recipe: Recipe,
-    dev: Any,
-) -> tuple[Any, dict[str, Any]]:
+    dev: torch.device,
+) -> tuple[BlockNet, dict[str, Any]]:
     """The model to attack for one point (the target itself when undefended) and its facts."""
     import torch
 
@@ -126,7 +132,7 @@ def defend(
     out: Path | str | None = None,
     force: bool = False,
     include_undefended: bool = True,
-    log: Any = None,
+    log: Callable[[str], object] | None = None,
     config: AttackConfig | None = None,
 ) -> dict[str, Any]:
     """Run the sweeps (module docstring); returns what ``defenses.json`` holds.

@@ -30,12 +30,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from patrol_compress import distributed
 from patrol_compress.errors import TrainingError
@@ -50,7 +56,7 @@ class EpochReporter:
     """Collects running means of losses and the image rate for the progress bar."""
 
     progress: Progress | None
-    task: Any
+    task: TaskID
     sums: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     images: int = 0
