@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,17 +64,10 @@ class Removal:
         }
 
 
-class Structure(Protocol):
-    def budget_caps(self, budget: int, tau: float) -> dict[nn.Parameter, torch.Tensor]: ...
-    def projected_params(self, tau: float) -> int: ...
-    def remove(self, budget: int | None, tau: float, example: torch.Tensor) -> Removal: ...
-
-
 class ChannelStructure:
     def __init__(self, model: BlockNet, split: int, init: float, example: torch.Tensor) -> None:
         self.model, self.split = model, split
         insert_channel_masks(model, split, init)
-        self.example = example
         self.mg = build_mask_groups(model, example)
 
     def check(self, budget: int) -> int:
@@ -120,7 +113,6 @@ class BlockStructure:
     def __init__(self, model: BlockNet, split: int, init: float, example: torch.Tensor) -> None:
         self.model, self.split = model, split
         self.blocks = insert_block_masks(model, split, init)
-        self.example = example
 
     def _mask(self, name: str) -> ChannelMask:
         block = self.model.get_submodule(name)

@@ -126,17 +126,10 @@ def restore_loader(loader: DataLoader, state: dict[str, torch.Tensor]) -> None:
         loader.generator.set_state(state["loader.generator"])
 
 
-def supervised_loss(
-    model: nn.Module, x: torch.Tensor, pids: torch.Tensor, cfg: TrainConfig, task: str
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The prediction loss L of Eq. 1 (what PATROL's fine-tuning also minimises)."""
-    logits, feat = model(x)
-    return loss_from_outputs(logits, feat, pids, cfg, task)
-
-
 def loss_from_outputs(
     logits: torch.Tensor, feat: torch.Tensor, pids: torch.Tensor, cfg: TrainConfig, task: str
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The prediction loss L of Eq. 1 (what PATROL's fine-tuning also minimises)."""
     weight = cfg.triplet_weight if task == "reid" else 0.0
     loss, parts = reid_loss(logits, feat, pids, cfg.label_smoothing, cfg.triplet_margin, weight)
     parts["loss"] = float(loss.detach())
