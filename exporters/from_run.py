@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patrol_compress.errors import ExportError, ModelError
 from patrol_compress.locking import folder_lock
 
 from .base import EXPORTERS
 from .partitions import export_partitions
+
+if TYPE_CHECKING:
+    from patrol_compress.recipe import ExportConfig
 
 
 def default_out(run_dir: Path, target: str, split: int, precision: str) -> Path:
@@ -32,6 +35,21 @@ def resolve_split(split: int | None, info: dict[str, Any]) -> int:
     return int(saved)
 
 
+def recipe_export_settings(run_dir: Path) -> ExportConfig:
+    """The ``export:`` section of the recipe the run was made with, else the defaults.
+
+    That is ``RUN/recipe.resolved.yaml``, or the parent's for a prune run's
+    ``RUN/target`` (the same lookup as ``attack``).
+    """
+    from patrol_compress.recipe import ExportConfig, load_recipe
+    from patrol_compress.rundir import RECIPE_FILE
+
+    for folder in (run_dir, run_dir.parent):
+        if (folder / RECIPE_FILE).is_file():
+            return load_recipe(folder / RECIPE_FILE).export
+    return ExportConfig()
+
+
 def export_run(
     run_dir: Path | str,
     split: int | None = None,
@@ -39,18 +57,28 @@ def export_run(
     precision: str = "fp32",
     out: Path | str | None = None,
     force: bool = False,
-    opset: int = 17,
+    opset: int | None = None,
 ) -> dict[str, Any]:
-    """Export the model saved in ``run_dir``; returns the manifest (with ``out_dir`` added)."""
+    """Export the model saved in ``run_dir``; returns the manifest (with ``out_dir`` added).
+
+    ``split`` and ``opset`` default to the run recipe's ``export.split`` and
+    ``export.opset``; without a split there, the split the run recorded.
+    """
     from patrol_compress.run import load_run_model
 
     EXPORTERS.get(target).check_available()  # before loading the model: fail fast
     run_dir = Path(run_dir)
     model, info = load_run_model(run_dir)
-    k = resolve_split(split, info)
+    settings = recipe_export_settings(run_dir)
+    k = resolve_split(split if split is not None else settings.split, info)
     stages = len(model.stage_names)
     if not 1 <= k <= stages:
-        what = f"--split {k}" if split is not None else f"the run's split {k} (model.json)"
+        if split is not None:
+            what = f"--split {k}"
+        elif settings.split is not None:
+            what = f"the recipe's export.split {k}"
+        else:
+            what = f"the run's split {k} (model.json)"
         raise ModelError(
             f"{what} is out of range: the model saved in {run_dir} has stages 1..{stages}"
         )
@@ -65,7 +93,7 @@ def export_run(
             target,
             precision,
             tuple(info["input_shape"]),
-            opset=opset,
+            opset=opset if opset is not None else settings.opset,
             extra_manifest={
                 "run": str(run_dir),
                 "weights_sha256": info.get("weights", {}).get("sha256"),

@@ -307,3 +307,28 @@ def test_cli_export_writes_default_folder_and_respects_force(tmp_path: Path) -> 
     assert (run / "export" / "onnx-split1-fp32" / MANIFEST).is_file()
     bad = runner.invoke(app, ["export", str(run), "--target", "tflite"])
     assert bad.exit_code == 2 and "unknown export target 'tflite'" in bad.output
+
+
+def test_export_defaults_come_from_the_run_recipes_export_section(tmp_path: Path) -> None:
+    from patrol_compress.exporters import export_run
+    from patrol_compress.recipe import dump_recipe, parse_recipe
+    from patrol_compress.run import save_run_model
+
+    from .helpers import tiny_recipe_dict
+
+    run = tmp_path / "run"
+    save_run_model(run, tiny_resnet(), tiny_model_info(split=2))
+    data = tiny_recipe_dict(tmp_path)
+    data["export"] = {"split": 1, "opset": 13}
+    (run / "recipe.resolved.yaml").write_text(dump_recipe(parse_recipe(data)))
+    manifest = export_run(run, target="onnx")
+    assert manifest["split"] == 1
+    proto = onnx.load(str(Path(manifest["out_dir"]) / "edge.onnx"))
+    assert proto.opset_import[0].version == 13
+    given = export_run(run, 2, "onnx", opset=14)  # arguments win over the recipe
+    assert given["split"] == 2
+    assert onnx.load(str(Path(given["out_dir"]) / "edge.onnx")).opset_import[0].version == 14
+    data["export"] = {"split": 7}
+    (run / "recipe.resolved.yaml").write_text(dump_recipe(parse_recipe(data)))
+    with pytest.raises(ModelError, match="the recipe's export.split 7 is out of range"):
+        export_run(run, target="onnx")

@@ -47,7 +47,9 @@ def register(app: typer.Typer) -> None:
     def export_command(
         run: Path = typer.Argument(..., help="Run directory with a saved model (model.json)."),
         split: int | None = typer.Option(
-            None, "--split", help="Stages on the edge (default: the run's)."
+            None,
+            "--split",
+            help="Stages on the edge (default: the run recipe's export.split, else the run's).",
         ),
         target: str = typer.Option(..., "--target", help=f"One of: {', '.join(TARGETS)}."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16."),
@@ -57,7 +59,9 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(
             False, "--force", help="Replace the files of an existing export."
         ),
-        opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+        opset: int | None = typer.Option(
+            None, "--opset", help="ONNX opset (default: the run recipe's export.opset, 17)."
+        ),
     ) -> None:
         """Export a run's edge and cloud partitions, checked against torch, with a manifest."""
         from patrol_compress.exporters import export_run
