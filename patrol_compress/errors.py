@@ -69,9 +69,10 @@ class MissingExtraError(PatrolError):
     """An optional backend is not installed."""
 
     def __init__(self, module: str, extra: str, purpose: str) -> None:
+        hardware = " (TensorRT also needs an NVIDIA GPU with CUDA)" if extra == "tensorrt" else ""
         super().__init__(
             f"{purpose} needs the '{module}' package, which is not installed; "
-            f"run: pip install 'patrol-compress[{extra}]'"
+            f"run: pip install 'patrol-compress[{extra}]'{hardware}"
         )
         self.module = module
         self.extra = extra

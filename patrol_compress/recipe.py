@@ -20,10 +20,14 @@ from patrol_compress.privacy_config import AttackConfig, DefensesConfig
 from patrol_compress.yamlio import load_yaml_file
 
 SCHEMA_VERSION = 1
+SEED_MAX = 2**31 - 1
+"""Seeds feed torch, numpy (below 2**32) and derived seeds (seed + k), so they stay small."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # NaN and infinity are never a meaningful tau, mask_lr or sigma (NaN passes every
+    # range check: all comparisons with it are false).
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -36,7 +40,7 @@ class DataConfig(_Strict):
         default=None, description="dataset folder; required for every kind but the generated one"
     )
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
     # synthetic-vehicles
     num_identities: Annotated[int, Field(ge=4, le=100_000)] = 120
     num_cameras: Annotated[int, Field(ge=2, le=64)] = 6
@@ -184,7 +188,7 @@ class ExportConfig(_Strict):
 class Recipe(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
     output_dir: Path | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

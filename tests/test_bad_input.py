@@ -826,3 +826,83 @@ def test_corrupt_stages_json_is_one_line(tmp_path: Path, run_dir: Path) -> None:
     recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
     line = error_line(cli("prune", recipe, "--out", run, "--resume", "--quiet"))
     assert line.startswith(f"error: {run / 'stages.json'}: not valid JSON (")
+
+
+# items 11 and 12 (minor) and the papercuts ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("patrol", "tau", ".nan"),
+        ("patrol", "mask_lr", ".inf"),
+        ("lipschitz", "sigma", ".nan"),
+        ("top", "seed", str(2**80)),
+        ("top", "seed", "-1"),
+    ],
+    ids=["tau-nan", "mask_lr-inf", "sigma-nan", "seed-2**80", "seed-negative"],
+)
+def test_non_finite_or_out_of_range_numbers_in_a_recipe(
+    tmp_path: Path, cache: Path, section: str, key: str, value: str
+) -> None:
+    data = recipe_dict(tmp_path, cache)
+    marker = "__VALUE__"
+    if section == "top":
+        data[key] = marker
+    elif section == "lipschitz":
+        data["patrol"]["lipschitz"][key] = marker
+    else:
+        data[section][key] = marker
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data).replace(f"'{marker}'", value))
+    out = user_folder(tmp_path / "out")
+    line = error_line(cli("prune", path, "--out", out, "--force", "--quiet"))
+    assert f"{key}: " in line
+    assert only_notes(out)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0"])
+def test_uplink_must_be_a_finite_positive_number(artifact: Path, value: str) -> None:
+    line = error_line(cli("bench", artifact, "--batch", "1", "--runs", "1", "--uplink-mbps", value))
+    assert "--uplink-mbps must be a finite number > 0" in line
+
+
+def test_missing_extra_keeps_its_brackets_and_names_the_gpu(run_dir: Path) -> None:
+    """rich markup ate '[tensorrt]' from the pip command."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    line = error_line(cli("export", run_dir, "--target", "trt", "--split", "2"))
+    assert "pip install 'patrol-compress[tensorrt]'" in line
+    assert "NVIDIA GPU with CUDA" in line
+
+
+def test_version_flag() -> None:
+    result = cli("--version")
+    assert result.exit_code == 0 and result.output.startswith("patrol-compress ")
+
+
+def test_sigterm_says_so_and_releases_the_run(tmp_path: Path, cache: Path) -> None:
+    """SIGTERM during training: one line, exit 143, and the next --resume finishes the run."""
+    import os
+    import subprocess
+    import sys
+
+    from patrol_compress.train.faults import FAULT_ENV
+
+    data = recipe_dict(tmp_path, cache)
+    data["train"]["epochs"] = 2
+    recipe = write_recipe(tmp_path, data)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "patrol_compress", "train", str(recipe), "--out", str(out)]
+    cmd += ["--quiet", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    died = subprocess.run(
+        cmd, env={**env, FAULT_ENV: "train:2:1:term"}, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in died.stderr.splitlines() if line.strip()]
+    assert died.returncode == 143, died.stderr
+    assert lines == ["terminated (SIGTERM); finished stages are kept, rerun with --resume"]
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ exactly the listed files (an unlisted external-data file is never read). Torch i
 from __future__ import annotations
 
 import gc
+import math
 import os
 import platform
 import time
@@ -71,8 +72,8 @@ def _validate(
         raise BenchError(f"threads must be >= 1, found {threads}")
     if warmup < 0 or runs < 1:
         raise BenchError(f"need warmup >= 0 and runs >= 1, found warmup={warmup}, runs={runs}")
-    if uplink_mbps is not None and uplink_mbps <= 0:
-        raise BenchError(f"uplink_mbps must be > 0, found {uplink_mbps}")
+    if uplink_mbps is not None and not (math.isfinite(uplink_mbps) and uplink_mbps > 0):
+        raise BenchError(f"--uplink-mbps must be a finite number > 0, found {uplink_mbps}")
 
 
 def check_json_path(path: Path, force: bool) -> None:

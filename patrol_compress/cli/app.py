@@ -12,6 +12,7 @@ import os
 import typer
 
 from patrol_compress.cli import attack, bench, defend, export, prune, report, train, validate
+from patrol_compress.cli.common import install_sigterm_handler
 
 app = typer.Typer(
     name="patrol-compress",
@@ -22,12 +23,32 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("patrol-compress")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            found = "unknown (not installed)"
+        typer.echo(f"patrol-compress {found}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_show_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
 ) -> None:
     if debug:
         os.environ["PATROL_DEBUG"] = "1"
+    install_sigterm_handler()
 
 
 for _module in (train, prune, export, bench, attack, defend, report, validate):

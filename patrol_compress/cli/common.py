@@ -10,12 +10,15 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from patrol_compress.errors import PatrolError, UsageError
 
@@ -51,6 +54,25 @@ def check_threads(threads: int | None) -> None:
         )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler, torchrun stopping workers), raised in the main thread.
+
+    A KeyboardInterrupt so that it unwinds like Ctrl-C (``finally`` blocks run,
+    the run folder's lock is released) and the CLI says what happened instead
+    of exiting silently.
+    """
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into :class:`Terminated` (main thread only; elsewhere Python forbids it)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def debug_enabled() -> bool:
     return os.environ.get("PATROL_DEBUG", "") not in ("", "0")
 
@@ -60,7 +82,8 @@ def fail(message: str) -> typer.Exit:
     first = message.splitlines()[0] if message else "unknown error"
     more = message.count("\n")
     suffix = f" (+{more} more)" if more else ""
-    err_console.print(f"[bold red]error:[/] {first}{suffix}", markup=True, highlight=False)
+    # The message is text, not markup: "[tensorrt]" in a pip command must survive.
+    err_console.print(f"[bold red]error:[/] {escape(first)}{suffix}", markup=True, highlight=False)
     return typer.Exit(EXIT_USAGE)
 
 
@@ -94,8 +117,15 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             if debug_enabled():
                 raise
             raise fail(user_message(exc)) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted; finished stages are kept, rerun with --resume")
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            # One line, also for a burst of Ctrl-C: further ones are ignored while exiting.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            err_console.print(
+                f"{what}; finished stages are kept, rerun with --resume",
+                markup=False,
+                highlight=False,
+            )
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
 
     return wrapper

@@ -12,8 +12,9 @@ right after step ``STEP`` (1-based) of epoch ``EPOCH`` (1-based) of the stage
 named ``STAGE`` (``train``, ``patrol``, ``recover``): the weights have moved
 but the epoch's checkpoint is not written, whatever the machine's speed.
 ``ACTION`` is ``kill`` (default: the process sends itself SIGKILL, so nothing
-after it runs, not even ``finally`` blocks or atexit) or ``raise`` (a
-:class:`InjectedFault`, for in-process tests). Unset, nothing happens.
+after it runs, not even ``finally`` blocks or atexit), ``term`` (SIGTERM, as
+``kill PID`` or a scheduler sends) or ``raise`` (a :class:`InjectedFault`, for
+in-process tests). Unset, nothing happens.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from patrol_compress.errors import PatrolError
 
 FAULT_ENV = "PATROL_FAULT"
-ACTIONS = ("kill", "raise")
+ACTIONS = ("kill", "term", "raise")
 
 
 class InjectedFault(RuntimeError):
@@ -49,15 +50,17 @@ class Fault:
         """Fail now if (stage, epoch, step) is the configured point."""
         if (stage, epoch, step) != (self.stage, self.epoch, self.step):
             return
-        if self.action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.action in ("kill", "term"):
+            os.kill(os.getpid(), signal.SIGKILL if self.action == "kill" else signal.SIGTERM)
+            if self.action == "term":
+                return  # the SIGTERM handler (if any) has run; without one the process is gone
         raise InjectedFault(f"{FAULT_ENV}: injected fault at {stage} epoch {epoch} step {step}")
 
 
 def parse_fault(text: str) -> Fault:
     """``"patrol:3:1"`` or ``"patrol:3:1:raise"`` -> :class:`Fault`."""
     parts = text.split(":")
-    usage = f"{FAULT_ENV} must look like STAGE:EPOCH:STEP[:kill|raise], found {text[:60]!r}"
+    usage = f"{FAULT_ENV} must look like STAGE:EPOCH:STEP[:kill|term|raise], found {text[:60]!r}"
     if len(parts) not in (3, 4) or not parts[0]:
         raise FaultSpecError(usage)
     try:
