@@ -906,3 +906,18 @@ def test_sigterm_says_so_and_releases_the_run(tmp_path: Path, cache: Path) -> No
     assert lines == ["terminated (SIGTERM); finished stages are kept, rerun with --resume"]
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", ["prune", "export"])
+def test_out_that_is_a_file_is_one_line(
+    tmp_path: Path, cache: Path, run_dir: Path, command: str
+) -> None:
+    target = tmp_path / "taken"
+    target.write_bytes(NOTES)
+    if command == "prune":
+        args: tuple[object, ...] = ("prune", write_recipe(tmp_path, recipe_dict(tmp_path, cache)))
+    else:
+        args = ("export", run_dir, "--target", "onnx", "--split", "2")
+    line = error_line(cli(*args, "--out", target, "--force"))
+    assert str(target) in line and "is not a folder" in line
+    assert target.read_bytes() == NOTES
