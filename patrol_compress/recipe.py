@@ -1,303 +1,49 @@
 """Recipes: validated YAML that describes a whole run.
 
-A recipe is data, checked before anything runs: pydantic v2 models with
-``extra="forbid"`` (a misspelt key is an error, not a silent default), closed
-choices as ``Literal``, ranges as ``Field`` bounds and cross-field rules in
-validators. :func:`recipe_problems` turns every violation into one line naming
-the field path, what was expected and what was found.
+The schema lives in :mod:`patrol_compress.config.recipe` (on the strict base
+and YAML reader of :mod:`patrol_compress.config.base`); this module keeps the
+public import path ``patrol_compress.recipe`` working.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from patrol_compress.config.base import problems as recipe_problems
+from patrol_compress.config.privacy import AttackConfig, DefensesConfig
+from patrol_compress.config.recipe import (
+    SCHEMA_VERSION,
+    SEED_MAX,
+    AdversarialConfig,
+    BlocksConfig,
+    BudgetConfig,
+    DataConfig,
+    ExportConfig,
+    LipschitzConfig,
+    ModelConfig,
+    PatrolConfig,
+    Recipe,
+    TrainConfig,
+    dump_recipe,
+    load_recipe,
+    parse_recipe,
+)
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from patrol_compress.errors import RecipeError
-from patrol_compress.privacy_config import AttackConfig, DefensesConfig
-from patrol_compress.yamlio import load_yaml_file
-
-SCHEMA_VERSION = 1
-SEED_MAX = 2**31 - 1
-"""Seeds feed torch, numpy (below 2**32) and derived seeds (seed + k), so they stay small."""
-
-
-class _Strict(BaseModel):
-    # NaN and infinity are never a meaningful tau, mask_lr or sigma (NaN passes every
-    # range check: all comparisons with it are false).
-    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
-
-
-class DataConfig(_Strict):
-    """Which dataset, where it lives, and how images are prepared."""
-
-    kind: Literal["synthetic-vehicles", "veri", "veri-wild", "imagefolder", "fashion-mnist"] = (
-        "synthetic-vehicles"
-    )
-    root: Path | None = Field(
-        default=None, description="dataset folder; required for every kind but the generated one"
-    )
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
-    # synthetic-vehicles
-    num_identities: Annotated[int, Field(ge=4, le=100_000)] = 120
-    num_cameras: Annotated[int, Field(ge=2, le=64)] = 6
-    images_per_camera: Annotated[int, Field(ge=1, le=64)] = 2
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
-    cache_dir: Path | None = Field(default=None, description="default: .cache/patrol-compress")
-    # veri-wild
-    veriwild_test_size: Literal[3000, 5000, 10000] = 3000
-    # imagefolder / fashion-mnist: cap the number of training images (0 = all)
-    max_train_images: Annotated[int, Field(ge=0)] = 0
-    max_test_images: Annotated[int, Field(ge=0)] = 0
-
-    @model_validator(mode="after")
-    def _root_needed(self) -> DataConfig:
-        if self.kind != "synthetic-vehicles" and self.root is None:
-            raise ValueError(f"data.root is required for data.kind '{self.kind}'")
-        return self
-
-
-class BlocksConfig(_Strict):
-    """Names of a custom model's top-level children, grouped into blocks."""
-
-    stem: list[str] = Field(min_length=1)
-    stages: list[list[str]] = Field(min_length=1)
-    head: list[str] = Field(default_factory=list)
-
-
-class ModelConfig(_Strict):
-    arch: Literal["resnet18", "resnet34", "resnet50", "custom"] = "resnet18"
-    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
-    stem: Literal["imagenet", "small"] = "imagenet"
-    last_stride: Literal[1, 2] = 2
-    factory: str | None = Field(default=None, description="'pkg.module:function' for arch=custom")
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
-    blocks: BlocksConfig | None = None
-    pretrained: Path | None = Field(
-        default=None, description="torchvision-style state dict (.safetensors) for the backbone"
-    )
-
-    @model_validator(mode="after")
-    def _custom_needs_factory(self) -> ModelConfig:
-        if self.arch == "custom" and not self.factory:
-            raise ValueError("model.factory ('pkg.module:function') is required for arch 'custom'")
-        if self.factory and ":" not in self.factory:
-            raise ValueError(
-                f"model.factory must look like 'pkg.module:function', found {self.factory!r}"
-            )
-        return self
-
-
-class TrainConfig(_Strict):
-    """Target-model training (cross-entropy with label smoothing + batch-hard triplet)."""
-
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 20
-    identities_per_batch: Annotated[int, Field(ge=2)] = 16
-    instances_per_identity: Annotated[int, Field(ge=1)] = 4
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-4
-    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
-    warmup_epochs: Annotated[int, Field(ge=0)] = 2
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    triplet_margin: Annotated[float, Field(ge=0.0)] = 0.3
-    triplet_weight: Annotated[float, Field(ge=0.0)] = 1.0
-    amp: bool = True
-    num_workers: Annotated[int, Field(ge=0)] = 0
-    checkpoint: Path | None = Field(
-        default=None, description="trained target weights (.safetensors); skips training"
-    )
-
-    @property
-    def batch_size(self) -> int:
-        return self.identities_per_batch * self.instances_per_identity
-
-
-class BudgetConfig(_Strict):
-    """Edge budget: exactly one of fit_split, params, bytes."""
-
-    fit_split: Annotated[int, Field(ge=1, le=8)] | None = None
-    params: Annotated[int, Field(ge=1)] | None = None
-    bytes: Annotated[int, Field(ge=1)] | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> BudgetConfig:
-        given = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "patrol.budget needs exactly one of fit_split, params, bytes; "
-                f"found {given or 'none'}"
-            )
-        return self
-
-
-class LipschitzConfig(_Strict):
-    enabled: bool = True
-    alphas: list[Annotated[float, Field(ge=0.0)]] = Field(
-        default_factory=lambda: [5.0, 0.2, 0.01, 0.005]
-    )
-    sigma: Annotated[float, Field(gt=0.0)] = 0.1
-    sample_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
-
-
-class AdversarialConfig(_Strict):
-    enabled: bool = True
-    beta: Annotated[float, Field(ge=0.0)] = 4e-4
-    adversary_every: Annotated[int, Field(ge=1)] = 10
-    adversary_epochs: Annotated[int, Field(ge=1)] = 1
-    adversary_lr: Annotated[float, Field(gt=0.0)] = 1e-3
-    adversary_width: Annotated[int, Field(ge=4, le=1024)] = 64
-
-
-class PatrolConfig(_Strict):
-    """PATROL fine-tuning (Algorithm 1) and physical removal."""
-
-    enabled: bool = True
-    split: Annotated[int, Field(ge=1, le=8)] = 4
-    granularity: Literal["channel", "block"] = "channel"
-    epochs: Annotated[int, Field(ge=0, le=10_000)] = 10
-    lr: Annotated[float, Field(gt=0.0)] = 3e-4
-    mask_lr: Annotated[float, Field(gt=0.0)] = 1e-2
-    mask_init: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
-    lambda1: Annotated[float, Field(ge=0.0)] = 1.0
-    lambda2: Annotated[float, Field(ge=0.0)] = 10.0
-    tau: Annotated[float, Field(ge=0.0)] = 0.0
-    budget: BudgetConfig | None = None
-    steer_until: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        default=0.6,
-        description="fraction of the PATROL stage by which budget-planned masks reach 0",
-    )
-    recovery_epochs: Annotated[int, Field(ge=0)] = 2
-    recovery_lr: Annotated[float, Field(gt=0.0)] | None = Field(
-        default=None, description="learning rate of the recovery fine-tune (default: train.lr)"
-    )
-    recovery_privacy: bool = Field(
-        default=True,
-        description="keep the Lipschitz and adversarial terms during recovery",
-    )
-    lipschitz: LipschitzConfig = Field(default_factory=LipschitzConfig)
-    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
-
-
-class ExportConfig(_Strict):
-    split: Annotated[int, Field(ge=1, le=8)] | None = None
-    opset: Annotated[int, Field(ge=13, le=21)] = 17
-
-
-class Recipe(_Strict):
-    schema_version: Literal[1] = 1
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
-    output_dir: Path | None = None
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    patrol: PatrolConfig = Field(default_factory=PatrolConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    attack: AttackConfig = Field(default_factory=AttackConfig)
-    defenses: DefensesConfig = Field(default_factory=DefensesConfig)
-
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Recipe:
-        p = self.patrol
-        if p.budget and p.budget.fit_split is not None and p.budget.fit_split >= p.split:
-            raise ValueError(
-                f"patrol.budget.fit_split ({p.budget.fit_split}) must be shallower than "
-                f"patrol.split ({p.split})"
-            )
-        if p.lipschitz.enabled and len(p.lipschitz.alphas) < p.split + 0:
-            raise ValueError(
-                f"patrol.lipschitz.alphas needs one weight per edge stage ({p.split}), "
-                f"found {len(p.lipschitz.alphas)}"
-            )
-        return self
-
-    def run_dir(self, override: Path | None = None) -> Path:
-        """Where this recipe's outputs go: ``--out``, else ``output_dir``, else runs/<name>."""
-        if override is not None:
-            return override
-        return self.output_dir if self.output_dir is not None else Path("runs") / self.name
-
-
-def recipe_problems(exc: ValidationError) -> list[str]:
-    """One line per problem: field path, what was expected, what was found."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(recipe)"
-        found = err.get("input")
-        found_s = _short(found)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not part of the schema)"
-        lines.append(f"{loc}: {msg}; found {found_s}")
-    return lines
-
-
-def _short(value: object) -> str:
-    """A short excerpt of ``value`` for an error message, cheap however large the value is."""
-    if isinstance(value, dict):
-        keys = ", ".join(str(k)[:20] for k in list(value)[:6])
-        return f"a mapping with keys {keys}" + (", ..." if len(value) > 6 else "")
-    if isinstance(value, (list, tuple)):
-        return f"a list of {len(value)} items"
-    text = repr(value) if not isinstance(value, str) else repr(value[:80])
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
-    if not isinstance(data, dict):
-        raise RecipeError(
-            f"{source}: expected a YAML mapping at the top level, found {_short(data)}"
-        )
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        problems = recipe_problems(exc)
-        raise RecipeError("\n".join(f"{source}: {p}" for p in problems)) from None
-
-
-def _read_yaml(p: Path) -> object:
-    if not p.is_file():
-        raise RecipeError(f"{p}: recipe file not found")
-    return load_yaml_file(p, RecipeError)
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
-    return out
-
-
-def _resolve_extends(p: Path, seen: tuple[Path, ...] = ()) -> object:
-    """``extends: other.yaml`` (relative to the file) deep-merges this file over another."""
-    if p.resolve() in seen:
-        chain = " -> ".join(str(s) for s in (*seen, p.resolve()))
-        raise RecipeError(f"{p}: 'extends' forms a cycle ({chain})")
-    data = _read_yaml(p)
-    if not isinstance(data, dict) or "extends" not in data:
-        return data
-    parent_name = data.pop("extends")
-    if not isinstance(parent_name, str):
-        raise RecipeError(f"{p}: extends: expected a file name, found {_short(parent_name)}")
-    parent = _resolve_extends(p.parent / parent_name, (*seen, p.resolve()))
-    if not isinstance(parent, dict):
-        raise RecipeError(f"{p.parent / parent_name}: expected a YAML mapping at the top level")
-    return _deep_merge(parent, data)
-
-
-def load_recipe(path: Path | str) -> Recipe:
-    """Read and validate a recipe file; every problem raises :class:`RecipeError`.
-
-    A recipe may start from another with ``extends: base.yaml``: mappings are
-    merged key by key, anything else (lists, scalars) replaces the base's value.
-    """
-    p = Path(path)
-    return parse_recipe(_resolve_extends(p), str(p))
-
-
-def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+__all__ = [
+    "SCHEMA_VERSION",
+    "SEED_MAX",
+    "AdversarialConfig",
+    "AttackConfig",
+    "BlocksConfig",
+    "BudgetConfig",
+    "DataConfig",
+    "DefensesConfig",
+    "ExportConfig",
+    "LipschitzConfig",
+    "ModelConfig",
+    "PatrolConfig",
+    "Recipe",
+    "TrainConfig",
+    "dump_recipe",
+    "load_recipe",
+    "parse_recipe",
+    "recipe_problems",
+]

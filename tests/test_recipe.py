@@ -70,3 +70,22 @@ def test_validate_command_prints_one_line_per_problem(tmp_path: Path) -> None:
     assert any("bogus: unknown key" in line for line in problems)
     assert any("train.epochs" in line and "found -1" in line for line in problems)
     assert any(line.endswith(": ok") for line in lines)
+
+
+def test_attack_config_files_share_the_recipes_base_and_reader(tmp_path: Path) -> None:
+    from patrol_compress.config.base import StrictModel
+    from patrol_compress.privacy_config import AttackConfig, DefenseSweep, load_attack_config
+
+    assert issubclass(AttackConfig, StrictModel) and issubclass(DefenseSweep, StrictModel)
+    bad = tmp_path / "a.yaml"
+    bad.write_text("whitebox: {tv_weight: .inf}\n")
+    with pytest.raises(RecipeError, match=r"a\.yaml: whitebox\.tv_weight: .*finite"):
+        load_attack_config(bad)
+    lines = ["a: &a [0, 0, 0, 0, 0, 0, 0, 0, 0]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecipeError, match=r"a\.yaml: refused: the YAML expands to more than"):
+        load_attack_config(bad)
+    bad.write_text("")
+    assert load_attack_config(bad) == AttackConfig()
