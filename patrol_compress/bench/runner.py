@@ -73,7 +73,9 @@ def _validate(
     if warmup < 0 or runs < 1:
         raise BenchError(f"need warmup >= 0 and runs >= 1, found warmup={warmup}, runs={runs}")
     if uplink_mbps is not None and not (math.isfinite(uplink_mbps) and uplink_mbps > 0):
-        raise BenchError(f"--uplink-mbps must be a finite number > 0, found {uplink_mbps}")
+        raise BenchError(
+            f"uplink_mbps (--uplink-mbps) must be a finite number > 0, found {uplink_mbps}"
+        )
 
 
 def check_json_path(path: Path, force: bool) -> None:

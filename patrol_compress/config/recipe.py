@@ -33,7 +33,7 @@ class DataConfig(StrictModel):
         default=None, description="dataset folder; required for every kind but the generated one"
     )
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
+    seed: Annotated[int, Field(ge=-SEED_MAX, le=SEED_MAX)] = 0
     # synthetic-vehicles
     num_identities: Annotated[int, Field(ge=4, le=100_000)] = 120
     num_cameras: Annotated[int, Field(ge=2, le=64)] = 6
@@ -187,7 +187,7 @@ class ExportConfig(StrictModel):
 class Recipe(StrictModel):
     schema_version: Literal[1] = 1
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
+    seed: Annotated[int, Field(ge=-SEED_MAX, le=SEED_MAX)] = 0
     output_dir: Path | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
