@@ -10,6 +10,7 @@ not beat the label-only floor is flagged as failed.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,6 @@ def test_label_only_floor_is_the_identity_mean_of_other_images(run: Path) -> Non
     assert torch.equal(alone[0], torch.full((3, SIZE, SIZE), 0.25))  # nothing else: fallback
 
 
-@ATTACKS.register("test-label-guess")
 class LabelGuess(Attack):
     """A 'failed' attack: it returns the mean image (what an untrained decoder converges to)."""
 
@@ -198,10 +198,22 @@ class LabelGuess(Attack):
         return Reconstruction(ctx.mean_image.expand_as(ctx.eval_images).clone())
 
 
-def test_attack_at_the_floor_is_flagged_failed_not_private(run: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def label_guess() -> Iterator[str]:
+    """``LabelGuess`` registered for one test only (other tests list the real attacks)."""
+    ATTACKS.add(LabelGuess.name, LabelGuess)
+    try:
+        yield LabelGuess.name
+    finally:
+        ATTACKS._items.pop(LabelGuess.name)
+
+
+def test_attack_at_the_floor_is_flagged_failed_not_private(
+    run: Path, tmp_path: Path, label_guess: str
+) -> None:
     model, meta = load_run_model(run)
     cfg = AttackConfig.model_validate(STRENGTH_CONFIG)
-    report = attack_model(model, meta, find_recipe(run), ["test-label-guess"], 2, cfg, tmp_path)
+    report = attack_model(model, meta, find_recipe(run), [label_guess], 2, cfg, tmp_path)
     assert report["attacks"]["test-label-guess"]["converged"] is False
     assert report["strongest"]["converged"] is False
     assert report["attack_failed"] is True
