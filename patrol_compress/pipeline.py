@@ -33,9 +33,9 @@ from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
 from patrol_compress.errors import ModelError, TrainingError
 from patrol_compress.io import read_json, write_json
-from patrol_compress.metrics.flops import count_macs
-from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone, split
-from patrol_compress.pruning.budget import budget_params, count_params, edge_modules
+from patrol_compress.metrics.edge import edge_report
+from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
+from patrol_compress.pruning.budget import budget_params
 from patrol_compress.pruning.masks import mask_summary
 from patrol_compress.pruning.patrol import (
     PatrolParts,
@@ -79,39 +79,6 @@ def fresh_model(recipe: Recipe, data: DataBundle) -> BlockNet:
         except ModelError as exc:
             raise ModelError(f"model.pretrained {recipe.model.pretrained}: {exc}") from None
     return model
-
-
-def edge_report(model: BlockNet, k: int, input_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """params, weight bytes, MACs and bytes sent per image of the edge at split k, per block too."""
-    was = model.training
-    model.eval()
-    edge, _ = split(model, k)
-    params = count_params(edge_modules(model, k))
-    with torch.no_grad():
-        out = edge(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-    per_block = []
-    for j in range(1, k + 1):
-        e_j, _ = split(model, j)
-        with torch.no_grad():
-            o = e_j(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-        per_block.append(
-            {
-                "split": j,
-                "params": count_params(edge_modules(model, j)),
-                "macs": count_macs(e_j, input_shape),
-                "bytes_sent": int(o[0].numel()) * 4,
-                "output_shape": list(o.shape[1:]),
-            }
-        )
-    model.train(was)
-    return {
-        "params": params,
-        "weight_bytes": params * 4,
-        "macs": count_macs(edge, input_shape),
-        "bytes_sent": int(out[0].numel()) * 4,
-        "output_shape": list(out.shape[1:]),
-        "per_block": per_block,
-    }
 
 
 def _open_with_data(

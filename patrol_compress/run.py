@@ -24,6 +24,7 @@ from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
 from patrol_compress.models import BlockNet, build_model
 from patrol_compress.models.head import ReidHead
+from patrol_compress.models.residual import remove_residual_branches
 from patrol_compress.recipe import ModelConfig
 
 MODEL_FILE = "model.safetensors"
@@ -84,8 +85,6 @@ def load_run_model(run_dir: Path, stem: str = "model") -> tuple[BlockNet, dict[s
     )
     state = read_state_dict(weights)
     if meta.get("removed_blocks"):
-        from patrol_compress.pruning.blocks import remove_residual_branches
-
         remove_residual_branches(model, meta["removed_blocks"])
     load_resized(model, state, str(weights))
     model.eval()

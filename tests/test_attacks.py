@@ -208,8 +208,7 @@ def test_whitebox_rmle_reduces_feature_mismatch(tiny_run: Path) -> None:
 
 
 def test_block_shapes_keep_shared_layers_in_eval_mode(tiny_run: Path) -> None:
-    from patrol_compress.models.inversion import block_shapes
-    from patrol_compress.pruning.patrol import edge_stage_blocks
+    from patrol_compress.models.split import block_shapes, edge_stage_blocks
 
     model = build_model(parse_recipe(tiny_recipe_dict(tiny_run)).model, 8, 3, "reid", SIZE)
     model.eval()

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from patrol_compress.errors import BudgetError
+from patrol_compress.metrics.flops import count_params
 from patrol_compress.models import BlockNet, build_model, split
-from patrol_compress.pruning.budget import count_params, edge_modules, estimate_params
+from patrol_compress.models.split import edge_modules
+from patrol_compress.pruning.budget import estimate_params
 from patrol_compress.pruning.fista import FISTA
 from patrol_compress.pruning.masks import MaskedNorm, fold_masks, insert_channel_masks, iter_masks
 from patrol_compress.pruning.remove import (

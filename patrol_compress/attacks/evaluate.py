@@ -30,7 +30,8 @@ from patrol_compress.metrics.image import (
     region_metrics,
     train_recogniser,
 )
-from patrol_compress.models.blocknet import BlockNet, check_split
+from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.models.split import check_split
 from patrol_compress.privacy_config import AttackConfig, load_attack_config
 from patrol_compress.recipe import Recipe, load_recipe
 from patrol_compress.rundir import RECIPE_FILE
@@ -71,8 +72,7 @@ def _context(
     quiet: bool = False,
 ) -> AttackContext:
     from patrol_compress.models import split as split_model
-    from patrol_compress.models.inversion import block_shapes
-    from patrol_compress.pruning.patrol import edge_stage_blocks
+    from patrol_compress.models.split import block_shapes, edge_stage_blocks
     from patrol_compress.train.loop import device
 
     dev = device()
@@ -358,7 +358,7 @@ def attack_model(
     in as given. ``data_bundle`` reuses already-built data.
     """
     from patrol_compress.data import build_data
-    from patrol_compress.pipeline import edge_report
+    from patrol_compress.metrics.edge import edge_report
     from patrol_compress.train.evaluate import evaluate
 
     names = _names(attacks)

@@ -29,10 +29,10 @@ from torch import nn
 
 from patrol_compress.defenses.base import DEFENSES, Defense, DefenseContext, defended_copy
 from patrol_compress.defenses.finetune import finetune
-from patrol_compress.models import split as split_model
 from patrol_compress.models.blocknet import BlockNet
-from patrol_compress.models.inversion import InversionNet, block_shapes, reconstruction_l2
-from patrol_compress.pruning.patrol import edge_stage_blocks
+from patrol_compress.models.inversion import InversionNet, reconstruction_l2
+from patrol_compress.models.split import edge_shapes
+from patrol_compress.models.split import split as split_model
 from patrol_compress.train.target import make_loader
 
 GAN_WEIGHT = 0.01
@@ -76,9 +76,8 @@ class APPDefense(Defense):
         input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
         width = ctx.recipe.patrol.adversarial.adversary_width
         torch.manual_seed(ctx.seed)
-        recon = InversionNet(
-            block_shapes(edge_stage_blocks(out, split), input_shape), max_width=width, refine=0
-        ).to(dev)
+        shapes = edge_shapes(out, split, input_shape)
+        recon = InversionNet(shapes, max_width=width, refine=0).to(dev)
         disc = Discriminator(input_shape[0]).to(dev)
         opt_r = torch.optim.Adam(recon.parameters(), lr=ADVERSARY_LR)
         opt_d = torch.optim.Adam(disc.parameters(), lr=ADVERSARY_LR)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from patrol_compress.data.base import DataBundle
-from patrol_compress.models.blocknet import BlockNet, check_split
+from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.models.split import check_split
 from patrol_compress.privacy_config import DefenseSweep
 from patrol_compress.recipe import Recipe
 from patrol_compress.registry import Registry
@@ -57,14 +57,3 @@ def defended_copy(model: BlockNet, split: int) -> BlockNet:
     out = copy.deepcopy(model)
     out.eval()
     return out
-
-
-def edge_modules_of(model: BlockNet, split: int) -> list[nn.Module]:
-    """The top-level children that run on the edge at ``split``."""
-    return [m for b in model.edge_blocks(split) for m in model.block_modules(b)]
-
-
-def last_edge_child(model: BlockNet, split: int) -> str:
-    """Name of the child whose output crosses the network at ``split``."""
-    last_block = model.edge_blocks(split)[-1]
-    return dict(model.block_spec)[last_block][-1]

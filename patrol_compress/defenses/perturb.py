@@ -26,16 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patrol_compress.defenses.base import (
-    DEFENSES,
-    Defense,
-    DefenseContext,
-    defended_copy,
-    edge_modules_of,
-    last_edge_child,
-)
+from patrol_compress.defenses.base import DEFENSES, Defense, DefenseContext, defended_copy
 from patrol_compress.defenses.finetune import finetune
 from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.models.split import edge_modules, last_edge_child
 
 
 class GaussianNoise(nn.Module):
@@ -95,7 +89,7 @@ def append_to_edge(model: BlockNet, split: int, module: nn.Module) -> None:
 def wrap_edge_convs(model: BlockNet, split: int, p: float) -> int:
     """Replace every Conv2d of the edge partition by :class:`SkipConnections`; returns how many."""
     count = 0
-    for top in edge_modules_of(model, split):
+    for top in edge_modules(model, split):
         targets = [(n, m) for n, m in top.named_modules() if isinstance(m, nn.Conv2d)]
         for name, conv in targets:
             if not name:  # the top-level child itself is a conv

@@ -142,8 +142,8 @@ def defend(
     """
     from patrol_compress.attacks.evaluate import attack_model, find_recipe
     from patrol_compress.data import build_data
-    from patrol_compress.models.blocknet import check_split
-    from patrol_compress.pipeline import edge_report
+    from patrol_compress.metrics.edge import edge_report
+    from patrol_compress.models.split import check_split
     from patrol_compress.run import load_run_model
     from patrol_compress.train.loop import device
 

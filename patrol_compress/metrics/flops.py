@@ -2,17 +2,18 @@
 
 The edge budget is stated in parameters or bytes and the latency benchmark
 compares measured speed-ups with MAC ratios, so all three are counted the same
-way everywhere. MACs are counted by running one image through the module with
-forward hooks on the layers that dominate a CNN's compute (convolutions and
-linear layers); element-wise ops, pooling and normalisation are ignored, as in
-the usual "FLOPs" tables (which report these MACs, not 2x them). Hooks see the
-real tensor shapes, so pruned networks are counted with their pruned widths.
+way everywhere (:func:`count_params` is the toolkit's only parameter count).
+MACs are counted by running one image through the module with forward hooks on
+the layers that dominate a CNN's compute (convolutions and linear layers);
+element-wise ops, pooling and normalisation are ignored, as in the usual "FLOPs"
+tables (which report these MACs, not 2x them). Hooks see the real tensor
+shapes, so pruned networks are counted with their pruned widths.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -20,14 +21,25 @@ from torch import nn
 _BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2}
 
 
-def count_params(module: nn.Module) -> int:
-    """Number of parameters (each shared tensor counted once)."""
+def count_params(modules: nn.Module | Iterable[nn.Module]) -> int:
+    """Parameters the exported graph carries, each shared tensor counted once.
+
+    ``modules`` is one module or several (the edge's top-level children).
+    Modules that fold into a neighbour on export and leave no weights of their
+    own (PATROL's channel masks, which set ``folds_on_export = True``) do not
+    count, so a masked network and its folded export have the same size.
+    """
+    tops = [modules] if isinstance(modules, nn.Module) else list(modules)
     seen: set[int] = set()
     total = 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
+    for top in tops:
+        for m in top.modules():
+            if getattr(m, "folds_on_export", False):
+                continue
+            for p in m.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
     return total
 
 

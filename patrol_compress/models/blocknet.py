@@ -3,9 +3,9 @@
 A :class:`BlockNet` runs its children in order, like ``nn.Sequential``, and groups
 consecutive children into named *blocks*: a stem, one or more stages, and an
 optional head. Masks, splits, the Lipschitz term and the exporters only ever ask
-for "the stem and the first K stages", so they never hard-code ResNet; any CNN
-whose forward is a chain of top-level children plugs in (see
-:func:`patrol_compress.models.factory.build_model`).
+for "the stem and the first K stages" (:mod:`patrol_compress.models.split`), so
+they never hard-code ResNet; any CNN whose forward is a chain of top-level
+children plugs in (see :func:`patrol_compress.models.factory.build_model`).
 
 Children keep their own attribute names, so a ResNet built here has the same
 state-dict keys as torchvision's (``conv1.weight``, ``layer1.0.bn1.running_mean``).
@@ -74,12 +74,6 @@ class BlockNet(nn.Module):
             x = m(x)
         return x
 
-    def edge_blocks(self, split: int) -> list[str]:
-        """Names of the blocks on the edge for ``split`` (stem + first ``split`` stages)."""
-        check_split(self, split)
-        stem = [] if self.block_spec[0][0] in self.stage_names else [self.block_spec[0][0]]
-        return [*stem, *self.stage_names[:split]]
-
     def sub_net(self, block_names: Iterable[str]) -> BlockNet:
         """A BlockNet sharing this net's modules, restricted to ``block_names``.
 
@@ -95,12 +89,6 @@ class BlockNet(nn.Module):
         sub = BlockNet(layers, spec, [s for s in self.stage_names if s in wanted])
         sub.training = self.training
         return sub
-
-
-def check_split(model: BlockNet, split: int) -> None:
-    n = len(model.stage_names)
-    if not 1 <= split <= n:
-        raise ModelError(f"split {split} is out of range: this model has stages 1..{n}")
 
 
 def _check_spec(

@@ -9,7 +9,8 @@ inverts. Used as PATROL's surrogate (Eq. 8) and by the attack suite, which
 raises ``refine`` (3x3 convs per block, more depth to undo a deep stage) and
 ``min_width`` (the width of layers that map back to the few image channels, so
 the last layers are not a bottleneck) to make a stronger attacker than the
-cheap in-training surrogate.
+cheap in-training surrogate. The shapes it mirrors come from
+:func:`patrol_compress.models.split.edge_shapes`.
 """
 
 from __future__ import annotations
@@ -19,31 +20,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-
-
-@torch.no_grad()
-def block_shapes(
-    blocks: Sequence[nn.Module], input_shape: Sequence[int]
-) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
-    """(input C,H,W; output C,H,W) of each block for one image of ``input_shape``.
-
-    Every submodule's train/eval flag is restored individually afterwards: the
-    blocks are often fresh wrappers (training by default) around shared layers,
-    and restoring the wrapper's flag would flip the shared BatchNorms.
-    """
-    was = [(m, m.training) for b in blocks for m in b.modules()]
-    for b in blocks:
-        b.eval()
-    dev = next(iter(blocks[0].parameters())).device
-    h = torch.zeros(1, *input_shape, device=dev)
-    out = []
-    for b in blocks:
-        before = tuple(h.shape[1:])
-        h = b(h)
-        out.append((before, tuple(h.shape[1:])))
-    for m, flag in was:
-        m.training = flag
-    return out  # type: ignore[return-value]
 
 
 class InversionNet(nn.Module):

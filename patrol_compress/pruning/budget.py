@@ -22,32 +22,15 @@ import torch_pruning as tp
 from torch import nn
 
 from patrol_compress.errors import BudgetError
+from patrol_compress.metrics.flops import count_params
 from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning.masks import ChannelMask
 from patrol_compress.pruning.remove import MaskGroups, removable
 from patrol_compress.recipe import BudgetConfig
 
 BYTES_PER_PARAM = 4
 TIE_BREAK = 1e-4
-
-
-def edge_modules(model: BlockNet, split: int) -> list[nn.Module]:
-    spec = dict(model.block_spec)
-    return [getattr(model, c) for b in model.edge_blocks(split) for c in spec[b]]
-
-
-def count_params(modules: list[nn.Module]) -> int:
-    seen: set[int] = set()
-    total = 0
-    for top in modules:
-        for m in top.modules():
-            if isinstance(m, ChannelMask):
-                continue
-            for p in m.parameters(recurse=False):
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    total += p.numel()
-    return total
 
 
 def budget_params(cfg: BudgetConfig, unpruned: BlockNet) -> int:

@@ -18,16 +18,22 @@ step 0) and let L1/FISTA drive the unneeded ones to exactly zero.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from patrol_compress.errors import ModelError
 from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.models.split import edge_child_names
 
 
 class ChannelMask(nn.Module):
     """One trainable scale per channel (or a single scalar for a block mask)."""
+
+    folds_on_export: ClassVar[bool] = True
+    """Folded into its BN before export: :func:`~patrol_compress.metrics.flops.count_params`
+    leaves its weights out."""
 
     def __init__(self, channels: int, init: float = 1.0) -> None:
         super().__init__()
@@ -55,16 +61,12 @@ def _set(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def _edge_module_names(model: BlockNet, split: int) -> list[str]:
-    return [c for b in model.edge_blocks(split) for c in dict(model.block_spec)[b]]
-
-
 def insert_channel_masks(model: BlockNet, split: int, init: float = 1.0) -> list[str]:
     """Wrap every BN of the edge partition (and the BN-neck at the last split) with a mask.
 
     Returns the names of the wrapped BNs (as they were before wrapping).
     """
-    prefixes = _edge_module_names(model, split)
+    prefixes = edge_child_names(model, split)
     names = []
     for name, module in list(model.named_modules()):
         top = name.split(".")[0]
@@ -85,7 +87,7 @@ def insert_channel_masks(model: BlockNet, split: int, init: float = 1.0) -> list
 
 def residual_blocks(model: BlockNet, split: int) -> list[str]:
     """Names of the residual blocks (modules with ``residual``/``shortcut``) on the edge."""
-    prefixes = _edge_module_names(model, split)
+    prefixes = edge_child_names(model, split)
     out = []
     for name, module in model.named_modules():
         if (

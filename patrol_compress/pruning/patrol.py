@@ -47,7 +47,9 @@ from torch.utils.data import DataLoader
 from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
 from patrol_compress.models.blocknet import BlockNet
-from patrol_compress.models.inversion import InversionNet, block_shapes, reconstruction_l2
+from patrol_compress.models.inversion import InversionNet, reconstruction_l2
+from patrol_compress.models.split import StageBlock, edge_shapes, edge_stage_blocks
+from patrol_compress.models.split import split as split_model
 from patrol_compress.pruning.fista import FISTA
 from patrol_compress.pruning.masks import mask_parameters
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
@@ -63,33 +65,6 @@ from patrol_compress.train.target import (
 )
 
 
-class StageBlock(nn.Module):
-    """Block i of Eq. 4: stage i, with the stem in front of stage 1 (shares modules)."""
-
-    def __init__(self, modules: list[nn.Module]) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(modules)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in self.parts:
-            x = m(x)
-        return x
-
-
-def edge_stage_blocks(model: BlockNet, split: int) -> list[StageBlock]:
-    names = model.edge_blocks(split)
-    has_stem = names[0] not in model.stage_names
-    out: list[StageBlock] = []
-    pending: list[nn.Module] = []
-    for b in names:
-        pending += model.block_modules(b)
-        if b in model.stage_names:
-            out.append(StageBlock(pending))
-            pending = []
-    assert not pending or not has_stem
-    return out
-
-
 @dataclass
 class PatrolParts:
     model: BlockNet
@@ -100,10 +75,9 @@ class PatrolParts:
 def build_surrogate(
     model: BlockNet, split: int, input_shape: tuple[int, int, int], width: int
 ) -> InversionNet:
-    blocks = edge_stage_blocks(model, split)
     # No refinement convs: the surrogate runs forward and backward in every
     # PATROL step, and the full-resolution refinements doubled its cost.
-    return InversionNet(block_shapes(blocks, input_shape), max_width=width, refine=0)
+    return InversionNet(edge_shapes(model, split, input_shape), max_width=width, refine=0)
 
 
 def train_surrogate(
@@ -252,7 +226,7 @@ def patrol_finetune(
     weights = [p for p in model.parameters() if id(p) not in mask_ids and p.requires_grad]
     opt = torch.optim.Adam(weights, lr=st.lr, weight_decay=tcfg.weight_decay)
     edge = edge_stage_blocks(model, split)
-    cloud = model.sub_net([b for b in model.block_names if b not in model.edge_blocks(split)])
+    _, cloud = split_model(model, split)
     surrogate = parts.surrogate.to(dev) if parts.surrogate is not None else None
     if surrogate is not None:
         ctx.broadcast_module(surrogate)

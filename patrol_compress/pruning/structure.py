@@ -17,15 +17,12 @@ import torch
 from torch import nn
 
 from patrol_compress.errors import BudgetError
+from patrol_compress.metrics.flops import count_params
 from patrol_compress.models.blocknet import BlockNet
+from patrol_compress.models.residual import remove_residual_branches
+from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning import blocks as blockops
-from patrol_compress.pruning.budget import (
-    check_feasible,
-    count_params,
-    edge_modules,
-    estimate_params,
-    plan_for_budget,
-)
+from patrol_compress.pruning.budget import check_feasible, estimate_params, plan_for_budget
 from patrol_compress.pruning.masks import (
     ChannelMask,
     MaskedNorm,
@@ -164,7 +161,7 @@ class BlockStructure:
             self._mask(b).weight.zero_()
         reference = copy.deepcopy(self.model).eval()
         fold_masks(self.model)
-        blockops.remove_residual_branches(self.model, dead)
+        remove_residual_branches(self.model, dead)
         diff = check_equivalence(reference, self.model, example)
         return Removal(
             kind, len(dead), dead, diff, count_params(edge_modules(self.model, self.split))
