@@ -74,3 +74,43 @@ def test_debug_shows_traceback_without_locals(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr or "RecipeError" in proc.stderr
     assert "locals" not in proc.stderr.lower()
+
+
+COMMANDS = ("train", "prune", "export", "bench", "attack", "defend", "report", "validate")
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_shows_flags_without_a_value_type(command: str | None) -> None:
+    result = runner.invoke(app, [*([command] if command else []), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output
+    assert "<bool>" not in result.output
+
+
+def test_bench_runtime_choices_leave_out_torch() -> None:
+    result = runner.invoke(app, ["bench", "--help"])
+    assert "<onnxruntime|openvino|t" in result.output  # rich may fold the rest
+    assert "torch" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["bench", "ART", "--runtime", "torch"], "--runtime 'torch': expected one of onnxruntime"),
+        (["bench", "ART", "--runtime", "tflite"], "--runtime 'tflite': expected one of onnxrun"),
+        (["export", "RUN", "--target", "tflite"], "--target 'tflite': expected one of onnx, open"),
+        (
+            ["export", "RUN", "--target", "onnx", "--precision", "int8"],
+            "--precision 'int8': expected one of fp32, fp16",
+        ),
+    ],
+)
+def test_choices_are_enforced_by_the_cli_in_one_line(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    # The folders do not exist: the choice is refused before the command looks at them.
+    args = [str(tmp_path / a) if a in ("ART", "RUN") else a for a in args]
+    result = runner.invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines

@@ -179,10 +179,10 @@ def bench(
     or trt (edge.engine). "torch" is refused with a pointer to onnxruntime: an
     artifact holds no torch module, and this path must not need torch.
     """
-    if runtime not in RUNTIME_NAMES:
-        raise BenchError(f"unknown runtime '{runtime}': expected one of {list(RUNTIME_NAMES)}")
     if runtime == "torch":
         raise BenchError(TORCH_REFUSAL)
+    if runtime not in RUNTIME_NAMES:
+        raise BenchError(f"unknown runtime '{runtime}': expected one of {list(RUNTIME_NAMES)}")
     _validate(batches, threads, warmup, runs, uplink_mbps)
     if json_path is not None:
         check_json_path(Path(json_path), force)

@@ -184,7 +184,7 @@ RUNTIMES: dict[str, Runtime] = {
     "openvino": Runtime(_load_ov, _open_ov),
     "trt": Runtime(_load_trt, _open_trt),
 }
-RUNTIME_NAMES = (*RUNTIMES, "torch")
+RUNTIME_NAMES = tuple(RUNTIMES)
 
 
 def runtime_version(module: ModuleType) -> str:

@@ -12,10 +12,11 @@ import os
 import typer
 
 from patrol_compress.cli import attack, bench, defend, export, prune, report, train, validate
-from patrol_compress.cli.common import install_sigterm_handler
+from patrol_compress.cli.common import PlainFlagsCommand, PlainFlagsGroup, install_sigterm_handler
 
 app = typer.Typer(
     name="patrol-compress",
+    cls=PlainFlagsGroup,
     help="Privacy-oriented structured pruning (PATROL) and edge/cloud export for split inference.",
     pretty_exceptions_show_locals=False,
     no_args_is_help=True,
@@ -53,6 +54,8 @@ def _root(
 
 for _module in (train, prune, export, bench, attack, defend, report, validate):
     _module.register(app)
+for _info in app.registered_commands:
+    _info.cls = PlainFlagsCommand  # flags shown as --force, not --force <bool>
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from patrol_compress.bench import RUNTIME_NAMES, BenchError, bench
-from patrol_compress.cli.common import check_threads, console, user_errors
+from patrol_compress.cli.common import check_threads, choice_option, console, user_errors
 
 
 def parse_batches(text: str) -> list[int]:
@@ -60,8 +60,8 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def bench_command(
         artifact_dir: Path = typer.Argument(..., help="An export folder (with manifest.json)."),
-        runtime: str = typer.Option(
-            "onnxruntime", "--runtime", help=f"One of: {', '.join(RUNTIME_NAMES)}."
+        runtime: str = choice_option(
+            "onnxruntime", "--runtime", RUNTIME_NAMES, "Runtime that runs the edge partition."
         ),
         batch: str = typer.Option("1,8", "--batch", help="Comma-separated batch sizes."),
         threads: int | None = typer.Option(

@@ -13,12 +13,14 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer import _click
+from typer.core import TyperCommand, TyperGroup
 
 from patrol_compress.errors import PatrolError, UsageError
 
@@ -30,6 +32,44 @@ console = Console(stderr=False, soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_USAGE = 2
+
+
+def _plain_flags(params: list[_click.Parameter]) -> list[_click.Parameter]:
+    """On/off flags take no value: blank their metavar so --help does not show ``<bool>``."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class PlainFlagsCommand(TyperCommand):
+    """A command whose --help lists flags (``--force``, ``--help``) without a value type."""
+
+    def get_params(self, ctx: _click.Context) -> list[_click.Parameter]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class PlainFlagsGroup(TyperGroup):
+    """The application group, with :class:`PlainFlagsCommand`'s help for its own flags."""
+
+    def get_params(self, ctx: _click.Context) -> list[_click.Parameter]:
+        return _plain_flags(super().get_params(ctx))
+
+
+def choice_option(default: Any, name: str, choices: Sequence[str], help: str) -> Any:
+    """A ``typer.Option`` whose value must be one of ``choices``.
+
+    Checked by the CLI while parsing, before the command runs: anything else is
+    one line naming the valid values and exit 2. --help shows them as
+    ``a|b|c``.
+    """
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise fail(f"{name} {value!r}: expected one of {', '.join(choices)}")
+        return value
+
+    return typer.Option(default, name, help=help, metavar=f"<{'|'.join(choices)}>", callback=check)
 
 
 def usable_cores() -> int:

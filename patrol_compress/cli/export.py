@@ -14,9 +14,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from patrol_compress.cli.common import console, user_errors
+from patrol_compress.cli.common import choice_option, console, user_errors
 
 TARGETS = ("onnx", "openvino", "trt")
+PRECISIONS = ("fp32", "fp16")
 
 
 def summary(manifest: dict[str, Any], out_dir: Path) -> Table:
@@ -51,8 +52,10 @@ def register(app: typer.Typer) -> None:
             "--split",
             help="Stages on the edge (default: the run recipe's export.split, else the run's).",
         ),
-        target: str = typer.Option(..., "--target", help=f"One of: {', '.join(TARGETS)}."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16."),
+        target: str = choice_option(..., "--target", TARGETS, "Export format."),
+        precision: str = choice_option(
+            "fp32", "--precision", PRECISIONS, "Weights and activations' float type."
+        ),
         out: Path | None = typer.Option(
             None, "--out", help="Output folder (default: RUN/export/<target>-split<K>-<precision>)."
         ),
