@@ -125,7 +125,9 @@ def run_stage(
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
+    # Not a terminal (a log file, CI): the per-epoch lines below only, no bars.
+    bars = not quiet and console.is_terminal
+    with Progress(*columns, console=console, disable=not bars, transient=False) as progress:
         for epoch in range(start_epoch, epochs):
             task = progress.add_task(f"{name} {epoch + 1}/{epochs}", total=steps_per_epoch, info="")
             hook = None if fault is None else functools.partial(fault.check, name, epoch + 1)
