@@ -229,3 +229,21 @@ def test_runs_resolved_before_inits_still_load() -> None:
         "mean",
         "decoder",
     ]
+
+
+def test_attacker_data_too_big_for_memory_is_streamed(run: Path, tmp_path: Path) -> None:
+    """Above ``feature_cache_mb`` the images are read and the edge queried per batch;
+    the batches are the same, so the attacker is as strong."""
+    model, meta = load_run_model(run)
+    recipe = find_recipe(run)
+    scores = {}
+    for mb in (0, 4096):
+        data = {**STRENGTH_CONFIG, "blackbox": {**STRENGTH_CONFIG["blackbox"]}}
+        data["blackbox"].update({"feature_cache_mb": mb, "families": ["upsample"], "epochs": 6})
+        cfg = AttackConfig.model_validate(data)
+        report = attack_model(model, meta, recipe, ["blackbox"], 2, cfg, tmp_path / str(mb))
+        scores[mb] = report["attacks"]["blackbox"]
+    assert scores[0]["info"]["data"]["in_memory"] is False
+    assert scores[0]["info"]["data"]["features_cached"] is False
+    assert scores[4096]["info"]["data"]["in_memory"] is True
+    assert abs(scores[0]["psnr"] - scores[4096]["psnr"]) <= WIDTH_INVARIANCE_DB

@@ -74,8 +74,7 @@ def resolve_artifact(ctx: AttackContext) -> tuple[Path, bool]:
 
 def verified_edge(artifact: Path, split: int) -> tuple[bytes, dict[str, Any]]:
     """``edge.onnx`` bytes after the manifest check; raises ArtifactError on any mismatch."""
-    from patrol_compress.exporters.base import EDGE_ONNX
-    from patrol_compress.exporters.manifest import MANIFEST, verify_manifest
+    from patrol_compress.contracts import EDGE_ONNX, MANIFEST, verify_manifest
 
     manifest = verify_manifest(artifact)
     if int(manifest["split"]) != split:
@@ -133,7 +132,7 @@ class AdaptiveAttack(Attack):
                 f"{artifact}: edge output {list(from_ort.shape[1:])} differs from the run's "
                 f"model at split {ctx.split} ({list(from_torch.shape[1:])}); wrong artifact?"
             )
-        recon, info = run_inversion(ctx, features, cfg)
+        recon, info = run_inversion(ctx, features, cfg, "adaptive")
         info.update(
             {
                 "artifact": str(artifact),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 
 from patrol_compress.attacks.base import (
     ATTACKS,
@@ -40,9 +41,17 @@ def run_inversion(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Train every decoder family on the attacker's data through ``features``; the strongest."""
     data = attacker_pairs(ctx.attacker_data, features, cfg, ctx.config.seed)
+    if data.info["cap"] and not ctx.quiet:
+        from patrol_compress.train.loop import console
+
+        console.print(
+            f"[{name}] attacker images capped at {data.info['images_used']:,} of "
+            f"{data.info['images_available']:,} (blackbox.max_images)",
+            highlight=False,
+            markup=False,
+        )
     mean, std = data.train.channel_stats()
-    probe = data.val.images[:1]
-    z = features(probe)
+    z = next(data.val.batches(1))[0]
     spec = DecoderSpec(
         shapes=ctx.shapes,
         feature_shape=(int(z.shape[1]), int(z.shape[2]), int(z.shape[3])),
@@ -57,7 +66,7 @@ def run_inversion(
             f"{name}: no decoder family applies to {list(spec.feature_shape)} features "
             f"(families: {cfg.families}); add 'upsample' or 'mirror'"
         )
-    evaluation = Pairs(ctx.eval_images, features, cached=False)
+    evaluation = Pairs(TensorDataset(ctx.eval_images), features, memory=True, cache=False)
     families: dict[str, Any] = {}
     recons: dict[str, torch.Tensor] = {}
     for family, decoder in decoders.items():

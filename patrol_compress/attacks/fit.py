@@ -38,35 +38,46 @@ from patrol_compress.metrics.image import psnr_per_image
 from patrol_compress.privacy_config import BlackboxConfig
 
 LOAD_BATCH = 256
+STATS_IMAGES = 4096
+"""Feature statistics for standardisation come from at most this many training images."""
 
 
-def _images(data: Dataset[Item]) -> torch.Tensor:
+def _images(data: Dataset[Any]) -> torch.Tensor:
     """Every image of ``data`` stacked (N x C x H x W)."""
     loader = DataLoader(data, batch_size=LOAD_BATCH, shuffle=False)
-    return torch.cat([x for x, _, _ in loader])
+    return torch.cat([batch[0] for batch in loader])
 
 
 class Pairs:
-    """(features, image) batches of a fixed set of images."""
+    """(features, image) batches of a fixed set of images.
 
-    def __init__(self, images: torch.Tensor, features: FeatureFn, cached: bool) -> None:
-        self.images = images
+    In memory (images stacked, features of a deterministic edge computed once)
+    when they fit the budget; otherwise streamed from the dataset with the
+    edge queried per batch, so a 400,000-image re-id set does not have to fit
+    in RAM.
+    """
+
+    def __init__(self, data: Dataset[Any], features: FeatureFn, memory: bool, cache: bool) -> None:
+        self.data = data
         self.features = features
-        self.cached = features(images) if cached else None
+        self.images = _images(data) if memory else None
+        self.cached = features(self.images) if cache and self.images is not None else None
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.data)  # type: ignore[arg-type]
 
     def batches(
-        self, batch_size: int, seed: int | None = None
+        self, batch_size: int, seed: int | None = None, limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled (with ``seed``) or in-order batches; features from the cache or fresh."""
-        n = len(self.images)
-        order = (
-            torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-            if seed is not None
-            else torch.arange(n)
-        )
+        """Shuffled (with ``seed``) or in-order batches of the first ``limit`` images."""
+        n = len(self) if limit is None else min(limit, len(self))
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        order = torch.randperm(len(self), generator=gen)[:n] if gen else torch.arange(n)
+        if self.images is None:
+            loader = DataLoader(Subset(self.data, order.tolist()), batch_size=batch_size)
+            for batch in loader:
+                yield self.features(batch[0]), batch[0]
+            return
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             x = self.images[idx]
@@ -78,7 +89,7 @@ class Pairs:
         """Per-channel mean and std of the features over images and positions."""
         total = sq = None
         count = 0
-        for z, _ in self.batches(LOAD_BATCH):
+        for z, _ in self.batches(LOAD_BATCH, limit=STATS_IMAGES):
             z = z.double()
             s, q = z.sum((0, 2, 3)), z.pow(2).sum((0, 2, 3))
             total = s if total is None else total + s
@@ -108,7 +119,11 @@ class AttackerData:
 def attacker_pairs(
     data: Dataset[Item], features: FeatureFn, cfg: BlackboxConfig, seed: int
 ) -> AttackerData:
-    """Split the attacker's images (capped by ``cfg.max_images``) into train and validation."""
+    """Split the attacker's images (capped by ``cfg.max_images``) into train and validation.
+
+    Images and features stay in memory while both fit ``cfg.feature_cache_mb``
+    (features only for a deterministic edge); the validation slice always does.
+    """
     n_all = len(data)  # type: ignore[arg-type]
     order = np.random.default_rng(seed).permutation(n_all)
     if cfg.max_images and cfg.max_images < n_all:
@@ -120,20 +135,22 @@ def attacker_pairs(
             f"the attacker has {n} image(s); at least {n_val + 2} are needed for training "
             "and validation (raise blackbox.max_images or use more data)"
         )
-    images = _images(Subset(data, order.tolist()))
-    probe = images[: min(4, n)]
+    probe = torch.stack([data[int(i)][0] for i in order[: min(4, n)]])
     deterministic = is_deterministic(features, probe)
-    per_image = int(np.prod(features(probe[:1]).shape[1:])) * 4
-    cache = deterministic and per_image * n <= cfg.feature_cache_mb * 2**20
-    val = Pairs(images[:n_val], features, cache)
-    train = Pairs(images[n_val:], features, cache)
+    image_bytes = probe[0].numel() * 4
+    feature_bytes = int(np.prod(features(probe[:1]).shape[1:])) * 4
+    budget = cfg.feature_cache_mb * 2**20
+    memory = n * (image_bytes + (feature_bytes if deterministic else 0)) <= budget
+    val = Pairs(Subset(data, order[:n_val].tolist()), features, True, deterministic)
+    train = Pairs(Subset(data, order[n_val:].tolist()), features, memory, deterministic)
     info = {
         "images_available": n_all,
         "images_used": n,
         "train_images": n - n_val,
         "val_images": n_val,
         "cap": cfg.max_images or None,
-        "features_cached": cache,
+        "in_memory": memory,
+        "features_cached": memory and deterministic,
         "edge_deterministic": deterministic,
     }
     return AttackerData(train, val, info)
@@ -177,7 +194,7 @@ def fit_decoder(
     opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr)
     best, best_state, bad, stop = -math.inf, copy.deepcopy(decoder.state_dict()), 0, "epochs"
     curve: list[dict[str, float]] = []
-    x_val = data.val.images
+    x_val = data.val.images if data.val.images is not None else _images(data.val.data)
     with _progress(quiet) as progress:
         task = progress.add_task(label, total=cfg.epochs, info="")
         for epoch in range(cfg.epochs):
