@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from typer.testing import CliRunner, Result
 
+from patrol_compress.cli.app import app
+from patrol_compress.privacy_config import AttackConfig
 from patrol_compress.train.loop import EpochReporter, run_stage
+
+runner = CliRunner()
 
 
 def test_output_that_is_not_a_terminal_gets_log_lines_and_no_bars(
@@ -26,3 +32,66 @@ def test_output_that_is_not_a_terminal_gets_log_lines_and_no_bars(
         lines
     )  # no "demo 1/2 ━━━ 3/3" bar rows
     assert len(lines) == 2
+
+
+# --------------------------------------------------------------------------- CLI options
+
+
+def cli(*args: object) -> Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result: Result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def _fake_defend(seen: dict[str, Any]) -> Any:
+    def defend(run_dir: Path, **kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs, threads=torch.get_num_threads())
+        return {"points": [], "split": 2}
+
+    return defend
+
+
+def test_defend_config_is_the_attack_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import patrol_compress.defenses
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(patrol_compress.defenses, "defend", _fake_defend(seen))
+    settings = tmp_path / "attack.yaml"
+    settings.write_text("blackbox: {epochs: 3}\nwhitebox: {steps: 7}\n")
+    result = cli("defend", tmp_path / "run", "--config", settings, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert isinstance(seen["config"], AttackConfig)
+    assert (seen["config"].blackbox.epochs, seen["config"].whitebox.steps) == (3, 7)
+    assert seen["threads"] == 1
+
+
+def test_defend_config_with_a_bad_value_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import patrol_compress.defenses
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(patrol_compress.defenses, "defend", _fake_defend(seen))
+    settings = tmp_path / "attack.yaml"
+    settings.write_text("blackbox: {epochs: 0}\n")
+    line = one_error_line(cli("defend", tmp_path / "run", "--config", settings))
+    assert "blackbox.epochs" in line and str(settings) in line
+    assert not seen  # refused before the sweep started
+
+
+@pytest.mark.parametrize("command", ["export", "attack", "defend"])
+def test_threads_on_every_command_that_computes(tmp_path: Path, command: str) -> None:
+    from patrol_compress.cli.common import usable_cores
+
+    extra = ("--target", "onnx") if command == "export" else ()
+    for value in ("0", str(usable_cores() + 1)):
+        line = one_error_line(cli(command, tmp_path / "run", *extra, "--threads", value))
+        assert line.startswith(f"error: --threads {value}: expected 1..")
+    assert not (tmp_path / "run").exists()

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from patrol_compress.cli.common import console, user_errors
+from patrol_compress.cli.common import console, threads_option, use_threads, user_errors
 
 ATTACK = typer.Option(
     "blackbox,whitebox,adaptive",
@@ -36,8 +36,10 @@ def register(app: typer.Typer) -> None:
         out: Path | None = OUT,
         label: str | None = LABEL,
         force: bool = FORCE,
+        threads: int | None = threads_option(),
     ) -> None:
         """Reconstruct images from the edge's features; report PSNR, SSIM and attack accuracy."""
+        use_threads(threads)
         from patrol_compress.api import attack as run_attacks
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]

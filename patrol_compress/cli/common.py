@@ -94,6 +94,25 @@ def check_threads(threads: int | None) -> None:
         )
 
 
+def threads_option() -> Any:
+    """``--threads`` of the commands that compute with torch (train, prune, export, ...)."""
+    return typer.Option(
+        None,
+        "--threads",
+        help="CPU threads for torch, 1..usable cores (default: all; use 1 when the cores are "
+        "shared).",
+    )
+
+
+def use_threads(threads: int | None) -> None:
+    """Check ``--threads`` (:func:`check_threads`) and give torch that many intra-op threads."""
+    check_threads(threads)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a scheduler, torchrun stopping workers), raised in the main thread.
 

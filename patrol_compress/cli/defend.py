@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from patrol_compress.cli.common import console, user_errors
+from patrol_compress.cli.common import console, threads_option, use_threads, user_errors
 
 DEFENSE = typer.Option(
     None,
@@ -20,6 +20,11 @@ SPLIT = typer.Option(
     None, "--split", help="Split to defend (default: defenses.split, else budget.fit_split)."
 )
 ATTACK = typer.Option(None, "--attack", help="Comma-separated attacks (default: the recipe's).")
+CONFIG = typer.Option(
+    None,
+    "--config",
+    help="Attack settings YAML, as for attack --config (default: the recipe's attack: section).",
+)
 OUT = typer.Option(None, "--out", help="Folder for the points (default: RUN/defenses).")
 FORCE = typer.Option(False, "--force", help="Recompute points whose attack.json exists.")
 NO_BASELINE = typer.Option(
@@ -48,10 +53,15 @@ def register(app: typer.Typer) -> None:
         out: Path | None = OUT,
         force: bool = FORCE,
         no_undefended: bool = NO_BASELINE,
+        config: Path | None = CONFIG,
+        threads: int | None = threads_option(),
     ) -> None:
         """Evaluate noise/dropout/skip/APP strength sweeps: accuracy and attack PSNR/SSIM."""
         from patrol_compress.api import defend as run_defend
+        from patrol_compress.privacy_config import load_attack_config
 
+        use_threads(threads)
+        settings = None if config is None else load_attack_config(config)
         names = [d.strip() for d in defense.split(",") if d.strip()] if defense else None
         attacks = [a.strip() for a in attack.split(",") if a.strip()] if attack else None
         summary = run_defend(
@@ -63,6 +73,7 @@ def register(app: typer.Typer) -> None:
             attacks=attacks,
             force=force,
             include_undefended=not no_undefended,
+            config=settings,
             log=lambda line: console.print(line, highlight=False, markup=False),
         )
         folder = out if out is not None else run / "defenses"

@@ -14,7 +14,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from patrol_compress.cli.common import choice_option, console, user_errors
+from patrol_compress.cli.common import (
+    choice_option,
+    console,
+    threads_option,
+    use_threads,
+    user_errors,
+)
 
 TARGETS = ("onnx", "openvino", "trt")
 PRECISIONS = ("fp32", "fp16")
@@ -65,8 +71,10 @@ def register(app: typer.Typer) -> None:
         opset: int | None = typer.Option(
             None, "--opset", help="ONNX opset (default: the run recipe's export.opset, 17)."
         ),
+        threads: int | None = threads_option(),
     ) -> None:
         """Export a run's edge and cloud partitions, checked against torch, with a manifest."""
+        use_threads(threads)
         from patrol_compress.exporters import export_run
 
         manifest = export_run(run, split, target, precision, out, force, opset)

@@ -13,18 +13,14 @@ from pathlib import Path
 
 import typer
 
-from patrol_compress.cli.common import check_threads, user_errors
+from patrol_compress.cli.common import threads_option, use_threads, user_errors
 from patrol_compress.errors import PatrolError
 
 OUT = typer.Option(None, "--out", help="Output directory (overrides the recipe's output_dir).")
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in the same directory.")
 FORCE = typer.Option(False, "--force", help="Overwrite a previous run (only files we wrote).")
 QUIET = typer.Option(False, "--quiet", help="No progress bars or tables.")
-THREADS = typer.Option(
-    None,
-    "--threads",
-    help="CPU threads for torch, 1..usable cores (default: all; use 1 when the cores are shared).",
-)
+THREADS = threads_option()
 
 
 def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
@@ -46,11 +42,7 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
         quiet: bool = QUIET,
         threads: int | None = THREADS,
     ) -> None:
-        check_threads(threads)
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
+        use_threads(threads)
         from patrol_compress import distributed
 
         run = getattr(importlib.import_module("patrol_compress.api"), name)
