@@ -20,12 +20,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 RUN ?= runs/quickstart
+# CPU threads for torch, e.g. `make demo THREADS=1` on shared or busy cores
+# (empty: torch's default, all cores).
+THREADS ?=
+THREADS_ARG := $(if $(THREADS),--threads $(THREADS),)
 
 # The main job: prune (resuming an interrupted run), then export the pruned
 # split-4 partitions to ONNX with parity checks.
 demo: $(STAMP)
-	$(BIN)/patrol-compress prune $(RECIPE) --out $(RUN) $(if $(wildcard $(RUN)/stages.json),--resume,)
-	$(BIN)/patrol-compress export $(RUN) --split 4 --target onnx --force
+	$(BIN)/patrol-compress prune $(RECIPE) --out $(RUN) $(if $(wildcard $(RUN)/stages.json),--resume,) $(THREADS_ARG)
+	$(BIN)/patrol-compress export $(RUN) --split 4 --target onnx --force $(THREADS_ARG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check patrol_compress exporters tests benchmarks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +97,21 @@ def test_threads_on_every_command_that_computes(tmp_path: Path, command: str) ->
         line = one_error_line(cli(command, tmp_path / "run", *extra, "--threads", value))
         assert line.startswith(f"error: --threads {value}: expected 1..")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("threads", ["1", ""])
+def test_make_demo_passes_threads(tmp_path: Path, threads: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        ["make", "-n", "-C", str(root), "demo", f"THREADS={threads}", f"RUN={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    commands = [line for line in proc.stdout.splitlines() if "patrol-compress " in line]
+    assert [line.split()[1] for line in commands] == ["prune", "export"]
+    for line in commands:
+        assert (f"--threads {threads}" if threads else "--threads") in line or not threads, line
+        assert "--threads" not in line or threads, line
