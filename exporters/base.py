@@ -22,8 +22,6 @@ from patrol_compress.registry import Registry
 Precision = Literal["fp32", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 
-EDGE_ONNX = "edge.onnx"
-CLOUD_ONNX = "cloud.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 

@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from patrol_compress.contracts import EXPORT_DIR, RECIPE_FILE
 from patrol_compress.errors import ExportError, ModelError
 from patrol_compress.locking import folder_lock
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def default_out(run_dir: Path, target: str, split: int, precision: str) -> Path:
     """RUN/export/<target>-split<K>-<precision>."""
-    return Path(run_dir) / "export" / f"{target}-split{split}-{precision}"
+    return Path(run_dir) / EXPORT_DIR / f"{target}-split{split}-{precision}"
 
 
 def resolve_split(split: int | None, info: dict[str, Any]) -> int:
@@ -42,7 +43,6 @@ def recipe_export_settings(run_dir: Path) -> ExportConfig:
     ``RUN/target`` (the same lookup as ``attack``).
     """
     from patrol_compress.recipe import ExportConfig, load_recipe
-    from patrol_compress.rundir import RECIPE_FILE
 
     for folder in (run_dir, run_dir.parent):
         if (folder / RECIPE_FILE).is_file():

@@ -1,9 +1,10 @@
 """manifest.json: what an export folder holds, what each partition costs, and checksums.
 
 Written last, after every file passed its checks, so a folder with a manifest
-is a complete artifact. Verification (:func:`verify_manifest`) lives in the
-torch-free ``patrol_compress.bench.manifest_check`` because it runs on edge
-devices; it is re-exported here so exporter users find it next to the writer.
+is a complete artifact. Reading and verification (:func:`read_manifest`,
+:func:`verify_manifest`) live in the torch-free :mod:`patrol_compress.contracts`
+because they run on edge devices; they are re-exported here so exporter users
+find them next to the writer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.bench.manifest_check import MANIFEST, read_manifest, verify_manifest
+from patrol_compress.contracts import MANIFEST, read_manifest, verify_manifest
 from patrol_compress.io import package_versions, sha256_file
 from patrol_compress.metrics.flops import count_macs, count_params, weight_bytes
 

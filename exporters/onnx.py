@@ -27,9 +27,10 @@ import onnx
 import torch
 from torch import nn
 
+from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
 from patrol_compress.errors import ExportError
 
-from .base import CLOUD_ONNX, EDGE_ONNX, EXPORTERS, INPUT_NAME, OUTPUT_NAME, ExportJob, Target
+from .base import EXPORTERS, INPUT_NAME, OUTPUT_NAME, ExportJob, Target
 from .fp16 import convert_to_fp16
 from .parity import check_parity
 

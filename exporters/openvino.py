@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
 from patrol_compress.errors import ExportError, import_optional
 
-from .base import CLOUD_ONNX, EDGE_ONNX, EXPORTERS, ExportJob, Target
+from .base import EXPORTERS, ExportJob, Target
 from .onnx import export_onnx
 from .parity import check_parity
 

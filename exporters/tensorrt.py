@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX, TIMING_CACHE
 from patrol_compress.errors import ExportError, import_optional
 
-from .base import CLOUD_ONNX, EDGE_ONNX, EXPORTERS, ExportJob, Target
+from .base import EXPORTERS, ExportJob, Target
 from .onnx import export_onnx
 from .parity import check_parity
 
-TIMING_CACHE = "trt.timing.cache"
 WORKSPACE_BYTES = 1 << 30
 
 

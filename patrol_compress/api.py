@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from patrol_compress.contracts import ATTACK_FILE, DEFENSES_DIR
 from patrol_compress.recipe import Recipe, load_recipe
 
 
@@ -84,9 +85,9 @@ def attack_output_free(out_dir: Path, force: bool) -> None:
 
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
-    if (out_dir / "attack.json").exists() and not force:
+    if (out_dir / ATTACK_FILE).exists() and not force:
         raise OutputExistsError(
-            f"{out_dir / 'attack.json'}: an attack's results are already here; "
+            f"{out_dir / ATTACK_FILE}: an attack's results are already here; "
             "pass --force to replace them or --out to write elsewhere"
         )
 
@@ -120,6 +121,6 @@ def defend(run_dir: Path, out: Path | None = None, **kwargs: Any) -> dict[str, A
     """The baseline defenses' sweeps (see :func:`patrol_compress.defenses.defend`), run locked."""
     from patrol_compress.defenses import defend as run_defend
 
-    out_dir = Path(out) if out is not None else Path(run_dir) / "defenses"
+    out_dir = Path(out) if out is not None else Path(run_dir) / DEFENSES_DIR
     with _locked(out_dir):
         return run_defend(run_dir, out=out, **kwargs)

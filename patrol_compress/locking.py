@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from patrol_compress.contracts import RECIPE_FILE, STAGES_FILE
 from patrol_compress.errors import ArtifactError, RunLockedError
 
 try:
@@ -83,8 +84,6 @@ def run_root(folder: Path) -> Path:
     ``attack RUN/target`` and ``export`` into ``RUN/export/...`` write inside a
     run: they must take the same lock as a ``prune`` of that run.
     """
-    from patrol_compress.rundir import RECIPE_FILE, STAGES_FILE
-
     for candidate in (folder, *list(folder.parents)[:2]):
         if (candidate / STAGES_FILE).is_file() or (candidate / RECIPE_FILE).is_file():
             return candidate

@@ -29,6 +29,17 @@ from rich.table import Table
 from safetensors.torch import load_file
 
 from patrol_compress import distributed
+from patrol_compress.contracts import (
+    ACCURACY_FILE,
+    CHECKPOINTS_DIR,
+    MASKED_WEIGHTS_FILE,
+    METRICS_FILE,
+    PATROL_DIR,
+    PATROL_SUMMARY_FILE,
+    PRUNED_DIR,
+    SAMPLES_FILE,
+    TARGET_DIR,
+)
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
 from patrol_compress.errors import ModelError, TrainingError
@@ -150,7 +161,7 @@ def _preflight(recipe: Recipe, data: DataBundle) -> int | None:
 def _load_or_train_target(
     recipe: Recipe, data: DataBundle, run: RunDir, resume: bool, quiet: bool
 ) -> BlockNet:
-    target_dir = run / "target"
+    target_dir = run / TARGET_DIR
     if run.done("target"):
         model, _ = load_run_model(target_dir)
         return model
@@ -162,7 +173,7 @@ def _load_or_train_target(
     else:
         model = fresh_model(recipe, data)
         train_target(
-            model, data, recipe.train, run / "checkpoints" / "target", recipe.seed, resume, quiet
+            model, data, recipe.train, run / CHECKPOINTS_DIR / "target", recipe.seed, resume, quiet
         )
         how = "trained"
     model.cpu().eval()
@@ -206,9 +217,9 @@ def _prune_stages(
     if not run.done("evaluate_target"):
         with run.stage("evaluate_target"):
             ctx.run_on_main(
-                lambda: write_json(run / "target" / "accuracy.json", evaluate(target, data))
+                lambda: write_json(run / TARGET_DIR / ACCURACY_FILE, evaluate(target, data))
             )
-    acc_before = read_json(run / "target" / "accuracy.json")
+    acc_before = read_json(run / TARGET_DIR / ACCURACY_FILE)
     _say(quiet, f"target model: {headline(acc_before)}")
 
     metrics: dict[str, Any] = {
@@ -237,12 +248,12 @@ def _prune_stages(
             )
         metrics["stages"] = {k: v.get("seconds") for k, v in run.stages.items()}
         metrics["data"] = data.summary()
-        write_json(run / "metrics.json", metrics)
+        write_json(run / METRICS_FILE, metrics)
         _print_table(metrics, quiet)
 
     ctx.run_on_main(write_metrics)
     if not ctx.main:
-        return dict(read_json(run / "metrics.json"))
+        return dict(read_json(run / METRICS_FILE))
     return metrics
 
 
@@ -291,26 +302,26 @@ def _patrol_stages(
     if not run.done("patrol"):
         with run.stage("patrol"):
             history, psnr = patrol_finetune(
-                parts, data, recipe, run / "checkpoints" / "patrol", budget, resume, quiet
+                parts, data, recipe, run / CHECKPOINTS_DIR / "patrol", budget, resume, quiet
             )
             model.cpu()
             check_masks_alive(model, cfg)
 
             def save_patrol() -> None:
                 write_json(
-                    run / "patrol" / "summary.json",
+                    run / PATROL_DIR / PATROL_SUMMARY_FILE,
                     {
                         "history": history,
                         "surrogate_psnr": psnr,
                         "mask_sparsity": mask_summary(model, cfg.tau),
                     },
                 )
-                save_model_file(run / "patrol" / "masked.safetensors", model)
+                save_model_file(run / PATROL_DIR / MASKED_WEIGHTS_FILE, model)
 
             ctx.run_on_main(save_patrol)
     else:
-        load_resized(model, load_file(str(run / "patrol" / "masked.safetensors")), "patrol/masked")
-    summary = read_json(run / "patrol" / "summary.json")
+        load_resized(model, load_file(str(run / PATROL_DIR / MASKED_WEIGHTS_FILE)), "patrol/masked")
+    summary = read_json(run / PATROL_DIR / PATROL_SUMMARY_FILE)
     metrics["mask_sparsity"] = summary["mask_sparsity"]
     metrics["surrogate_psnr"] = summary["surrogate_psnr"]
 
@@ -328,11 +339,11 @@ def _patrol_stages(
                     "removed_blocks": removal.removed_blocks,
                     "removal": removal.as_dict(),
                 }
-                save_run_model(run / "pruned", model, info_r)
+                save_run_model(run / PRUNED_DIR, model, info_r)
 
             ctx.run_on_main(remove)
     # Every rank continues from rank 0's pruned network.
-    pruned, pinfo = load_run_model(run / "pruned")
+    pruned, pinfo = load_run_model(run / PRUNED_DIR)
     metrics["removal"] = pinfo["removal"]
 
     if not run.done("recover"):
@@ -355,9 +366,9 @@ def _patrol_stages(
     if not run.done("evaluate"):
         with run.stage("evaluate"):
             ctx.run_on_main(
-                lambda: write_json(run / "pruned" / "accuracy.json", evaluate(final, data))
+                lambda: write_json(run / PRUNED_DIR / ACCURACY_FILE, evaluate(final, data))
             )
-    metrics["accuracy"]["after"] = read_json(run / "pruned" / "accuracy.json")
+    metrics["accuracy"]["after"] = read_json(run / PRUNED_DIR / ACCURACY_FILE)
     _say(quiet, f"pruned model: {headline(metrics['accuracy']['after'])}")
     return final
 
@@ -376,7 +387,7 @@ def _recover(
     if cfg.recovery_epochs == 0:
         return
     lr = cfg.recovery_lr if cfg.recovery_lr is not None else recipe.train.lr
-    folder = run / "checkpoints" / "recover"
+    folder = run / CHECKPOINTS_DIR / "recover"
     privacy = cfg.recovery_privacy and (cfg.lipschitz.enabled or cfg.adversarial.enabled)
     if not privacy:
         rcfg = recipe.train.model_copy(
@@ -401,7 +412,7 @@ def _write_samples(data: DataBundle, run: RunDir) -> None:
         from patrol_compress.data.grid import save_sample_grid
     except ImportError:  # pragma: no cover - grid helper ships with the data package
         return
-    save_sample_grid(data, run / "samples.png")
+    save_sample_grid(data, run / SAMPLES_FILE)
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -462,7 +473,7 @@ def _train_stages(
 
     def finish() -> dict[str, Any]:
         acc = evaluate(target, data)
-        write_json(run / "target" / "accuracy.json", acc)
+        write_json(run / TARGET_DIR / ACCURACY_FILE, acc)
         save_run_model(run.path, target, model_info(recipe, data))
         input_shape = (data.channels, data.image_size, data.image_size)
         metrics = {
@@ -472,9 +483,9 @@ def _train_stages(
             "data": data.summary(),
             "stages": {k: v.get("seconds") for k, v in run.stages.items()},
         }
-        write_json(run / "metrics.json", metrics)
+        write_json(run / METRICS_FILE, metrics)
         _say(quiet, f"target model: {headline(acc)}")
         return metrics
 
     metrics = ctx.run_on_main(finish)
-    return metrics if metrics is not None else dict(read_json(run / "metrics.json"))
+    return metrics if metrics is not None else dict(read_json(run / METRICS_FILE))

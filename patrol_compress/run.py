@@ -20,15 +20,13 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from patrol_compress.contracts import META_FILE, MODEL_FILE
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
 from patrol_compress.models import BlockNet, build_model
 from patrol_compress.models.head import ReidHead
 from patrol_compress.models.residual import remove_residual_branches
 from patrol_compress.recipe import ModelConfig
-
-MODEL_FILE = "model.safetensors"
-META_FILE = "model.json"
 
 
 def save_model_file(path: Path, model: nn.Module) -> str:
@@ -39,9 +37,7 @@ def save_model_file(path: Path, model: nn.Module) -> str:
     return sha256_file(path)
 
 
-def save_run_model(
-    run_dir: Path, model: BlockNet, info: dict[str, Any], stem: str = "model"
-) -> None:
+def save_run_model(run_dir: Path, model: BlockNet, info: dict[str, Any]) -> None:
     """Save weights and description.
 
     ``info`` needs model, num_classes, in_channels, task and image_size.
@@ -52,16 +48,16 @@ def save_run_model(
     if missing:
         raise ModelError(f"model description lacks {missing}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    digest = save_model_file(run_dir / f"{stem}.safetensors", model)
+    digest = save_model_file(run_dir / MODEL_FILE, model)
     meta = dict(info)
     meta["input_shape"] = [info["in_channels"], info["image_size"], info["image_size"]]
-    meta["weights"] = {"file": f"{stem}.safetensors", "sha256": digest}
-    write_json(run_dir / f"{stem}.json", meta)
+    meta["weights"] = {"file": MODEL_FILE, "sha256": digest}
+    write_json(run_dir / META_FILE, meta)
 
 
-def load_run_model(run_dir: Path, stem: str = "model") -> tuple[BlockNet, dict[str, Any]]:
+def load_run_model(run_dir: Path) -> tuple[BlockNet, dict[str, Any]]:
     """Rebuild the model saved in ``run_dir`` (eval mode) and return it with its description."""
-    meta_path = run_dir / f"{stem}.json"
+    meta_path = run_dir / META_FILE
     if not meta_path.is_file():
         raise ArtifactError(
             f"{meta_path}: no saved model here (expected {META_FILE} from train/prune)"

@@ -30,6 +30,23 @@ from pathlib import Path
 from typing import Any
 
 from patrol_compress import distributed
+from patrol_compress.contracts import (
+    ATTACK_FILE,
+    ATTACK_GRID,
+    CHECKPOINTS_DIR,
+    DEFENSES_DIR,
+    EXPORT_DIR,
+    META_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PATROL_DIR,
+    PRUNED_DIR,
+    RECIPE_FILE,
+    SAMPLES_FILE,
+    STAGES_FILE,
+    TARGET_DIR,
+    VERSIONS_FILE,
+)
 from patrol_compress.errors import ArtifactError, OutputExistsError, RecipeError
 from patrol_compress.io import (
     LEDGER,
@@ -42,24 +59,22 @@ from patrol_compress.io import (
 from patrol_compress.locking import LOCK_FILE, FolderLock, acquire
 from patrol_compress.recipe import Recipe, dump_recipe
 
-STAGES_FILE = "stages.json"
-RECIPE_FILE = "recipe.resolved.yaml"
 OWNED = (
     STAGES_FILE,
     RECIPE_FILE,
-    "versions.json",
-    "metrics.json",
-    "model.safetensors",
-    "model.json",
-    "samples.png",
-    "target",
-    "patrol",
-    "pruned",
-    "checkpoints",
-    "export",
-    "defenses",
-    "attack.json",
-    "attack_grid.png",
+    VERSIONS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    META_FILE,
+    SAMPLES_FILE,
+    TARGET_DIR,
+    PATROL_DIR,
+    PRUNED_DIR,
+    CHECKPOINTS_DIR,
+    EXPORT_DIR,
+    DEFENSES_DIR,
+    ATTACK_FILE,
+    ATTACK_GRID,
 )
 WRITTEN_SUFFIXES = frozenset(
     {".safetensors", ".json", ".png", ".onnx", ".xml", ".bin", ".engine", ".cache", ".yaml"}
@@ -246,7 +261,7 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLoc
             clear_run(path)
         (path / LEDGER).touch()  # from here on, every file we write here is recorded
         write_text(path / RECIPE_FILE, text)
-        write_json(path / "versions.json", package_versions())
+        write_json(path / VERSIONS_FILE, package_versions())
     except BaseException:
         lock.release()
         raise

@@ -20,6 +20,7 @@ import torch
 
 from patrol_compress.attacks.base import ATTACKS, AttackContext, AttackError
 from patrol_compress.attacks.data import AttackData, build_attack_data
+from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID, METRICS_FILE, RECIPE_FILE
 from patrol_compress.data.base import DataBundle, ReidDataset
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import package_versions, write_json
@@ -34,11 +35,8 @@ from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import check_split
 from patrol_compress.privacy_config import AttackConfig, load_attack_config
 from patrol_compress.recipe import Recipe, load_recipe
-from patrol_compress.rundir import RECIPE_FILE
 
 DEFAULT_ATTACKS = ("blackbox", "whitebox", "adaptive")
-RESULT_FILE = "attack.json"
-GRID_FILE = "attack_grid.png"
 GRID_MIN_PIXELS = 96
 """Grid cells are enlarged (nearest neighbour) to at least this many pixels."""
 
@@ -201,8 +199,8 @@ def _run_budget(run: Path) -> dict[str, Any] | None:
     from patrol_compress.io import read_json
 
     for folder in (run, run.parent):
-        if (folder / "metrics.json").is_file():
-            budget = read_json(folder / "metrics.json").get("budget")
+        if (folder / METRICS_FILE).is_file():
+            budget = read_json(folder / METRICS_FILE).get("budget")
             return budget if isinstance(budget, dict) else None
     return None
 
@@ -408,7 +406,7 @@ def attack_model(
         floor_scores[key] = _score(data.eval_images, guess, data.eval_labels, recogniser, region)
     best = strongest(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = _grid(out_dir / GRID_FILE, data.eval_images, recons, cfg.grid_images)
+    rows = _grid(out_dir / ATTACK_GRID, data.eval_images, recons, cfg.grid_images)
     report = {
         "run": None if run_dir is None else str(run_dir),
         "label": f"split {split}",
@@ -432,10 +430,10 @@ def attack_model(
         "data": data.summary,
         "metric_note": METHOD_NOTE,
         "region_note": None if region is None else region[1],
-        "grid": {"file": GRID_FILE, "rows": rows},
+        "grid": {"file": ATTACK_GRID, "rows": rows},
         "model_weights_sha256": meta.get("weights", {}).get("sha256"),
         "config": cfg.model_dump(mode="json"),
         "versions": package_versions(),
     }
-    write_json(out_dir / RESULT_FILE, report)
+    write_json(out_dir / ATTACK_FILE, report)
     return report

@@ -7,9 +7,9 @@ imported inside the functions that use them.
 
 from __future__ import annotations
 
-from patrol_compress.bench.manifest_check import MANIFEST, read_manifest, verify_manifest
 from patrol_compress.bench.runner import bench, machine_info
 from patrol_compress.bench.runtimes import RUNTIME_NAMES, BenchError
+from patrol_compress.contracts import MANIFEST, read_manifest, verify_manifest
 
 __all__ = [
     "MANIFEST",

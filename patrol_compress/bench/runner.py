@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.bench.manifest_check import staged_copy, verify_manifest
+from patrol_compress.bench.manifest_check import staged_copy
 from patrol_compress.bench.memory import PeakRss
 from patrol_compress.bench.runtimes import (
     RUNTIME_NAMES,
@@ -37,6 +37,7 @@ from patrol_compress.bench.runtimes import (
     Runtime,
     runtime_version,
 )
+from patrol_compress.contracts import verify_manifest
 from patrol_compress.errors import ArtifactError, OutputExistsError
 from patrol_compress.io import package_versions, write_json
 

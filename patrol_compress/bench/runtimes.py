@@ -19,12 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from patrol_compress.contracts import EDGE_BIN, EDGE_ENGINE, EDGE_ONNX, EDGE_XML
 from patrol_compress.errors import ArtifactError, PatrolError, import_optional
-
-EDGE_ONNX = "edge.onnx"
-EDGE_XML = "edge.xml"
-EDGE_BIN = "edge.bin"
-EDGE_ENGINE = "edge.engine"
 
 
 class BenchError(PatrolError):

@@ -23,6 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from patrol_compress.contracts import (
+    ATTACK_FILE,
+    DEFENSES_DIR,
+    DEFENSES_FILE,
+    META_FILE,
+    TARGET_DIR,
+)
 from patrol_compress.errors import ArtifactError, RecipeError
 from patrol_compress.io import read_json, write_json
 from patrol_compress.privacy_config import AttackConfig, DefenseSweep
@@ -34,14 +41,12 @@ if TYPE_CHECKING:  # torch is imported where a sweep runs, not for the CLI's --h
     from patrol_compress.data.base import DataBundle
     from patrol_compress.models import BlockNet
 
-SUMMARY_FILE = "defenses.json"
-
 
 def target_folder(run: Path) -> Path:
     """The unpruned target of ``run``: ``run/target`` for a prune run, else ``run`` itself."""
-    if (run / "target" / "model.json").is_file():
-        return run / "target"
-    if (run / "model.json").is_file():
+    if (run / TARGET_DIR / META_FILE).is_file():
+        return run / TARGET_DIR
+    if (run / META_FILE).is_file():
         return run
     raise ArtifactError(f"{run}: no target model here (expected target/model.json or model.json)")
 
@@ -153,7 +158,7 @@ def defend(
     sweeps = select_sweeps(recipe, defenses, strengths)
     k = baseline_split(recipe, split)
     names = list(attacks) if attacks else list(recipe.defenses.attacks)
-    out_dir = Path(out) if out is not None else run / "defenses"
+    out_dir = Path(out) if out is not None else run / DEFENSES_DIR
     model, meta = load_run_model(target)
     check_split(model, k)
     bundle = build_data(recipe.data)
@@ -173,8 +178,8 @@ def defend(
     points: list[dict[str, Any]] = []
     for folder, sweep, strength in plan:
         dest = out_dir / folder
-        if (dest / "attack.json").is_file() and not force:
-            report = read_json(dest / "attack.json")
+        if (dest / ATTACK_FILE).is_file() and not force:
+            report = read_json(dest / ATTACK_FILE)
             seconds = report.get("defense_seconds", 0.0)
             if log:
                 log(f"{folder}: kept (attack.json exists; --force recomputes)")
@@ -206,5 +211,5 @@ def defend(
             }
         )
     summary = {"run": str(run), "target": str(target), "split": k, "points": points}
-    write_json(out_dir / SUMMARY_FILE, summary)
+    write_json(out_dir / DEFENSES_FILE, summary)
     return summary

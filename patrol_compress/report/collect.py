@@ -17,11 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID
 from patrol_compress.errors import ArtifactError
 
-ATTACK_FILE = "attack.json"
 UNLABELLED = "unlabelled"
-_DEFAULT_GRID = "attack_grid.png"
 
 
 @dataclass(frozen=True)
@@ -272,9 +271,9 @@ def _strongest(r: _Reader, attacks: dict[str, Score]) -> tuple[str, Score]:
 def _grid(path: Path, r: _Reader, attack_names: list[str]) -> Grid:
     raw = r.data.get("grid")
     if raw is None:
-        return Grid(path.parent / _DEFAULT_GRID, ["original", *attack_names])
+        return Grid(path.parent / ATTACK_GRID, ["original", *attack_names])
     m = r.mapping(raw, "grid")
-    file = r.text(m.get("file", _DEFAULT_GRID), "grid.file")
+    file = r.text(m.get("file", ATTACK_GRID), "grid.file")
     rows = m.get("rows", ["original", *attack_names])
     if not isinstance(rows, list) or not all(isinstance(x, str) for x in rows):
         r.fail("grid.rows", "a list of row names", _describe(rows))

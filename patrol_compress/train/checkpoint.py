@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from patrol_compress.contracts import CHECKPOINT_FILE
 from patrol_compress.errors import ArtifactError
 from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
-
-LAST = "last.json"
 
 
 def _opt_split(
@@ -76,7 +75,7 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
     write_json(
-        folder / LAST,
+        folder / CHECKPOINT_FILE,
         {
             "epoch": epoch,
             "file": path.name,
@@ -97,7 +96,7 @@ def load_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
     """Restore the last complete epoch; returns (epoch, extra tensors, info) or None."""
-    meta_path = folder / LAST
+    meta_path = folder / CHECKPOINT_FILE
     if not meta_path.is_file():
         return None
     meta = read_json(meta_path)
