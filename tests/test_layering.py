@@ -1,0 +1,129 @@
+"""The import graph runs one way (issue 15): no cycles, jobs below the pipeline, torch-free files.
+
+Module-level imports are read with ``ast`` (function-level ones and
+``if TYPE_CHECKING:`` blocks are not run at import time, so they cannot close a
+cycle); the root ``exporters/`` folder counts as ``patrol_compress.exporters``.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS_BELOW_PIPELINE = ("attacks", "defenses", "report")
+ABOVE_THEM = ("patrol_compress.pipeline", "patrol_compress.pruning.patrol")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, prefix in ((ROOT / "patrol_compress", []), (ROOT / "exporters", ["exporters"])):
+        for path in folder.rglob("*.py"):
+            parts = ["patrol_compress", *prefix, *path.relative_to(folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path, *, module_level: bool) -> set[str]:
+    """Modules of the package that ``name`` imports (at module level only, or anywhere)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ".".join(package[: len(package) - node.level + 1])
+                    base = f"{base}.{node.module}" if node.module else base
+                else:
+                    base = node.module or ""
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names)
+            nested = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            if nested and module_level:
+                continue
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                sub = getattr(node, field, None)
+                if isinstance(sub, list):
+                    visit(sub)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    # ``import a.b.c`` also runs a and a.b; a module's own parents are already running.
+    out = set()
+    for target in found:
+        parts = target.split(".")
+        for i in range(2, len(parts) + 1):
+            mod = ".".join(parts[:i])
+            if mod in MODULES and mod != name and not name.startswith(mod + "."):
+                out.add(mod)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            connect(v)
+    return found
+
+
+def test_module_level_import_graph_has_no_cycle() -> None:
+    graph = {m: _imports(m, p, module_level=True) for m, p in MODULES.items()}
+    assert _cycles(graph) == []
+
+
+def test_attacks_defenses_and_report_do_not_import_the_pipeline_or_patrol_training() -> None:
+    bad = []
+    for name, path in MODULES.items():
+        if name.split(".")[1:2] and name.split(".")[1] in JOBS_BELOW_PIPELINE:
+            for target in _imports(name, path, module_level=False):
+                if target in ABOVE_THEM:
+                    bad.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert bad == []
+
+
+def test_contracts_import_no_torch() -> None:
+    """The file contracts are read on edge devices and by the report: no torch there."""
+    code = "import sys, patrol_compress.contracts; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "False"
