@@ -1,0 +1,360 @@
+"""PATROL against plain pruning at matched accuracy: frontiers over seeds, with an interval.
+
+One PATROL point and one pruning-only point, each from one seed, cannot decide
+which method leaks less: they sit at different accuracies, and a seed moves
+accuracy by points and PSNR by a dB. This benchmark builds, for each method,
+several points that span accuracy (a *knob*, by default the recovery length)
+with several seeds each, attacks every point with the same suite
+(:func:`patrol_compress.attacks.attack`, strongest attack over families), and
+compares the methods' frontiers:
+
+* **frontier**: per method, the mean (over seeds) accuracy and strongest-attack
+  PSNR/SSIM of each knob value; the frontier is their lower envelope (a point
+  is on it unless another point of that method is at least as accurate and
+  leaks no more), linear in accuracy between frontier points;
+* **margin**: pruning-only's frontier minus PATROL's, averaged over a grid of
+  the accuracy range both frontiers cover (positive = PATROL leaks less at
+  matched accuracy); no margin where the ranges do not overlap;
+* **interval**: a bootstrap (``--bootstrap`` resamples) over seeds (each knob
+  value's seeds drawn with replacement) and evaluation images (per-image
+  scores of the strongest attack, the same images for every point), 95%.
+
+Seeds: ``--seeds`` are the seeds of everything after the target (PATROL,
+removal, recovery: the recipe's ``seed`` with the target's weights fixed);
+``--target-seeds`` trains one target per seed (a full run of the recipe with
+that seed) and repeats every point on each.
+
+    python benchmarks/privacy_frontier.py --dataset fashion-mnist --seeds 0,1
+    python benchmarks/privacy_frontier.py --knob patrol:adversarial.beta=0.0001,0.0004,0.0016
+
+It resumes every run and attacked point, and writes
+``privacy_frontier_<dataset>.{json,md}``, ``..._psnr.svg``/``..._ssim.svg`` and a
+``report`` page of every point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import privacy_tradeoff as tradeoff  # noqa: E402  (the shared run/attack helpers)
+
+from patrol_compress.io import package_versions, write_json, write_text  # noqa: E402
+from patrol_compress.recipe import Recipe, load_recipe  # noqa: E402
+
+METHODS: dict[str, dict[str, Any]] = {
+    "pruning-only": {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}},
+    "patrol": {},
+}
+DEFAULT_KNOB = "recovery_epochs=4,8,12"
+GRID = 50
+CONFIDENCE = 0.95
+GOAL = {"psnr_db": 1.5, "ssim": 0.05}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One attacked point: a method at one knob value, one seed, one target seed."""
+
+    method: str
+    value: float
+    seed: int
+    target_seed: int
+    accuracy: float
+    psnr: list[float]
+    ssim: list[float]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--dataset", choices=sorted(tradeoff.RECIPES), default="fashion-mnist")
+    parser.add_argument("--recipe", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=tradeoff.ROOT / "runs" / "frontier")
+    parser.add_argument("--out", type=Path, default=tradeoff.RESULTS)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="[METHOD:]PATH=V1,V2,...",
+        help=f"patrol setting varied to span accuracy (default {DEFAULT_KNOB}); a METHOD: "
+        "prefix applies it to one method only",
+    )
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--target-seeds", default="")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
+    for flag, kind, default in (
+        ("--attack-epochs", int, 60),
+        ("--attack-images", int, 0),
+        ("--base-width", int, None),
+        ("--min-width", int, None),
+        ("--patience", int, None),
+        ("--whitebox-steps", int, 600),
+        ("--whitebox-images", int, 32),
+        ("--eval-images", int, 180),
+    ):
+        parser.add_argument(flag, type=kind, default=default)
+    parser.add_argument("--attacks", default="blackbox,whitebox")
+    return parser.parse_args(argv)
+
+
+def knobs(specs: list[str], methods: list[str]) -> dict[str, tuple[list[str], list[float]]]:
+    """Per method, the dotted patrol-setting path and its values."""
+    out: dict[str, tuple[list[str], list[float]]] = {}
+    for spec in specs or [DEFAULT_KNOB]:
+        scope, _, rest = spec.rpartition(":") if ":" in spec.split("=")[0] else ("", "", spec)
+        path, _, values = rest.partition("=")
+        if not path or not values:
+            raise SystemExit(f"--knob: expected [METHOD:]PATH=V1,V2,..., found '{spec}'")
+        parsed = [float(v) for v in values.split(",") if v]
+        for m in [scope] if scope else methods:
+            out[m] = (path.split("."), parsed)
+    missing = [m for m in methods if m not in out]
+    if missing:
+        raise SystemExit(f"--knob: no knob for {', '.join(missing)}")
+    return out
+
+
+def point_recipe(
+    recipe: Recipe, method: str, path: list[str], value: float, seed: int, target: Path
+) -> Recipe:
+    """``recipe`` as ``method`` with ``patrol.<path> = value`` and ``seed``, from ``target``."""
+    data = recipe.model_dump(mode="json")
+    data["name"] = f"{recipe.name}_{method}_{'.'.join(path)}{value:g}_s{seed}"
+    data["seed"] = seed
+    data["train"]["checkpoint"] = str(target / "model.safetensors")
+    for key, patch in METHODS[method].items():
+        data["patrol"][key] = {**data["patrol"][key], **patch}
+    node = data["patrol"]
+    for key in path[:-1]:
+        node = node[key]
+    old = node[path[-1]]
+    node[path[-1]] = int(value) if isinstance(old, int) and not isinstance(old, bool) else value
+    return Recipe.model_validate(data)
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Lower envelope of (accuracy, leakage) points, by ascending accuracy.
+
+    A point is dropped when another is at least as accurate and leaks no more.
+    """
+    kept = [
+        (a, v)
+        for a, v in points
+        if not any((a2 >= a and v2 <= v) and (a2, v2) != (a, v) for a2, v2 in points)
+    ]
+    return sorted(set(kept))
+
+
+def interpolate(front: list[tuple[float, float]], accuracy: float) -> float:
+    """Leakage of the frontier at ``accuracy`` (linear between its points)."""
+    xs, ys = zip(*front, strict=True)
+    return float(np.interp(accuracy, xs, ys))
+
+
+def margin(baseline: list[tuple[float, float]], method: list[tuple[float, float]]) -> float | None:
+    """Mean of baseline - method over the accuracy range both cover (None: no overlap)."""
+    lo = max(baseline[0][0], method[0][0])
+    hi = min(baseline[-1][0], method[-1][0])
+    if hi < lo:
+        return None
+    grid = np.linspace(lo, hi, GRID) if hi > lo else np.array([lo])
+    return float(np.mean([interpolate(baseline, a) - interpolate(method, a) for a in grid]))
+
+
+def method_points(
+    records: list[Record], metric: str, images: np.ndarray | None = None, rng: Any = None
+) -> dict[str, list[tuple[float, float]]]:
+    """Per method, (mean accuracy, mean leakage) of each knob value over its seeds.
+
+    With ``rng`` the seeds of each knob value are drawn with replacement; with
+    ``images`` the per-image scores are averaged over those image indices.
+    """
+    groups: dict[tuple[str, float], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.method, r.value), []).append(r)
+    out: dict[str, list[tuple[float, float]]] = {}
+    for (m, _), rs in sorted(groups.items()):
+        chosen = [rs[int(i)] for i in rng.integers(0, len(rs), len(rs))] if rng is not None else rs
+        accs, vals = [], []
+        for r in chosen:
+            scores = np.asarray(getattr(r, metric))
+            accs.append(r.accuracy)
+            vals.append(float(scores[images].mean() if images is not None else scores.mean()))
+        out.setdefault(m, []).append((float(np.mean(accs)), float(np.mean(vals))))
+    return out
+
+
+def compare(
+    records: list[Record], metric: str, baseline: str, method: str, n_boot: int, seed: int = 0
+) -> dict[str, Any]:
+    """The margin of ``method`` below ``baseline`` and its bootstrap interval."""
+    pts = method_points(records, metric)
+    fronts = {m: frontier(p) for m, p in pts.items()}
+    point = margin(fronts[baseline], fronts[method])
+    n_img = {len(getattr(r, metric)) for r in records}
+    rng = np.random.default_rng(seed)
+    boot: list[float] = []
+    for _ in range(n_boot):
+        images = rng.integers(0, min(n_img), min(n_img)) if len(n_img) == 1 else None
+        sample = method_points(records, metric, images, rng)
+        m = margin(frontier(sample[baseline]), frontier(sample[method]))
+        if m is not None:
+            boot.append(m)
+    alpha = (1 - CONFIDENCE) / 2
+    interval = (
+        [float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))] if boot else None
+    )
+    return {
+        "margin": point,
+        "interval": interval,
+        "bootstrap_kept": len(boot),
+        "images_resampled": len(n_img) == 1,
+        "frontiers": {m: fronts[m] for m in (baseline, method)},
+        "points": pts,
+    }
+
+
+def record_of(report: dict[str, Any], method: str, value: float, seed: int, t: int) -> Record:
+    best = report["attacks"][report["strongest"]["attack"]]
+    return Record(
+        method,
+        value,
+        seed,
+        t,
+        float(report["accuracy"]["value"]),
+        list(best["per_image"]["psnr"]),
+        list(best["per_image"]["ssim"]),
+    )
+
+
+def svg(result: dict[str, Any], metric: str, accuracy_name: str) -> str:
+    """A small standalone plane: per-knob points and each method's frontier."""
+    colours = {"pruning-only": "#1f77b4", "patrol": "#d62728"}
+    pts = [p for ps in result["points"].values() for p in ps]
+    xs, ys = [p[0] * 100 for p in pts], [p[1] for p in pts]
+    x0, x1 = min(xs) - 1, max(xs) + 1
+    y0, y1 = min(ys) - 0.05 * (max(ys) - min(ys) + 1e-9), max(ys) + 0.05 * (max(ys) - min(ys) + 1)
+
+    def sx(x: float) -> float:
+        return 60 + (x * 100 - x0) / (x1 - x0) * 520
+
+    def sy(y: float) -> float:
+        return 330 - (y - y0) / (y1 - y0) * 300
+
+    out = [
+        '<svg xmlns="http://www.w3.org/2000/svg" width="640" height="380" '
+        'font-family="sans-serif" font-size="12">',
+        '<rect width="640" height="380" fill="#fff"/>',
+        '<line x1="60" y1="330" x2="580" y2="330" stroke="#000"/>',
+        '<line x1="60" y1="30" x2="60" y2="330" stroke="#000"/>',
+        f'<text x="320" y="365" text-anchor="middle">{accuracy_name} (%)</text>',
+        f'<text x="15" y="180" transform="rotate(-90 15 180)" text-anchor="middle">'
+        f"strongest-attack {metric.upper()}</text>",
+        f'<text x="60" y="345">{x0:.1f}</text><text x="580" y="345" text-anchor="end">'
+        f"{x1:.1f}</text>",
+        f'<text x="55" y="330" text-anchor="end">{y0:.2f}</text>'
+        f'<text x="55" y="35" text-anchor="end">{y1:.2f}</text>',
+    ]
+    for i, (m, front) in enumerate(result["frontiers"].items()):
+        c = colours.get(m, "#555")
+        line = " ".join(f"{sx(a):.1f},{sy(v):.1f}" for a, v in front)
+        out.append(f'<polyline points="{line}" fill="none" stroke="{c}" stroke-width="2"/>')
+        out += [
+            f'<circle cx="{sx(a):.1f}" cy="{sy(v):.1f}" r="4" fill="{c}"/>'
+            for a, v in result["points"][m]
+        ]
+        out.append(f'<text x="470" y="{50 + 16 * i}" fill="{c}">{m}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    def log(text: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {text}", flush=True)
+
+    recipe = load_recipe(args.recipe or tradeoff.RECIPES[args.dataset])
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or "pruning-only" not in methods or len(methods) < 2:
+        raise SystemExit(f"--methods: pruning-only and at least one of {sorted(METHODS)}")
+    plan = knobs(args.knob, methods)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    target_seeds = [int(s) for s in args.target_seeds.split(",") if s] or [recipe.seed]
+    cfg = tradeoff.attack_config(args, recipe.attack)
+    attacks = [a for a in args.attacks.split(",") if a]
+    work = args.work / args.dataset
+    records: list[Record] = []
+    for t in target_seeds:
+        base = recipe.model_copy(update={"seed": t})
+        target = tradeoff.ensure_prune(base, work / f"base-t{t}", log) / "target"
+        for m in methods:
+            path, values = plan[m]
+            for value in values:
+                for s in seeds:
+                    name = f"{m}-{'.'.join(path)}{value:g}-s{s}-t{t}"
+                    r = point_recipe(recipe, m, path, value, s, target)
+                    run = tradeoff.ensure_prune(r, work / "runs" / name, log)
+                    rep = tradeoff.attack_point(
+                        run, recipe.patrol.split, cfg, attacks, work / "points" / name, log, name
+                    )
+                    records.append(record_of(rep, m, value, s, t))
+    result: dict[str, Any] = {
+        "dataset": args.dataset,
+        "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *(argv or [])]),
+        "attack_summary": tradeoff.attack_summary(cfg, attacks),
+        "seeds": seeds,
+        "target_seeds": target_seeds,
+        "knobs": {m: {"path": ".".join(p), "values": v} for m, (p, v) in plan.items()},
+        "records": [
+            r.__dict__ | {"psnr": float(np.mean(r.psnr)), "ssim": float(np.mean(r.ssim))}
+            for r in records
+        ],
+        "comparisons": {},
+        "versions": package_versions(),
+    }
+    stem = f"privacy_frontier_{args.dataset.replace('-', '_')}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Privacy frontier: {args.dataset}", "", f"Attack: {result['attack_summary']}.", ""]
+    for m in methods:
+        if m == "pruning-only":
+            continue
+        for metric in ("psnr", "ssim"):
+            c = compare(records, metric, "pruning-only", m, args.bootstrap)
+            result["comparisons"][f"{m}/{metric}"] = c
+            write_text(args.out / f"{stem}_{m}_{metric}.svg", svg(c, metric, "accuracy"))
+            iv = c["interval"]
+            lines.append(
+                f"- {m} vs pruning-only, {metric.upper()} margin at matched accuracy: "
+                + ("no common accuracy range" if c["margin"] is None else f"{c['margin']:+.3f}")
+                + ("" if iv is None else f" (95% bootstrap [{iv[0]:+.3f}, {iv[1]:+.3f}])")
+                + f" (goal >= {GOAL[metric]})"
+            )
+    write_json(args.out / f"{stem}.json", result)
+    write_text(args.out / f"{stem}.md", "\n".join(lines) + "\n")
+    from patrol_compress.report import build_report
+
+    build_report(
+        [work / "points"], work / "report.html", title=f"Frontier: {args.dataset}", force=True
+    )
+    log(f"wrote {args.out / stem}.json, .md, the planes and {work / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

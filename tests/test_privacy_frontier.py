@@ -1,0 +1,84 @@
+"""The frontier arithmetic of benchmarks/privacy_frontier.py on hand-made records."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from patrol_compress.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    path = ROOT / "benchmarks" / "privacy_frontier.py"
+    spec = importlib.util.spec_from_file_location("privacy_frontier", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["privacy_frontier"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frontier_keeps_the_lower_envelope(bench: ModuleType) -> None:
+    pts = [(0.80, 15.0), (0.85, 16.0), (0.84, 17.0), (0.90, 18.0), (0.70, 16.0)]
+    # (0.84, 17) is beaten by (0.85, 16); (0.70, 16) by (0.80, 15).
+    assert bench.frontier(pts) == [(0.80, 15.0), (0.85, 16.0), (0.90, 18.0)]
+    assert bench.interpolate(bench.frontier(pts), 0.825) == pytest.approx(15.5)
+
+
+def test_margin_over_the_common_range_only(bench: ModuleType) -> None:
+    base = [(0.80, 18.0), (0.90, 20.0)]
+    method = [(0.85, 16.0), (0.95, 18.0)]
+    # Common range 0.85..0.90: base 19..20, method 16..17 -> margin 3 everywhere.
+    assert bench.margin(base, method) == pytest.approx(3.0)
+    assert bench.margin(base, [(0.91, 10.0), (0.99, 11.0)]) is None
+
+
+def rec(bench: ModuleType, method: str, value: float, seed: int, acc: float, psnr: float) -> Any:
+    scores = [psnr - 1.0, psnr + 1.0] * 5  # mean psnr, spread over 10 images
+    return bench.Record(method, value, seed, 0, acc, scores, [s / 40 for s in scores])
+
+
+def test_compare_gives_a_margin_and_an_interval_that_excludes_zero(bench: ModuleType) -> None:
+    records = []
+    for seed, jitter in ((0, 0.0), (1, 0.2)):
+        for value, acc, po, pat in (
+            (4, 0.80, 18.0, 15.0),
+            (8, 0.85, 19.0, 16.0),
+            (12, 0.9, 20.0, 17.0),
+        ):
+            records.append(rec(bench, "pruning-only", value, seed, acc, po + jitter))
+            records.append(rec(bench, "patrol", value, seed, acc + 0.001, pat + jitter))
+    c = bench.compare(records, "psnr", "pruning-only", "patrol", n_boot=200)
+    assert c["margin"] == pytest.approx(3.0, abs=0.1)
+    lo, hi = c["interval"]
+    assert 0 < lo <= c["margin"] <= hi
+    assert c["images_resampled"] is True
+
+
+def test_point_recipe_sets_method_knob_seed_and_target(bench: ModuleType, tmp_path: Path) -> None:
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    r = bench.point_recipe(recipe, "pruning-only", ["recovery_epochs"], 8.0, 3, tmp_path)
+    assert r.patrol.recovery_epochs == 8 and isinstance(r.patrol.recovery_epochs, int)
+    assert not r.patrol.lipschitz.enabled and not r.patrol.adversarial.enabled
+    assert r.seed == 3 and r.train.checkpoint == tmp_path / "model.safetensors"
+    beta = bench.point_recipe(recipe, "patrol", ["adversarial", "beta"], 0.002, 0, tmp_path)
+    assert beta.patrol.adversarial.beta == 0.002 and beta.patrol.adversarial.enabled
+
+
+def test_knob_specs_per_method(bench: ModuleType) -> None:
+    plan = bench.knobs(
+        ["patrol:adversarial.beta=0.1,0.2", "pruning-only:recovery_epochs=4,8"],
+        ["pruning-only", "patrol"],
+    )
+    assert plan["patrol"] == (["adversarial", "beta"], [0.1, 0.2])
+    assert plan["pruning-only"] == (["recovery_epochs"], [4.0, 8.0])
+    assert bench.knobs([], ["pruning-only", "patrol"])["patrol"][0] == ["recovery_epochs"]
