@@ -158,6 +158,9 @@ def test_attack_json_records_families_convergence_and_floors(run: Path, tmp_path
         assert rec["epochs_run"] == len(curve) >= 1
         assert rec["stopped"] in ("plateau", "epochs")
         assert max(c["val_psnr"] for c in curve) == pytest.approx(rec["best_val_psnr"])
+    per_image = bb["per_image"]
+    assert len(per_image["psnr"]) == len(per_image["ssim"]) == bb["images"]
+    assert sum(per_image["psnr"]) / bb["images"] == pytest.approx(bb["psnr"], abs=1e-2)
     data = info["data"]
     assert data["images_used"] == data["images_available"]  # no cap: all the attacker's images
     assert data["train_images"] + data["val_images"] == data["images_used"]
