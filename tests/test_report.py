@@ -434,3 +434,76 @@ def test_report_renders_in_chromium(results: Path, tmp_path: Path) -> None:
             browser.close()
     assert problems == []
     assert all(r == url or r.startswith("data:") for r in requests), requests
+
+
+def _set_attacker(
+    folder: Path, epochs: int, families: tuple[str, str] = ("upsample", "grey")
+) -> None:
+    """Give a point's attack.json the settings ``attack`` records (config and info)."""
+    path = folder / "attack.json"
+    data = json.loads(path.read_text())
+    data["config"] = {"blackbox": {"epochs": epochs}, "whitebox": {"steps": 600}}
+    data["attacks"]["blackbox"]["info"] = {
+        "family": families[0],
+        "epochs_run": min(epochs, 5),
+        "data": {"images_used": 1080},
+    }
+    data["attacks"]["whitebox"]["info"] = {"family": families[1], "images": 64}
+    path.write_text(json.dumps(data))
+
+
+def _settings_rows(md: str) -> dict[str, list[str]]:
+    section = md.split("### Attack settings", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    return {r.split(" | ")[0].removeprefix("| "): r.split(" | ")[1:] for r in rows}
+
+
+def test_report_shows_the_attack_settings_behind_each_point(results: Path, tmp_path: Path) -> None:
+    for folder, *_ in POINTS:
+        _set_attacker(results / folder, 30)
+    _set_attacker(results / "patrol4", 3, ("mirror", "decoder"))  # a weaker attacker
+    out = tmp_path / "r.html"
+    args = ["report", str(results / "none2"), str(results / "patrol4"), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    md, html = out.with_suffix(".md").read_text(), out.read_text()
+    rows = _settings_rows(md)
+    assert rows["PATROL split 4"][2:4] == [
+        "mirror, 3 of max 3 epochs, 1,080 images",
+        "decoder, 600 steps, 64 images",
+    ]
+    assert rows["no defense split 2"][2:4] == [
+        "upsample, 5 of max 30 epochs, 1,080 images",
+        "grey, 600 steps, 64 images",
+    ]
+    assert "mirror, 3 of max 3 epochs, 1,080 images" in html
+    assert "attacked with 2 different settings" in md and "attacked with 2 different" in html
+    assert "(attacked with different settings)" in md
+
+
+def test_points_attacked_alike_get_no_settings_warning(results: Path, tmp_path: Path) -> None:
+    for folder, *_ in POINTS:
+        _set_attacker(results / folder, 30)
+    _set_attacker(results / "patrol4", 30, ("mirror", "decoder"))  # another winner, same config
+    out = tmp_path / "r.html"
+    args = ["report", str(results / "none2"), str(results / "patrol4"), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    md = out.with_suffix(".md").read_text()
+    assert "different settings" not in md and "different settings" not in out.read_text()
+
+
+def test_headline_compares_patrol_with_the_undefended_budget_split(
+    results: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.html"
+    assert _report(results, out).exit_code == 0
+    # strongest PSNR 16.10 vs 26.30 dB; SSIM 0.2773 vs 0.7409 (none2: split 2 = fit_split)
+    headline = "PATROL split 4: PSNR -38.8% / SSIM -62.6% vs undefended split 2"
+    md = out.with_suffix(".md").read_text()
+    assert f"**{headline}, accuracy +0.5 points.**" in md
+    assert md.index(headline) < md.index("## Summary")
+    assert f'<p class="headline"><strong>{headline}' in out.read_text()
+
+    shutil.rmtree(results / "none2")  # no undefended point at the budget split: no headline
+    again = tmp_path / "again.html"
+    assert _report(results, again).exit_code == 0
+    assert "vs undefended" not in again.with_suffix(".md").read_text()

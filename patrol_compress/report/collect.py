@@ -56,6 +56,24 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class AttackSettings:
+    """How strong one attack of a point was, as far as its attack.json tells.
+
+    ``family``: the decoder family (black-box, adaptive) or white-box init that
+    scored best; ``epochs_run`` of at most ``epochs`` (the config's cap) for a
+    trained decoder, ``steps`` for the white-box optimisation; ``images``: the
+    attacker's training images (decoders) or the images inverted (white-box).
+    Every field is optional: older files hold fewer facts.
+    """
+
+    family: str | None = None
+    epochs_run: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    images: int | None = None
+
+
+@dataclass(frozen=True)
 class Point:
     """One attacked model: a point on the privacy-utility plane and a table row."""
 
@@ -80,6 +98,9 @@ class Point:
     region_note: str | None = None
     command: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, AttackSettings] = field(default_factory=dict)
+    """Per attack (same keys as ``attacks``): the settings behind its score."""
+    eval_images: int | None = None
 
 
 def find_attack_files(paths: list[Path]) -> list[Path]:
@@ -241,6 +262,39 @@ def _point(path: Path, r: _Reader) -> Point:
         region_note=_optional_text(r, "region_note"),
         command=_command(r),
         versions=_versions(r),
+        settings={name: _settings(d, name, v) for name, v in raw_attacks.items()},
+        eval_images=_int(_get(d, "data", "eval_images")),
+    )
+
+
+def _get(d: Any, *keys: str) -> Any:
+    """``d[k1][k2]...``, or None where a level is missing or not an object."""
+    for key in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _int(value: Any) -> int | None:
+    """A count for display: a non-negative integer, else None (never fails: shown as '-')."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _settings(d: dict[str, Any], name: str, result: Any) -> AttackSettings:
+    """The settings of attack ``name``: its result's ``info`` and the file's ``config``."""
+    info = _get(result, "info")
+    family = _get(info, "family")
+    # A decoder records its training data; the white-box attack the images it inverted.
+    images = _get(info, "data", "images_used")
+    return AttackSettings(
+        family=family[:40] if isinstance(family, str) and family else None,
+        epochs_run=_int(_get(info, "epochs_run")),
+        epochs=_int(_get(d, "config", name, "epochs")),
+        steps=_int(_get(d, "config", name, "steps")),
+        images=_int(images if images is not None else _get(info, "images")),
     )
 
 

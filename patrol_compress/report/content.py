@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patrol_compress import __version__
-from patrol_compress.report.collect import Point
+from patrol_compress.report.collect import AttackSettings, Point
 from patrol_compress.report.images import GridImage
 from patrol_compress.report.plot import plotted, unplotted
-from patrol_compress.report.tables import Table, edge_table, sources_table, summary_table
+from patrol_compress.report.tables import (
+    Table,
+    edge_table,
+    settings_table,
+    sources_table,
+    summary_table,
+)
 
 DEFAULT_TITLE = "patrol-compress privacy report"
 
@@ -29,6 +35,12 @@ READING_GUIDE = (
     "label-only baseline as the mean image of its class (or of its identity's other images). "
     "An attack that does not beat the higher of the two in PSNR and SSIM is marked "
     "ATTACK FAILED (hollow, dashed in the plots): it measures a weak attacker, not privacy."
+)
+SETTINGS_GUIDE = (
+    "What each attacker was: the decoder family (or white-box start) that scored best, the "
+    "epochs it trained of the configured maximum (it stops earlier on a plateau) or the "
+    "white-box steps, and the images it trained on (white-box: the images it inverted). "
+    "Scores of differently configured attackers are not comparable."
 )
 PLANE_GUIDE = (
     "x: accuracy of the attacked (defended) model; y: what the strongest attack recovers. "
@@ -54,6 +66,51 @@ class Report:
     @property
     def edge(self) -> Table:
         return edge_table(self.points)
+
+    @property
+    def settings(self) -> Table:
+        return settings_table(self.points)
+
+    @property
+    def settings_note(self) -> str | None:
+        """A warning when the points' attackers differ (their scores are not comparable)."""
+        kinds = _unique(_attacker(p) for p in self.points)
+        if len(kinds) < 2:
+            return None
+        return (
+            f"The points were attacked with {len(kinds)} different settings (see the table): "
+            "compare leakage only between points attacked alike."
+        )
+
+    @property
+    def headlines(self) -> list[str]:
+        """'PATROL split 4: PSNR -38.8% / SSIM -62.6% vs undefended split 2' per PATROL point.
+
+        Only where the report holds the undefended point at the PATROL point's
+        budget split (``budget.fit_split``: where an unpruned edge had to be cut);
+        both compared by their strongest attack.
+        """
+        out = []
+        for p in self.points:
+            k = (p.budget or {}).get("fit_split")
+            if p.series.lower() != "patrol" or isinstance(k, bool) or not isinstance(k, int):
+                continue
+            base = next((b for b in self.points if b.series == "none" and b.split == k), None)
+            if base is None:
+                continue
+            line = (
+                f"{p.label}: PSNR {_change(p.strongest_score.psnr, base.strongest_score.psnr)} / "
+                f"SSIM {_change(p.strongest_score.ssim, base.strongest_score.ssim)} "
+                f"vs undefended split {k}"
+            )
+            if p.accuracy is not None and base.accuracy is not None:
+                line += f", accuracy {100 * (p.accuracy.value - base.accuracy.value):+.1f} points"
+            if _attacker(p) != _attacker(base):
+                line += " (attacked with different settings)"
+            if p.attack_failed or base.attack_failed:
+                line += " (ATTACK FAILED on one of them: not a privacy measurement)"
+            out.append(line + ".")
+        return out
 
     @property
     def sources(self) -> Table:
@@ -118,6 +175,26 @@ class Report:
     @property
     def generator(self) -> str:
         return f"written by patrol-compress {__version__} (report)"
+
+
+def _attacker(p: Point) -> str:
+    """What was configured for a point's attacks (caps, steps, images), as one string.
+
+    The family that won and the epochs run before a plateau differ between
+    points attacked alike, so they are left out.
+    """
+    parts = []
+    for a in sorted(p.attacks):
+        s = p.settings.get(a) or AttackSettings()
+        parts.append(f"{a}: epochs {s.epochs}, steps {s.steps}, images {s.images}")
+    return "; ".join(parts) + f"; {p.eval_images} images scored"
+
+
+def _change(value: float, base: float) -> str:
+    """Relative change in percent, signed: '-38.8%'."""
+    if base == 0:
+        return "n/a"
+    return f"{100 * (value - base) / base:+.1f}%"
 
 
 def _unique(values: Iterable[str | None]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from patrol_compress.report.content import PLANE_GUIDE, READING_GUIDE, Report
+from patrol_compress.report.content import PLANE_GUIDE, READING_GUIDE, SETTINGS_GUIDE, Report
 from patrol_compress.report.plot import plane_svg
 from patrol_compress.report.tables import Table
 
@@ -56,12 +56,17 @@ def render_html(report: Report) -> str:
         f"<title>{t}</title><style>{_CSS}</style></head><body>",
         f"<h1>{t}</h1>",
         f"<p>{escape(report.counts_line)}</p>",
+        *[f'<p class="headline"><strong>{escape(h)}</strong></p>' for h in report.headlines],
         '<nav><a href="#summary-section">summary</a><a href="#plane-section">plane</a>'
         '<a href="#edge-section">edge partition</a><a href="#grids-section">grids</a>'
         '<a href="#method-section">method</a><a href="#provenance-section">provenance</a></nav>',
         '<h2 id="summary-section">Summary</h2>',
         f'<p class="note">{escape(READING_GUIDE)}</p>',
         _table(report.summary, report),
+        '<h3 id="settings-section">Attack settings</h3>',
+        f'<p class="note">{escape(SETTINGS_GUIDE)}</p>',
+        _table(report.settings, report),
+        *([f'<p class="note settings-note">{escape(n)}</p>' for n in [report.settings_note] if n]),
         '<h2 id="plane-section">Privacy-utility plane</h2>',
         f'<p class="note">{escape(PLANE_GUIDE)}</p>',
         f"<figure>{plane_svg(report.points, 'psnr')}</figure>",

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from patrol_compress.report.content import PLANE_GUIDE, READING_GUIDE, Report
+from patrol_compress.report.content import PLANE_GUIDE, READING_GUIDE, SETTINGS_GUIDE, Report
 from patrol_compress.report.tables import Table
 
 
@@ -31,12 +31,20 @@ def render_markdown(report: Report, assets: Assets) -> str:
         "",
         report.counts_line,
         "",
+        *[line for h in report.headlines for line in (f"**{_inline(h)}**", "")],
         "## Summary",
         "",
         READING_GUIDE,
         "",
         *_table(report.summary),
         "",
+        "### Attack settings",
+        "",
+        SETTINGS_GUIDE,
+        "",
+        *_table(report.settings),
+        "",
+        *([_inline(report.settings_note), ""] if report.settings_note else []),
         "## Privacy-utility plane",
         "",
         PLANE_GUIDE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from patrol_compress.report.collect import Point
+from patrol_compress.report.collect import AttackSettings, Point
 
 MISSING = "-"
 _KNOWN_ATTACKS = ("blackbox", "whitebox", "adaptive")
@@ -110,6 +110,37 @@ def edge_table(points: list[Point]) -> Table:
             ]
         )
     return Table("edge", headers, rows, [h != "point" for h in headers])
+
+
+def settings_table(points: list[Point]) -> Table:
+    """The attack settings behind each point's scores: a 3-epoch and a 30-epoch attacker
+    are not the same measurement."""
+    attacks = attack_names(points)
+    headers = ["point", "split", "images scored", *(f"{a} settings" for a in attacks)]
+    rows = []
+    for p in points:
+        row = [p.label, str(p.split), count(p.eval_images)]
+        for a in attacks:
+            row.append(MISSING if a not in p.attacks else settings_text(p.settings.get(a)))
+        rows.append(row)
+    return Table("settings", headers, rows, [h in ("split", "images scored") for h in headers])
+
+
+def settings_text(s: AttackSettings | None) -> str:
+    """'upsample, 12 of max 30 epochs, 1,080 images' (what the file tells; '-' if nothing)."""
+    if s is None:
+        return MISSING
+    parts = [] if s.family is None else [s.family]
+    if s.epochs_run is not None:
+        cap = "" if s.epochs is None else f" of max {s.epochs:,}"
+        parts.append(f"{s.epochs_run:,}{cap} epochs")
+    elif s.epochs is not None:
+        parts.append(f"max {s.epochs:,} epochs")
+    if s.steps is not None:
+        parts.append(f"{s.steps:,} steps")
+    if s.images is not None:
+        parts.append(f"{s.images:,} images")
+    return ", ".join(parts) or MISSING
 
 
 def sources_table(points: list[Point], sources: list[str]) -> Table:
