@@ -17,7 +17,7 @@ import numpy as np
 
 from patrol_compress.contracts import MANIFEST, read_manifest, verify_manifest
 from patrol_compress.io import package_versions, sha256_file
-from patrol_compress.metrics.flops import count_macs, count_params, weight_bytes
+from patrol_compress.metrics.flops import count_macs, count_params, used_modules, weight_bytes
 
 from .base import ExportJob
 
@@ -46,6 +46,8 @@ def build_manifest(
     MACs count convolutions and linear layers for one image.
     """
     edge_out = [int(d) for d in job.edge_ref.shape[1:]]
+    # What cloud.onnx holds: not the classifier a re-id head only uses in training.
+    cloud_used = used_modules(job.cloud, edge_out)
     element_bytes = np.dtype(job.sent_dtype).itemsize
     manifest: dict[str, Any] = {
         "split": split,
@@ -64,8 +66,8 @@ def build_manifest(
             "bytes_sent": int(np.prod(edge_out)) * element_bytes,
         },
         "cloud": {
-            "params": count_params(job.cloud),
-            "weight_bytes": weight_bytes(job.cloud, job.precision),
+            "params": count_params(job.cloud, cloud_used),
+            "weight_bytes": weight_bytes(job.cloud, job.precision, cloud_used),
             "macs": count_macs(job.cloud, tuple(edge_out)),
         },
         "versions": package_versions(),

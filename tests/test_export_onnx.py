@@ -113,6 +113,12 @@ def test_manifest_describes_partitions(fp32_artifact: tuple[BlockNet, Path]) -> 
     assert manifest["edge"]["weight_bytes"] == 4 * count_params(edge)
     assert manifest["edge"]["macs"] == count_macs(edge, SHAPE)
     assert manifest["cloud"]["macs"] == count_macs(cloud, (16, 8, 8))
+    # cloud.onnx emits the re-id embedding: the classifier (64 x 10) is not in it
+    classifier = cloud.get_submodule("head.classifier").weight.numel()
+    assert manifest["cloud"]["params"] == count_params(cloud) - classifier == 164_928
+    assert manifest["cloud"]["weight_bytes"] == 4 * manifest["cloud"]["params"]
+    initializers = {i.name for i in onnx.load(str(out / "cloud.onnx")).graph.initializer}
+    assert not any("classifier" in name for name in initializers)
     assert manifest["edge"]["bytes_sent"] == 16 * 8 * 8 * 4
     assert set(manifest["files"]) == {"edge.onnx", "cloud.onnx"}
     for name, entry in manifest["files"].items():

@@ -110,3 +110,16 @@ def test_head_outputs_by_mode() -> None:
     cls = build_model(ModelConfig(width=0.125, stem="small"), 9, task="classification").eval()
     assert cls(x).shape == (4, 9)
     assert isinstance(model.head.classifier, nn.Linear)
+
+
+@pytest.mark.parametrize("task", ["reid", "classification"])
+def test_used_modules_leave_out_a_classifier_only_training_uses(task: str) -> None:
+    from patrol_compress.metrics.flops import count_params, used_modules
+    from patrol_compress.models.head import ReidHead
+
+    head = ReidHead(8, 5, task)  # type: ignore[arg-type]
+    used = used_modules(head, (8, 2, 2))
+    assert (head.classifier in used) == (task == "classification")
+    neck = 2 * 8  # BatchNorm1d weight and bias
+    assert count_params(head, used) == neck + (5 * 8 if task == "classification" else 0)
+    assert head.training  # the eval-mode forward left the flags as they were
