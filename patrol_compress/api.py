@@ -25,11 +25,12 @@ def prune(
     resume: bool = False,
     force: bool = False,
     quiet: bool = False,
+    keep_checkpoints: str = "all",
 ) -> dict[str, Any]:
     """Target -> PATROL fine-tuning -> removal -> recovery -> evaluation; returns metrics."""
     from patrol_compress.pipeline import prune as run_prune
 
-    return run_prune(_recipe(recipe), out, resume, force, quiet)
+    return run_prune(_recipe(recipe), out, resume, force, quiet, keep_checkpoints)
 
 
 def train(
@@ -38,11 +39,12 @@ def train(
     resume: bool = False,
     force: bool = False,
     quiet: bool = False,
+    keep_checkpoints: str = "all",
 ) -> dict[str, Any]:
     """Train (or load) and evaluate the target model only; returns its metrics."""
     from patrol_compress.pipeline import train_only
 
-    return train_only(_recipe(recipe), out, resume, force, quiet)
+    return train_only(_recipe(recipe), out, resume, force, quiet, keep_checkpoints)
 
 
 def export(

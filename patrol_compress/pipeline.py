@@ -64,6 +64,7 @@ from patrol_compress.run import (
     save_run_model,
 )
 from patrol_compress.rundir import RunDir, open_run
+from patrol_compress.train.checkpoint import drop_checkpoints
 from patrol_compress.train.evaluate import evaluate, headline
 from patrol_compress.train.target import check_batches, train_target
 
@@ -190,8 +191,13 @@ def prune(
     resume: bool = False,
     force: bool = False,
     quiet: bool = False,
+    keep_checkpoints: str = "all",
 ) -> dict[str, Any]:
-    """Run the whole PATROL job for ``recipe``; returns the metrics written to metrics.json."""
+    """Run the whole PATROL job for ``recipe``; returns the metrics written to metrics.json.
+
+    ``keep_checkpoints``: which stage checkpoints stay once the job succeeded
+    (:func:`~patrol_compress.train.checkpoint.drop_checkpoints`).
+    """
     ctx = distributed.current()
     quiet = quiet or not ctx.main
     checked: dict[str, int | None] = {}
@@ -201,7 +207,9 @@ def prune(
 
     run, data = _open_with_data(recipe, out, resume, force, preflight)
     with run:  # the run folder stays locked until the job ends
-        return _prune_stages(recipe, run, data, checked["budget"], resume, quiet)
+        metrics = _prune_stages(recipe, run, data, checked["budget"], resume, quiet)
+        ctx.run_on_main(lambda: drop_checkpoints(run.path, keep_checkpoints))
+        return metrics
 
 
 def _prune_stages(
@@ -450,6 +458,7 @@ def train_only(
     resume: bool = False,
     force: bool = False,
     quiet: bool = False,
+    keep_checkpoints: str = "all",
 ) -> dict[str, Any]:
     """The ``train`` command: data and target stages, then accuracy into metrics.json."""
     ctx = distributed.current()
@@ -461,7 +470,9 @@ def train_only(
 
     run, data = _open_with_data(recipe, out, resume, force, preflight)
     with run:  # the run folder stays locked until the job ends
-        return _train_stages(recipe, run, data, resume, quiet)
+        metrics = _train_stages(recipe, run, data, resume, quiet)
+        ctx.run_on_main(lambda: drop_checkpoints(run.path, keep_checkpoints))
+        return metrics
 
 
 def _train_stages(

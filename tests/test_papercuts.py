@@ -15,6 +15,8 @@ from patrol_compress.cli.app import app
 from patrol_compress.privacy_config import AttackConfig
 from patrol_compress.train.loop import EpochReporter, run_stage
 
+from .helpers import tiny_recipe_dict, write_recipe
+
 runner = CliRunner()
 
 
@@ -115,3 +117,54 @@ def test_make_demo_passes_threads(tmp_path: Path, threads: str) -> None:
     for line in commands:
         assert (f"--threads {threads}" if threads else "--threads") in line or not threads, line
         assert "--threads" not in line or threads, line
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _fake_checkpoints(run: Path) -> None:
+    for stage in ("target", "patrol", "recover"):
+        folder = run / "checkpoints" / stage
+        folder.mkdir(parents=True)
+        (folder / "last.json").write_text("{}")
+        (folder / "epoch-0002.safetensors").write_bytes(b"x")
+    (run / "checkpoints" / "patrol" / "mine.txt").write_text("a user's note")
+
+
+@pytest.mark.parametrize(
+    ("keep", "left"),
+    [
+        ("all", ["patrol/epoch-0002.safetensors", "patrol/last.json", "patrol/mine.txt",
+                 "recover/epoch-0002.safetensors", "recover/last.json",
+                 "target/epoch-0002.safetensors", "target/last.json"]),
+        ("last", ["patrol/mine.txt", "recover/epoch-0002.safetensors", "recover/last.json"]),
+        ("none", ["patrol/mine.txt"]),
+    ],
+)  # fmt: skip
+def test_drop_checkpoints_keeps_what_was_asked_and_the_users_files(
+    tmp_path: Path, keep: str, left: list[str]
+) -> None:
+    from patrol_compress.train.checkpoint import drop_checkpoints
+
+    _fake_checkpoints(tmp_path)
+    drop_checkpoints(tmp_path, keep)
+    root = tmp_path / "checkpoints"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == left
+
+
+def test_prune_keep_checkpoints_last_keeps_one_and_the_run_still_resumes(tmp_path: Path) -> None:
+    data = tiny_recipe_dict(tmp_path, epochs=1, recovery_epochs=1)
+    data["train"]["epochs"] = 1
+    recipe = write_recipe(tmp_path, data)
+    run = tmp_path / "run"
+    result = cli("prune", recipe, "--quiet", "--keep-checkpoints", "last")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["recover"]
+    assert (run / "checkpoints" / "recover" / "last.json").is_file()
+    before = {p: p.read_bytes() for p in run.rglob("*.safetensors")}
+    again = cli("prune", recipe, "--quiet", "--resume", "--keep-checkpoints", "none")
+    assert again.exit_code == 0, again.output
+    assert not (run / "checkpoints").exists()
+    assert {p: p.read_bytes() for p in run.rglob("*.safetensors")} == {
+        p: b for p, b in before.items() if "checkpoints" not in p.parts
+    }

@@ -170,7 +170,7 @@ import os, sys
 import patrol_compress.api as api
 from patrol_compress.errors import DataError
 
-def prune(recipe, out, resume, force, quiet):
+def prune(recipe, out, resume, force, quiet, **options):
     secret_in_a_local = os.environ["PATROL_TEST_SECRET"]
     if sys.argv[1] == "user-error":
         raise DataError("a user error")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from patrol_compress.cli.common import threads_option, use_threads, user_errors
+from patrol_compress.cli.common import choice_option, threads_option, use_threads, user_errors
 from patrol_compress.errors import PatrolError
 
 OUT = typer.Option(None, "--out", help="Output directory (overrides the recipe's output_dir).")
@@ -21,6 +21,13 @@ RESUME = typer.Option(False, "--resume", help="Continue an interrupted run in th
 FORCE = typer.Option(False, "--force", help="Overwrite a previous run (only files we wrote).")
 QUIET = typer.Option(False, "--quiet", help="No progress bars or tables.")
 THREADS = threads_option()
+KEEP = choice_option(
+    "all",
+    "--keep-checkpoints",
+    ("all", "last", "none"),
+    "Once the job succeeded: keep every training stage's latest checkpoint (all), only the "
+    "last stage's (last) or none (a finished run needs none to resume, export or attack).",
+)
 
 
 def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
@@ -41,6 +48,7 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
         force: bool = FORCE,
         quiet: bool = QUIET,
         threads: int | None = THREADS,
+        keep_checkpoints: str = KEEP,
     ) -> None:
         use_threads(threads)
         from patrol_compress import distributed
@@ -48,7 +56,14 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
         run = getattr(importlib.import_module("patrol_compress.api"), name)
         with distributed.session() as ctx:
             try:
-                run(recipe, out, resume, force, quiet or not ctx.main)
+                run(
+                    recipe,
+                    out,
+                    resume,
+                    force,
+                    quiet or not ctx.main,
+                    keep_checkpoints=keep_checkpoints,
+                )
             except PatrolError as exc:
                 if getattr(exc, "from_main_rank", False):
                     return  # rank 0 reports it

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from patrol_compress.contracts import CHECKPOINT_FILE
+from patrol_compress.contracts import CHECKPOINT_FILE, CHECKPOINTS_DIR
 from patrol_compress.errors import ArtifactError
 from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
 
@@ -124,3 +124,38 @@ def load_checkpoint(
     torch.set_rng_state(tensors["rng:torch"])
     extra = {k[len("extra:") :]: v for k, v in tensors.items() if k.startswith("extra:")}
     return epoch, extra, meta.get("info", {})
+
+
+_STAGE_ORDER = ("target", "patrol", "recover")
+
+
+def drop_checkpoints(run: Path, keep: str) -> list[Path]:
+    """After a job succeeded: remove the stages' checkpoints ``keep`` does not keep.
+
+    Every finished stage keeps its latest epoch's checkpoint (``all``, the
+    default) although a finished run needs none of them: its stages are done
+    and its models saved. ``last`` keeps only the last training stage's
+    (target, then patrol, then recover), ``none`` none. Only our files go (a
+    stage's ``last.json`` and ``epoch-*.safetensors``); folders left empty go
+    too. Returns the stage folders emptied.
+    """
+    root = run / CHECKPOINTS_DIR
+    if keep == "all" or not root.is_dir():
+        return []
+    stages = sorted(
+        (p for p in root.iterdir() if p.is_dir() and (p / CHECKPOINT_FILE).is_file()),
+        key=lambda p: (
+            _STAGE_ORDER.index(p.name) if p.name in _STAGE_ORDER else len(_STAGE_ORDER),
+            p.name,
+        ),
+    )
+    dropped = stages[:-1] if keep == "last" else stages
+    for folder in dropped:
+        (folder / CHECKPOINT_FILE).unlink()  # first: a half-removed stage is no checkpoint
+        for tensors in folder.glob("epoch-*.safetensors"):
+            tensors.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if not any(root.iterdir()):
+        root.rmdir()
+    return dropped
