@@ -86,6 +86,7 @@ T = TypeVar("T")
 
 TIMEOUT_ENV = "PATROL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
+MAX_TIMEOUT_S = 864_000.0  # 10 days
 _BURN_CHUNK = 1 << 20
 
 
@@ -459,8 +460,11 @@ def timeout_seconds() -> float:
         value = float(raw) if raw else DEFAULT_TIMEOUT_S
     except ValueError:
         raise errors.PatrolError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise errors.PatrolError(f"{TIMEOUT_ENV} must be positive, found {value}")
+    # NaN passes "<= 0" and then breaks timedelta with a traceback; inf overflows it.
+    if not (0 < value <= MAX_TIMEOUT_S):
+        raise errors.PatrolError(
+            f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds in (0, {MAX_TIMEOUT_S:.0f}]"
+        )
     return value
 
 

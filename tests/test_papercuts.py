@@ -168,3 +168,14 @@ def test_prune_keep_checkpoints_last_keeps_one_and_the_run_still_resumes(tmp_pat
     assert {p: p.read_bytes() for p in run.rglob("*.safetensors")} == {
         p: b for p, b in before.items() if "checkpoints" not in p.parts
     }
+
+
+# --------------------------------------------------------------------------- item 11 leftovers
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "1e30", "soon"])
+def test_bad_dist_timeout_is_one_line(tmp_path: Path, value: str) -> None:
+    env = {"WORLD_SIZE": "2", "RANK": "0", "PATROL_DIST_TIMEOUT": value}
+    result = runner.invoke(app, ["train", str(tmp_path / "r.yaml")], env=env)
+    line = one_error_line(result)
+    assert line.startswith(f"error: PATROL_DIST_TIMEOUT={value!r}"), line
