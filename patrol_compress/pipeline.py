@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import load_file
 
 from patrol_compress import distributed
 from patrol_compress.contracts import (
@@ -42,7 +41,7 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
-from patrol_compress.errors import ModelError, TrainingError
+from patrol_compress.errors import ArtifactError, ModelError, TrainingError
 from patrol_compress.io import read_json, write_json
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
@@ -328,8 +327,12 @@ def _patrol_stages(
 
             ctx.run_on_main(save_patrol)
     else:
-        load_resized(model, load_file(str(run / PATROL_DIR / MASKED_WEIGHTS_FILE)), "patrol/masked")
-    summary = read_json(run / PATROL_DIR / PATROL_SUMMARY_FILE)
+        masked = run / PATROL_DIR / MASKED_WEIGHTS_FILE  # a corrupt file is one line
+        load_resized(model, read_state_dict(masked), "patrol/masked")
+    summary_path = run / PATROL_DIR / PATROL_SUMMARY_FILE
+    summary = read_json(summary_path)
+    if not isinstance(summary, dict) or not {"mask_sparsity", "surrogate_psnr"} <= summary.keys():
+        raise ArtifactError(f"{summary_path}: lacks mask_sparsity/surrogate_psnr; it is corrupt")
     metrics["mask_sparsity"] = summary["mask_sparsity"]
     metrics["surrogate_psnr"] = summary["surrogate_psnr"]
 

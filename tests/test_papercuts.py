@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -179,3 +180,56 @@ def test_bad_dist_timeout_is_one_line(tmp_path: Path, value: str) -> None:
     result = runner.invoke(app, ["train", str(tmp_path / "r.yaml")], env=env)
     line = one_error_line(result)
     assert line.startswith(f"error: PATROL_DIST_TIMEOUT={value!r}"), line
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny prune run (one epoch per stage)."""
+    from patrol_compress.pipeline import prune
+    from patrol_compress.recipe import parse_recipe
+
+    root = tmp_path_factory.mktemp("finished")
+    data = tiny_recipe_dict(root, epochs=1, recovery_epochs=1)
+    data["train"]["epochs"] = 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prune(parse_recipe(data), quiet=True)
+    finally:
+        torch.set_num_threads(before)
+    return root / "run"
+
+
+def _resume_after_patrol(finished_run: Path, tmp_path: Path) -> Path:
+    """A copy of the run as if it had stopped right after the PATROL stage."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    stages = json.loads((run / "stages.json").read_text())
+    names = list(stages)
+    kept = {k: stages[k] for k in names[: names.index("patrol") + 1]}
+    (run / "stages.json").write_text(json.dumps(kept))
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_masked_weights_on_resume_is_one_line(
+    finished_run: Path, tmp_path: Path, damage: str
+) -> None:
+    run = _resume_after_patrol(finished_run, tmp_path)
+    masked = run / "patrol" / "masked.safetensors"
+    data = masked.read_bytes()
+    masked.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"\xff" * 64, "empty": b""}[damage]
+    )
+    recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
+    line = one_error_line(cli("prune", recipe, "--out", run, "--resume", "--quiet"))
+    assert line == f"error: {masked}: cannot read weights (SafetensorError)", line
+
+
+def test_patrol_summary_without_its_keys_on_resume_is_one_line(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    run = _resume_after_patrol(finished_run, tmp_path)
+    (run / "patrol" / "summary.json").write_text('{"history": []}')
+    recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
+    line = one_error_line(cli("prune", recipe, "--out", run, "--resume", "--quiet"))
+    assert "summary.json: lacks mask_sparsity/surrogate_psnr" in line
