@@ -233,3 +233,27 @@ def test_patrol_summary_without_its_keys_on_resume_is_one_line(
     recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
     line = one_error_line(cli("prune", recipe, "--out", run, "--resume", "--quiet"))
     assert "summary.json: lacks mask_sparsity/surrogate_psnr" in line
+
+
+@pytest.mark.parametrize(
+    "command", ["prune", "train", "export", "attack", "defend", "report", "bench"]
+)
+def test_out_whose_name_is_not_utf8_is_one_line(tmp_path: Path, command: str) -> None:
+    # What Python makes of the argument bytes b"out\xff" on Linux (surrogateescape).
+    bad = tmp_path / "out\udcff"
+    recipe = write_recipe(tmp_path, tiny_recipe_dict(tmp_path))
+    missing = tmp_path / "missing"
+    args: dict[str, tuple[object, ...]] = {
+        "prune": ("prune", recipe, "--out", bad),
+        "train": ("train", recipe, "--out", bad),
+        "export": ("export", missing, "--target", "onnx", "--out", bad),
+        "attack": ("attack", missing, "--out", bad),
+        "defend": ("defend", missing, "--out", bad),
+        "report": ("report", missing, "--out", tmp_path / "r\udcff.html"),
+        "bench": ("bench", missing, "--json", tmp_path / "b\udcff.json"),
+    }
+    option = "--json" if command == "bench" else "--out"
+    line = one_error_line(cli(*args[command]))
+    assert line.startswith(f"error: {option} {tmp_path}/") and "\\udcff" in line, line
+    assert line.endswith(": the name is not valid UTF-8; choose a UTF-8 path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]

@@ -7,7 +7,13 @@ from typing import Any
 
 import typer
 
-from patrol_compress.cli.common import console, threads_option, use_threads, user_errors
+from patrol_compress.cli.common import (
+    check_utf8_path,
+    console,
+    threads_option,
+    use_threads,
+    user_errors,
+)
 
 ATTACK = typer.Option(
     "blackbox,whitebox,adaptive",
@@ -40,6 +46,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Reconstruct images from the edge's features; report PSNR, SSIM and attack accuracy."""
         use_threads(threads)
+        check_utf8_path(out, "--out")
         from patrol_compress.api import attack as run_attacks
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]

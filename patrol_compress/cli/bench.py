@@ -13,7 +13,13 @@ import typer
 from rich.table import Table
 
 from patrol_compress.bench import RUNTIME_NAMES, BenchError, bench
-from patrol_compress.cli.common import check_threads, choice_option, console, user_errors
+from patrol_compress.cli.common import (
+    check_threads,
+    check_utf8_path,
+    choice_option,
+    console,
+    user_errors,
+)
 
 
 def parse_batches(text: str) -> list[int]:
@@ -80,6 +86,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Verify an export's checksums, then time its edge partition per batch size."""
         check_threads(threads)
+        check_utf8_path(json_path, "--json")
         report = bench(
             artifact_dir,
             runtime=runtime,

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -92,6 +93,23 @@ def check_threads(threads: int | None) -> None:
         raise UsageError(
             f"--threads {threads}: expected 1..{cores} (the CPU cores this process may use)"
         )
+
+
+def check_utf8_path(path: Path | None, option: str) -> None:
+    """An output path must have a UTF-8 name (Linux passes any bytes as ``\\udcXX`` escapes).
+
+    safetensors, the YAML/JSON we write and the ledger need a UTF-8 name; without
+    this check a whole job ran and failed on its last read.
+    """
+    if path is None:
+        return
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise UsageError(
+            f"{option} {shown}: the name is not valid UTF-8; choose a UTF-8 path"
+        ) from None
 
 
 def threads_option() -> Any:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from patrol_compress.cli.common import console, threads_option, use_threads, user_errors
+from patrol_compress.cli.common import (
+    check_utf8_path,
+    console,
+    threads_option,
+    use_threads,
+    user_errors,
+)
 
 DEFENSE = typer.Option(
     None,
@@ -61,6 +67,7 @@ def register(app: typer.Typer) -> None:
         from patrol_compress.privacy_config import load_attack_config
 
         use_threads(threads)
+        check_utf8_path(out, "--out")
         settings = None if config is None else load_attack_config(config)
         names = [d.strip() for d in defense.split(",") if d.strip()] if defense else None
         attacks = [a.strip() for a in attack.split(",") if a.strip()] if attack else None

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from patrol_compress.cli.common import (
+    check_utf8_path,
     choice_option,
     console,
     threads_option,
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export a run's edge and cloud partitions, checked against torch, with a manifest."""
         use_threads(threads)
+        check_utf8_path(out, "--out")
         from patrol_compress.exporters import export_run
 
         manifest = export_run(run, split, target, precision, out, force, opset)

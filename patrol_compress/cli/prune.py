@@ -13,7 +13,13 @@ from pathlib import Path
 
 import typer
 
-from patrol_compress.cli.common import choice_option, threads_option, use_threads, user_errors
+from patrol_compress.cli.common import (
+    check_utf8_path,
+    choice_option,
+    threads_option,
+    use_threads,
+    user_errors,
+)
 from patrol_compress.errors import PatrolError
 
 OUT = typer.Option(None, "--out", help="Output directory (overrides the recipe's output_dir).")
@@ -51,6 +57,7 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
         keep_checkpoints: str = KEEP,
     ) -> None:
         use_threads(threads)
+        check_utf8_path(out, "--out")
         from patrol_compress import distributed
 
         run = getattr(importlib.import_module("patrol_compress.api"), name)

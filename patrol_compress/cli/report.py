@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from patrol_compress.cli.common import console, user_errors
+from patrol_compress.cli.common import check_utf8_path, console, user_errors
 
 PATHS = typer.Argument(..., help="attack.json files, or folders searched recursively for them.")
 OUT = typer.Option(
@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         """Tables, the privacy-utility plane and reconstruction grids from attack results."""
         from patrol_compress.report import build_report
 
+        check_utf8_path(out, "--out")
         if out is None:
             first = paths[0]
             out = (first.parent if first.suffix == ".json" else first) / "report.html"
