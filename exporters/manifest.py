@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.contracts import MANIFEST, read_manifest, verify_manifest
+from patrol_compress.contracts import (
+    MANIFEST,
+    Manifest,
+    check_record,
+    read_manifest,
+    verify_manifest,
+)
 from patrol_compress.io import package_versions, sha256_file
 from patrol_compress.metrics.flops import count_macs, count_params, used_modules, weight_bytes
 
@@ -75,4 +81,5 @@ def build_manifest(
     if job.notes:
         manifest["notes"] = dict(job.notes)
     manifest.update(extra or {})
+    check_record(Manifest, manifest, job.work_dir / MANIFEST)  # what every reader will check
     return manifest

@@ -20,7 +20,14 @@ import torch
 
 from patrol_compress.attacks.base import ATTACKS, AttackContext, AttackError
 from patrol_compress.attacks.data import AttackData, build_attack_data
-from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID, METRICS_FILE, RECIPE_FILE
+from patrol_compress.contracts import (
+    ATTACK_FILE,
+    ATTACK_GRID,
+    METRICS_FILE,
+    RECIPE_FILE,
+    AttackResult,
+    check_record,
+)
 from patrol_compress.data.base import DataBundle, ReidDataset
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import package_versions, write_json
@@ -442,5 +449,6 @@ def attack_model(
         "config": cfg.model_dump(mode="json"),
         "versions": package_versions(),
     }
+    check_record(AttackResult, report, out_dir / ATTACK_FILE)  # what the report will read
     write_json(out_dir / ATTACK_FILE, report)
     return report

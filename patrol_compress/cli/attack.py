@@ -14,6 +14,7 @@ from patrol_compress.cli.common import (
     use_threads,
     user_errors,
 )
+from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID
 
 ATTACK = typer.Option(
     "blackbox,whitebox,adaptive",
@@ -87,7 +88,7 @@ def _print(report: dict[str, Any], folder: Path) -> None:
     rec = report["recogniser"]
     console.print(
         f"recogniser on clean images: {rec['clean_accuracy']:.1%} (chance {rec['chance']:.1%}); "
-        f"wrote {folder / 'attack.json'} and {folder / 'attack_grid.png'}",
+        f"wrote {folder / ATTACK_FILE} and {folder / ATTACK_GRID}",
         highlight=False,
     )
 

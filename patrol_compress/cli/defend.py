@@ -13,6 +13,7 @@ from patrol_compress.cli.common import (
     use_threads,
     user_errors,
 )
+from patrol_compress.contracts import DEFENSES_FILE
 
 DEFENSE = typer.Option(
     None,
@@ -86,7 +87,7 @@ def register(app: typer.Typer) -> None:
         folder = out if out is not None else run / "defenses"
         console.print(
             f"{len(summary['points'])} points at split {summary['split']}; "
-            f"wrote {folder / 'defenses.json'}",
+            f"wrote {folder / DEFENSES_FILE}",
             highlight=False,
             markup=False,
         )

@@ -15,9 +15,10 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID
+from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID, AttackResult, Counts, check_record
+from patrol_compress.contracts import Score as RecordScore
 from patrol_compress.errors import ArtifactError
 
 UNLABELLED = "unlabelled"
@@ -160,111 +161,40 @@ def load_point(path: Path) -> Point:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: expected a readable UTF-8 JSON file ({exc})") from None
-    return _point(path, _Reader(path, data))
+    return _point(path, check_record(AttackResult, data, path))
 
 
-class _Reader:
-    """Typed access to one JSON document; every mismatch names the file and the key."""
-
-    def __init__(self, path: Path, data: Any) -> None:
-        self.path = path
-        if not isinstance(data, dict):
-            self.fail("", "a JSON object", type(data).__name__)
-        self.data: dict[str, Any] = data
-
-    def fail(self, key: str, expected: str, found: str) -> NoReturn:
-        where = f" {key}:" if key else ""
-        raise ArtifactError(f"{self.path}:{where} expected {expected}, found {found}")
-
-    def required(self, key: str) -> Any:
-        if self.data.get(key) is None:
-            self.fail(key, _EXPECT[key], "nothing")
-        return self.data[key]
-
-    def number(self, value: Any, dotted: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(dotted, "a number", _describe(value))
-        if not math.isfinite(value):
-            self.fail(dotted, "a finite number", str(value))
-        return float(value)
-
-    def text(self, value: Any, dotted: str) -> str:
-        if not isinstance(value, str):
-            self.fail(dotted, "a string", _describe(value))
-        return str(value)
-
-    def mapping(self, value: Any, dotted: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(dotted, "an object", _describe(value))
-        return dict(value)
-
-    def score(self, value: Any, dotted: str) -> Score:
-        m = self.mapping(value, dotted)
-        for key in ("psnr", "ssim"):
-            if key not in m:
-                self.fail(f"{dotted}.{key}", f"the {key.upper()} (a number)", "nothing")
-        acc = m.get("attack_accuracy")
-        return Score(
-            psnr=self.number(m["psnr"], f"{dotted}.psnr"),
-            ssim=self.number(m["ssim"], f"{dotted}.ssim"),
-            attack_accuracy=None if acc is None else self.number(acc, f"{dotted}.attack_accuracy"),
-        )
-
-
-_EXPECT = {
-    "split": "the split point (an integer >= 1)",
-    "attacks": "an object {attack name: {psnr, ssim, ...}} with at least one attack",
-}
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return f"a string ({value[:40]!r})"
-    return type(value).__name__
-
-
-def _point(path: Path, r: _Reader) -> Point:
-    d = r.data
-    split = r.required("split")
-    if isinstance(split, bool) or not isinstance(split, int) or split < 1:
-        r.fail("split", _EXPECT["split"], _describe(split))
-    raw_attacks = r.mapping(r.required("attacks"), "attacks")
-    if not raw_attacks:
-        r.fail("attacks", _EXPECT["attacks"], "an empty object")
-    attacks = {name: r.score(v, f"attacks.{name}") for name, v in raw_attacks.items()}
-    strongest, strongest_score = _strongest(r, attacks)
-    mean = d.get("mean_image")
-    label_only = d.get("label_only")
-    failed = d.get("attack_failed", False)
-    if not isinstance(failed, bool):
-        r.fail("attack_failed", "true or false", _describe(failed))
-    label = d.get("label")
-    series = d.get("series")
+def _point(path: Path, r: AttackResult) -> Point:
+    extra = r.model_extra or {}  # keys the record leaves untyped: data, config, ...
+    strongest, strongest_score = _strongest(r)
     return Point(
         source=path,
-        label=_default_label(path, d, split) if label is None else r.text(label, "label"),
-        series=UNLABELLED if series is None else r.text(series, "series"),
-        split=split,
-        attacks=attacks,
+        label=_default_label(path, r) if r.label is None else r.label,
+        series=UNLABELLED if r.series is None else r.series,
+        split=r.split,
+        attacks={name: _score(s) for name, s in r.attacks.items()},
         strongest=strongest,
         strongest_score=strongest_score,
-        grid=_grid(path, r, list(attacks)),
-        mean_image=None if mean is None else r.score(mean, "mean_image"),
-        label_only=None if label_only is None else r.score(label_only, "label_only"),
-        attack_failed=failed,
+        grid=_grid(path, r),
+        mean_image=None if r.mean_image is None else _score(r.mean_image),
+        label_only=None if r.label_only is None else _score(r.label_only),
+        attack_failed=r.attack_failed,
         defense=_defense(r),
-        accuracy=_accuracy(r),
-        edge=_counts(r, "edge", ("params", "weight_bytes", "macs", "bytes_sent")),
-        budget=_counts(r, "budget", ("params", "fit_split")),
-        metric_note=_optional_text(r, "metric_note"),
-        region_note=_optional_text(r, "region_note"),
-        command=_command(r),
-        versions=_versions(r),
-        settings={name: _settings(d, name, v) for name, v in raw_attacks.items()},
-        eval_images=_int(_get(d, "data", "eval_images")),
+        accuracy=None if r.accuracy is None else Accuracy(r.accuracy.metric, r.accuracy.value),
+        edge=_counts(r.edge),
+        budget=_counts(r.budget),
+        metric_note=r.metric_note,
+        region_note=r.region_note,
+        command=r.command,
+        versions=r.versions,
+        settings={name: _settings(extra, name, s.model_extra) for name, s in r.attacks.items()},
+        eval_images=_int(_get(extra, "data", "eval_images")),
     )
+
+
+def _defense(r: AttackResult) -> Defense | None:
+    d = r.defense
+    return None if d is None else Defense(d.name, d.parameter, d.strength)
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -298,96 +228,42 @@ def _settings(d: dict[str, Any], name: str, result: Any) -> AttackSettings:
     )
 
 
-def _default_label(path: Path, d: dict[str, Any], split: int) -> str:
+def _score(s: RecordScore) -> Score:
+    return Score(psnr=s.psnr, ssim=s.ssim, attack_accuracy=s.attack_accuracy)
+
+
+def _default_label(path: Path, r: AttackResult) -> str:
     """Old files have no label: name the run folder (``run/target`` for a target model)."""
-    run = d.get("run")
-    folder = Path(run) if isinstance(run, str) and run else path.resolve().parent
+    folder = Path(r.run) if r.run else path.resolve().parent
     name = folder.name or str(folder)
     if name == "target" and folder.parent.name:
         name = f"{folder.parent.name}/target"
-    return f"{name} split {split}"
+    return f"{name} split {r.split}"
 
 
-def _strongest(r: _Reader, attacks: dict[str, Score]) -> tuple[str, Score]:
+def _strongest(r: AttackResult) -> tuple[str, Score]:
     """The attack with the highest PSNR: the file's own pick when it names one."""
-    given = r.data.get("strongest")
-    if given is None:
+    attacks = r.attacks
+    if r.strongest is None:
         name = max(attacks, key=lambda a: attacks[a].psnr)
-        return name, attacks[name]
-    m = r.mapping(given, "strongest")
-    name = r.text(m.get("attack"), "strongest.attack")
-    base = attacks.get(name)
-    psnr = r.number(m.get("psnr"), "strongest.psnr")
-    ssim = r.number(m.get("ssim"), "strongest.ssim")
-    return name, Score(psnr, ssim, None if base is None else base.attack_accuracy)
+        return name, _score(attacks[name])
+    given = r.strongest
+    base = attacks.get(given.attack)
+    accuracy = None if base is None else base.attack_accuracy
+    return given.attack, Score(given.psnr, given.ssim, accuracy)
 
 
-def _grid(path: Path, r: _Reader, attack_names: list[str]) -> Grid:
-    raw = r.data.get("grid")
-    if raw is None:
-        return Grid(path.parent / ATTACK_GRID, ["original", *attack_names])
-    m = r.mapping(raw, "grid")
-    file = r.text(m.get("file", ATTACK_GRID), "grid.file")
-    rows = m.get("rows", ["original", *attack_names])
-    if not isinstance(rows, list) or not all(isinstance(x, str) for x in rows):
-        r.fail("grid.rows", "a list of row names", _describe(rows))
-    return Grid(path.parent / file, list(rows))
+def _grid(path: Path, r: AttackResult) -> Grid:
+    default_rows = ["original", *r.attacks]
+    if r.grid is None:
+        return Grid(path.parent / ATTACK_GRID, default_rows)
+    rows = default_rows if r.grid.rows is None else r.grid.rows
+    return Grid(path.parent / r.grid.file, list(rows))
 
 
-def _defense(r: _Reader) -> Defense | None:
-    raw = r.data.get("defense")
-    if raw is None:
-        return None
-    m = r.mapping(raw, "defense")
-    param = m.get("parameter")
-    strength = m.get("strength")
-    return Defense(
-        name=r.text(m.get("name"), "defense.name"),
-        parameter=None if param is None else r.text(param, "defense.parameter"),
-        strength=None if strength is None else r.number(strength, "defense.strength"),
-    )
-
-
-def _accuracy(r: _Reader) -> Accuracy | None:
-    raw = r.data.get("accuracy")
-    if raw is None:
-        return None
-    m = r.mapping(raw, "accuracy")
-    value = r.number(m.get("value"), "accuracy.value")
-    if not 0.0 <= value <= 1.0:
-        r.fail("accuracy.value", "a fraction in [0, 1]", str(value))
-    return Accuracy(metric=r.text(m.get("metric"), "accuracy.metric"), value=value)
-
-
-def _counts(r: _Reader, key: str, numeric: tuple[str, ...]) -> dict[str, Any] | None:
-    """Edge/budget facts: the numbers are checked, anything else is kept as it is."""
-    raw = r.data.get(key)
-    if raw is None:
-        return None
-    m = r.mapping(raw, key)
-    for name in numeric:
-        if m.get(name) is not None:
-            r.number(m[name], f"{key}.{name}")
-    return m
-
-
-def _optional_text(r: _Reader, key: str) -> str | None:
-    value = r.data.get(key)
-    return None if value is None else r.text(value, key)
-
-
-def _command(r: _Reader) -> str | None:
-    value = r.data.get("command")
-    if isinstance(value, list) and all(isinstance(x, str) for x in value):
-        return " ".join(value)
-    return None if value is None else r.text(value, "command")
-
-
-def _versions(r: _Reader) -> dict[str, str]:
-    value = r.data.get("versions")
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items()}
+def _counts(counts: Counts | None) -> dict[str, Any] | None:
+    """Edge/budget facts as the file has them (the record checked the named counts)."""
+    return None if counts is None else counts.model_dump(exclude_unset=True)
 
 
 # Baselines first, then the method, then the other defenses; unknown series after.
