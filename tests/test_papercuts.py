@@ -257,3 +257,29 @@ def test_out_whose_name_is_not_utf8_is_one_line(tmp_path: Path, command: str) ->
     assert line.startswith(f"error: {option} {tmp_path}/") and "\\udcff" in line, line
     assert line.endswith(": the name is not valid UTF-8; choose a UTF-8 path")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+@pytest.mark.parametrize("command", ["validate", "prune"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"num_identities": 100_000, "num_cameras": 64, "images_per_camera": 64},
+        {"num_identities": 20_000, "num_cameras": 16, "images_per_camera": 8, "image_size": 256},
+    ],
+)
+def test_absurd_generated_dataset_sizes_are_one_line(
+    tmp_path: Path, command: str, data: dict[str, int]
+) -> None:
+    recipe = tiny_recipe_dict(tmp_path)
+    recipe["data"].update(data)
+    path = write_recipe(tmp_path, recipe)
+    result = cli(command, path)
+    if command == "validate":  # validate's own format: "FILE: field: problem", one per problem
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        line = lines[0].removeprefix(f"{path}: ")
+    else:
+        line = one_error_line(result).removeprefix(f"error: {path}: ")
+    assert line.startswith("data: the generated dataset would hold"), line
+    assert "at most 16 GiB" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]  # no run, no cache

@@ -23,6 +23,10 @@ SEED_MAX = 2**31 - 1
 """Seeds feed torch, numpy (below 2**32) and derived seeds (seed + k), so they stay small."""
 
 
+MAX_GENERATED_BYTES = 16 * 2**30
+"""Largest generated (synthetic-vehicles) dataset, in bytes of 8-bit RGB pixels."""
+
+
 class DataConfig(StrictModel):
     """Which dataset, where it lives, and how images are prepared."""
 
@@ -50,6 +54,23 @@ class DataConfig(StrictModel):
     def _root_needed(self) -> DataConfig:
         if self.kind != "synthetic-vehicles" and self.root is None:
             raise ValueError(f"data.root is required for data.kind '{self.kind}'")
+        return self
+
+    @model_validator(mode="after")
+    def _generated_size(self) -> DataConfig:
+        """The generated set is held in memory: refuse sizes no machine holds (each field
+        alone is in range; their product made a run hang or die for lack of memory)."""
+        if self.kind != "synthetic-vehicles":
+            return self
+        images = self.num_identities * self.num_cameras * self.images_per_camera
+        size = images * self.image_size**2 * 3
+        if size > MAX_GENERATED_BYTES:
+            raise ValueError(
+                f"the generated dataset would hold {images:,} images of "
+                f"{self.image_size}x{self.image_size} ({size / 2**30:,.0f} GiB); at most "
+                f"{MAX_GENERATED_BYTES // 2**30} GiB: lower num_identities, num_cameras, "
+                "images_per_camera or image_size"
+            )
         return self
 
 
