@@ -283,3 +283,38 @@ def test_absurd_generated_dataset_sizes_are_one_line(
     assert line.startswith("data: the generated dataset would hold"), line
     assert "at most 16 GiB" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]  # no run, no cache
+
+
+@pytest.fixture(scope="module")
+def artifact(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from patrol_compress.exporters import export_run
+
+    out = tmp_path_factory.mktemp("export") / "onnx-split2-fp32"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_run(finished_run, 2, "onnx", out=out)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("shape", "words"),
+    [
+        ([3, 100_000, 100_000], "a batch of 1 would take 111.8 GiB (at most 4 GiB)"),
+        ([-3, 32, 32], "expected positive sizes"),
+        ([3, 0, 32], "expected positive sizes"),
+        ([3, 16, 16], "the edge partition does not run on input shape [1, 3, 16, 16]"),
+        ([1, 32, 32], "the edge partition does not run on input shape [1, 1, 32, 32]"),
+    ],
+)
+def test_bench_input_shape_the_model_does_not_take_is_one_line(
+    artifact: Path, tmp_path: Path, shape: list[int], words: str
+) -> None:
+    copy = Path(shutil.copytree(artifact, tmp_path / "art"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["input_shape"] = shape
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    line = one_error_line(cli("bench", copy, "--batch", "1", "--runs", "1", "--warmup", "0"))
+    assert words in line, line

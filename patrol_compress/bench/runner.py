@@ -37,7 +37,7 @@ from patrol_compress.bench.runtimes import (
     Runtime,
     runtime_version,
 )
-from patrol_compress.contracts import verify_manifest
+from patrol_compress.contracts import MANIFEST, verify_manifest
 from patrol_compress.errors import ArtifactError, OutputExistsError
 from patrol_compress.io import package_versions, write_json
 
@@ -159,6 +159,28 @@ def _time_batches(
     return results, rss_method, edge_files
 
 
+MAX_INPUT_BYTES = 4 * 2**30
+"""Largest float32 input batch bench generates (a larger input_shape is refused, not tried)."""
+
+
+def _input_shape(shape: list[int], root: Path, batch: int) -> tuple[int, ...]:
+    """manifest.json's input_shape: positive sizes whose largest batch fits in memory.
+
+    An edited manifest (its own checksum is not listed) made bench die with a
+    MemoryError or a numpy ValueError traceback while drawing the random input.
+    """
+    where = f"{root / MANIFEST}: input_shape {shape}"
+    if not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise ArtifactError(f"{where}: expected positive sizes (C, H, W of the exported model)")
+    need = batch * math.prod(shape) * 4
+    if need > MAX_INPUT_BYTES:
+        raise ArtifactError(
+            f"{where}: a batch of {batch} would take {need / 2**30:,.1f} GiB (at most "
+            f"{MAX_INPUT_BYTES // 2**30} GiB); this is not the shape the model was exported for"
+        )
+    return tuple(shape)
+
+
 def bench(
     artifact_dir: Path | str,
     runtime: str = "onnxruntime",
@@ -191,7 +213,7 @@ def bench(
     manifest = verify_manifest(root)
     backend = RUNTIMES[runtime]
     module = backend.load()  # imported before any memory baseline
-    input_shape = tuple(int(d) for d in manifest["input_shape"])
+    input_shape = _input_shape(manifest["input_shape"], root, max(batches))
     sent = int(manifest["edge"]["bytes_sent"])
     per_transfer = transfer_ms(sent, uplink_mbps) if uplink_mbps else None
     # Runtimes load only files the manifest lists, i.e. whose sha256 was just checked.
