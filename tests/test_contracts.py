@@ -30,7 +30,7 @@ def _manifest() -> dict[str, Any]:
 
 
 def test_file_names_are_written_only_in_contracts() -> None:
-    pattern = re.compile("[\"'](" + "|".join(re.escape(n) for n in NAMES) + ")[\"']")
+    pattern = re.compile("([\"'])(" + "|".join(re.escape(n) for n in NAMES) + ")\\1")
     found = [
         f"{path.relative_to(ROOT)}:{i}"
         for folder in ("patrol_compress", "exporters")
