@@ -39,6 +39,8 @@ def check_parity(what: str, got: np.ndarray, ref: np.ndarray, precision: str) ->
     if tuple(got.shape) != tuple(ref.shape):
         raise ExportError(f"{what}: output shape {tuple(got.shape)} != torch {tuple(ref.shape)}")
     got32 = got.astype(np.float32)
+    if not np.isfinite(ref).all():
+        raise ExportError(f"{what}: torch's own output has NaN/Inf (non-finite weights?)")
     if not np.isfinite(got32).all():
         raise ExportError(f"{what}: output has NaN/Inf where torch's is finite")
     rtol, atol = tolerance(precision, ref)

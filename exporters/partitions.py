@@ -68,6 +68,13 @@ def _references(
         ) from None
     if not isinstance(mid, torch.Tensor) or not isinstance(out, torch.Tensor):
         raise ExportError("edge and cloud partitions must each return one tensor in eval mode")
+    for name, part, result in (("edge", edge, mid), ("cloud", cloud, out)):
+        if not torch.isfinite(result).all():
+            bad = sum(int((~torch.isfinite(t)).sum()) for t in part.state_dict().values())
+            raise ExportError(
+                f"torch's own {name} output is NaN/Inf: the model holds {bad:,} non-finite "
+                "weight/buffer values (a diverged run?); nothing was exported"
+            )
     return x.numpy(), mid.numpy(), out.numpy()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -318,3 +319,40 @@ def test_bench_input_shape_the_model_does_not_take_is_one_line(
     (copy / "manifest.json").write_text(json.dumps(manifest))
     line = one_error_line(cli("bench", copy, "--batch", "1", "--runs", "1", "--warmup", "0"))
     assert words in line, line
+
+
+# --------------------------------------------------------------------------- item 12 leftovers
+
+
+@pytest.mark.parametrize("where", ["edge", "cloud"])
+def test_export_of_nan_weights_says_torch_is_not_finite_either(
+    finished_run: Path, tmp_path: Path, where: str
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    weights = run / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(
+        k for k in state if k.endswith("conv1.weight") and ("layer4" in k) == (where == "cloud")
+    )
+    state[name][0].fill_(float("nan"))
+    save_file(state, str(weights))
+    info = json.loads((run / "model.json").read_text())
+    info["weights"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (run / "model.json").write_text(json.dumps(info))
+    line = one_error_line(cli("export", run, "--target", "onnx", "--split", "2"))
+    assert f"torch's own {where} output is NaN/Inf" in line and "non-finite" in line, line
+    assert "is finite" not in line
+    assert not (run / "export").exists()
+
+
+def test_parity_with_a_non_finite_reference_does_not_call_it_finite() -> None:
+    import numpy as np
+
+    from patrol_compress.errors import ExportError
+    from patrol_compress.exporters.parity import check_parity
+
+    ref = np.array([1.0, np.nan], dtype=np.float32)
+    with pytest.raises(ExportError, match="torch's own output has NaN/Inf"):
+        check_parity("edge.onnx", ref.copy(), ref, "fp32")
