@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from patrol_compress.contracts import EXPORT_DIR, RECIPE_FILE
 from patrol_compress.errors import ExportError, ModelError
 from patrol_compress.locking import folder_lock
+from patrol_compress.rundir import remove_leftovers
 
 from .base import EXPORTERS
 from .partitions import export_partitions
@@ -86,6 +87,8 @@ def export_run(
     # Writing inside the run (the default): a prune of the same run must not run meanwhile.
     inside = out_dir.resolve().is_relative_to(run_dir.resolve())
     with folder_lock(run_dir) if inside else contextlib.nullcontext():
+        if inside and out_dir.parent.is_dir():
+            remove_leftovers(out_dir.parent)  # a killed export's .partial (we hold the lock)
         manifest = export_partitions(
             model,
             k,

@@ -172,6 +172,23 @@ def remove_written(folder: Path) -> None:
 _LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|partial)$")
 
 
+def remove_leftovers(root: Path) -> set[Path]:
+    """Delete our temporary leftovers below ``root`` (a killed process's ``.tmp`` files and
+    export ``.partial`` folders); returns the folders they were in.
+
+    Only safe while the run's lock is held: no live job of ours is writing them.
+    """
+    parents: set[Path] = set()
+    for leftover in sorted(root.rglob(".*"), key=lambda q: len(q.parts), reverse=True):
+        if _LEFTOVER.match(leftover.name):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            parents.add(leftover.parent)
+    return parents
+
+
 def clear_run(path: Path) -> None:
     """``--force``: delete what we wrote into the run ``path``, nothing else.
 
@@ -198,13 +215,7 @@ def clear_run(path: Path) -> None:
         if target.is_symlink() or target.is_file():
             target.unlink()
             emptied.add(target.parent)
-    for leftover in sorted(root.rglob(".*"), key=lambda q: len(q.parts), reverse=True):
-        if _LEFTOVER.match(leftover.name):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
-            emptied.add(leftover.parent)
+    emptied |= remove_leftovers(root)
     for folder in sorted(emptied, key=lambda q: len(q.parts), reverse=True):
         while folder != root and folder.is_relative_to(root) and not any(folder.iterdir()):
             folder.rmdir()
@@ -259,6 +270,8 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLoc
     try:
         if _check(path, text, resume, force):
             clear_run(path)
+        elif resume and path.is_dir():
+            remove_leftovers(path)  # a killed run's .tmp/.partial: nobody else writes here now
         (path / LEDGER).touch()  # from here on, every file we write here is recorded
         write_text(path / RECIPE_FILE, text)
         write_json(path / VERSIONS_FILE, package_versions())

@@ -356,3 +356,37 @@ def test_parity_with_a_non_finite_reference_does_not_call_it_finite() -> None:
     ref = np.array([1.0, np.nan], dtype=np.float32)
     with pytest.raises(ExportError, match="torch's own output has NaN/Inf"):
         check_parity("edge.onnx", ref.copy(), ref, "fp32")
+
+
+def _leftovers(run: Path) -> list[Path]:
+    tmp = run / "checkpoints" / "recover" / ".epoch-0001.safetensors.a1B2c3D4.tmp"
+    tmp.write_bytes(b"half a checkpoint")
+    partial = run / "export" / ".onnx-split2-fp32.Zz9_yY8x.partial"
+    partial.mkdir(parents=True)
+    (partial / "edge.onnx").write_bytes(b"half an export")
+    return [tmp, partial]
+
+
+def test_resume_removes_a_killed_runs_tmp_and_partial_leftovers(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    stale = _leftovers(run)
+    mine = run / "export" / ".my-notes.tmp"  # a user's dot-file: not one of our names
+    mine.write_text("keep")
+    recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
+    result = cli("prune", recipe, "--out", run, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert [p for p in stale if p.exists()] == []
+    assert mine.read_text() == "keep"
+
+
+def test_export_into_the_run_removes_a_killed_exports_partial(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    _, partial = _leftovers(run)
+    result = cli("export", run, "--target", "onnx", "--split", "2")
+    assert result.exit_code == 0, result.output
+    assert not partial.exists()
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["onnx-split2-fp32"]
