@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -390,3 +391,25 @@ def test_export_into_the_run_removes_a_killed_exports_partial(
     assert result.exit_code == 0, result.output
     assert not partial.exists()
     assert sorted(p.name for p in (run / "export").iterdir()) == ["onnx-split2-fp32"]
+
+
+def test_a_ctrl_c_burst_is_one_line_without_an_atexit_traceback(tmp_path: Path) -> None:
+    """Three SIGINTs at an exact step (PATROL_FAULT ...:int): now, while unwinding, at exit."""
+    import os
+
+    from patrol_compress.train.faults import FAULT_ENV
+
+    data = tiny_recipe_dict(tmp_path, epochs=0, recovery_epochs=0)
+    data["train"]["epochs"] = 2
+    recipe = write_recipe(tmp_path, data)
+    cmd = [sys.executable, "-m", "patrol_compress", "train", str(recipe), "--quiet"]
+    cmd += ["--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    died = subprocess.run(
+        cmd, env={**env, FAULT_ENV: "train:2:1:int"}, capture_output=True, text=True, timeout=300
+    )
+    assert died.returncode == 130, died.stderr
+    lines = [line for line in died.stderr.splitlines() if line.strip()]
+    assert lines == ["interrupted; finished stages are kept, rerun with --resume"], died.stderr
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

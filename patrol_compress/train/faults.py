@@ -13,12 +13,14 @@ named ``STAGE`` (``train``, ``patrol``, ``recover``): the weights have moved
 but the epoch's checkpoint is not written, whatever the machine's speed.
 ``ACTION`` is ``kill`` (default: the process sends itself SIGKILL, so nothing
 after it runs, not even ``finally`` blocks or atexit), ``term`` (SIGTERM, as
-``kill PID`` or a scheduler sends) or ``raise`` (a :class:`InjectedFault`, for
-in-process tests). Unset, nothing happens.
+``kill PID`` or a scheduler sends), ``int`` (a burst of Ctrl-C: one SIGINT now,
+one while the first unwinds and one during interpreter exit, from atexit) or
+``raise`` (a :class:`InjectedFault`, for in-process tests). Unset, nothing happens.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from patrol_compress.errors import PatrolError
 
 FAULT_ENV = "PATROL_FAULT"
-ACTIONS = ("kill", "term", "raise")
+ACTIONS = ("kill", "term", "int", "raise")
 
 
 class InjectedFault(RuntimeError):
@@ -50,6 +52,12 @@ class Fault:
         """Fail now if (stage, epoch, step) is the configured point."""
         if (stage, epoch, step) != (self.stage, self.epoch, self.step):
             return
+        if self.action == "int":
+            atexit.register(os.kill, os.getpid(), signal.SIGINT)  # the burst's last one
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt here
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # again, while the first unwinds
         if self.action in ("kill", "term"):
             os.kill(os.getpid(), signal.SIGKILL if self.action == "kill" else signal.SIGTERM)
             if self.action == "term":
@@ -60,7 +68,9 @@ class Fault:
 def parse_fault(text: str) -> Fault:
     """``"patrol:3:1"`` or ``"patrol:3:1:raise"`` -> :class:`Fault`."""
     parts = text.split(":")
-    usage = f"{FAULT_ENV} must look like STAGE:EPOCH:STEP[:kill|term|raise], found {text[:60]!r}"
+    usage = (
+        f"{FAULT_ENV} must look like STAGE:EPOCH:STEP[:kill|term|int|raise], found {text[:60]!r}"
+    )
     if len(parts) not in (3, 4) or not parts[0]:
         raise FaultSpecError(usage)
     try:
