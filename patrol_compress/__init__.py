@@ -1,6 +1,8 @@
 """patrol-compress: privacy-oriented structured pruning for split inference.
 
-Importing the package is cheap and loads no runtime backend (onnxruntime,
+Jobs live in :mod:`patrol_compress.api` (``from patrol_compress import api``);
+the package re-exports those whose names are not sub-packages (``train`` and
+``report`` are). Importing the package is cheap and loads no runtime backend (onnxruntime,
 OpenVINO, TensorRT) and not even torch: the ``bench`` path must run on an edge
 device that has only numpy and a runtime. Entry points are resolved lazily.
 """
@@ -16,6 +18,10 @@ _LAZY = {
     "train": "patrol_compress.api",
     "export": "patrol_compress.api",
     "bench": "patrol_compress.api",
+    "attack": "patrol_compress.api",
+    "defend": "patrol_compress.api",
+    "load_model": "patrol_compress.api",
+    "partitions": "patrol_compress.api",
     "load_recipe": "patrol_compress.recipe",
 }
 
