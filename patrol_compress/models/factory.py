@@ -40,15 +40,31 @@ def build_model(
     return BlockNet(layers, blocks, [b for b, _ in blocks[1:-1]])
 
 
-def _import_factory(spec: str) -> object:
+def import_factory(spec: str) -> object:
+    """The callable ``'pkg.module:function'`` names, or one ModelError line saying why not.
+
+    The module is imported as Python imports anything: from the installed
+    packages and the folders on ``PYTHONPATH`` (the ``patrol-compress`` command
+    does not look in the current folder), so the message says how to fix that.
+    """
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(f"model.factory: cannot import module '{module_name}' ({exc})") from None
+        raise ModelError(
+            f"model.factory '{spec}': cannot import module '{module_name}' ({exc}); it must be "
+            "importable: add its folder to PYTHONPATH (e.g. PYTHONPATH=. when it is in the "
+            "current folder) or pip install its package"
+        ) from None
+    except Exception as exc:  # the user's module failed while importing (SyntaxError, ...)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(
+            f"model.factory '{spec}': importing '{module_name}' failed: "
+            f"{type(exc).__name__}: {first}"
+        ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ModelError(f"model.factory: '{module_name}' has no callable '{attr}'")
+        raise ModelError(f"model.factory '{spec}': '{module_name}' has no callable '{attr}'")
     return fn
 
 
@@ -56,7 +72,7 @@ def _custom(
     config: ModelConfig, num_classes: int, in_channels: int, task: Task, image_size: int
 ) -> BlockNet:
     assert config.factory is not None  # guaranteed by the recipe validator
-    fn = _import_factory(config.factory)
+    fn = import_factory(config.factory)
     net = fn(num_classes=num_classes, in_channels=in_channels, **config.factory_kwargs)  # type: ignore[operator]
     if isinstance(net, BlockNet):
         return net
