@@ -85,6 +85,37 @@ def _custom(
     return wrap_module(net, config.blocks, num_classes, in_channels, task, image_size)
 
 
+def block_view(net: nn.Module, blocks: BlocksConfig) -> BlockNet:
+    """A BlockNet of ``net``'s own top-level children grouped as ``blocks`` (shared, not copied).
+
+    Every child must be named exactly once: a child left out would silently
+    vanish from the network (its forward runs the children in order).
+    """
+    children = dict(net.named_children())
+    spec: list[tuple[str, list[str]]] = [("stem", list(blocks.stem))]
+    spec += [(f"stage{i + 1}", list(s)) for i, s in enumerate(blocks.stages)]
+    if blocks.head:
+        spec.append(("head", list(blocks.head)))
+    named = [n for _, names in spec for n in names]
+    unknown = [n for n in named if n not in children]
+    if unknown:
+        raise ModelError(
+            f"model.blocks names child '{unknown[0]}', which the module does not have "
+            f"(children: {list(children)})"
+        )
+    left_out = [n for n in children if n not in named]
+    if left_out:
+        raise ModelError(
+            f"model.blocks leaves out the module's children {left_out}: name every top-level "
+            "child in stem, stages or head (the network runs them in that order)"
+        )
+    twice = sorted({n for n in named if named.count(n) > 1})
+    if twice:
+        raise ModelError(f"model.blocks names the children {twice} more than once")
+    layers: OrderedDict[str, nn.Module] = OrderedDict((n, children[n]) for n in named)
+    return BlockNet(layers, spec, [b for b, _ in spec if b.startswith("stage")])
+
+
 def wrap_module(
     net: nn.Module,
     blocks: BlocksConfig,
@@ -94,28 +125,14 @@ def wrap_module(
     image_size: int = 64,
 ) -> BlockNet:
     """Regroup a plain module's children into a BlockNet (appending a head if none)."""
-    children = dict(net.named_children())
-    spec: list[tuple[str, list[str]]] = [("stem", list(blocks.stem))]
-    spec += [(f"stage{i + 1}", list(s)) for i, s in enumerate(blocks.stages)]
+    body = block_view(net, blocks)
     if blocks.head:
-        spec.append(("head", list(blocks.head)))
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for _, names in spec:
-        for n in names:
-            if n not in children:
-                raise ModelError(
-                    f"model.blocks names child '{n}', which the module does not have "
-                    f"(children: {list(children)})"
-                )
-            layers[n] = children[n]
-    stages = [b for b, _ in spec if b.startswith("stage")]
-    if not blocks.head:
-        body = BlockNet(layers, spec, stages)
-        with torch.no_grad():
-            was = body.training
-            body.eval()
-            out = body(torch.zeros(1, in_channels, image_size, image_size))
-            body.train(was)
-        layers["head"] = ReidHead(int(out.shape[1]), num_classes, task)
-        spec.append(("head", ["head"]))
-    return BlockNet(layers, spec, stages)
+        return body
+    with torch.no_grad():
+        was = body.training
+        body.eval()
+        out = body(torch.zeros(1, in_channels, image_size, image_size))
+        body.train(was)
+    layers = OrderedDict(body.named_children())
+    layers["head"] = ReidHead(int(out.shape[1]), num_classes, task)
+    return BlockNet(layers, [*body.block_spec, ("head", ("head",))], body.stage_names)

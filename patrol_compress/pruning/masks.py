@@ -73,7 +73,8 @@ def insert_channel_masks(model: BlockNet, split: int, init: float = 1.0) -> list
         if isinstance(module, nn.BatchNorm2d) and top in prefixes:
             names.append(name)
     if split == len(model.stage_names) and model.has_head:
-        neck = getattr(model.head, "neck", None)
+        # The re-id head's BN-neck (a user's own head need not have a child named head).
+        neck = getattr(getattr(model, "head", None), "neck", None)
         if isinstance(neck, nn.BatchNorm1d):
             names.append("head.neck")
     if not names:
