@@ -45,12 +45,14 @@ modules, e.g. ``nn.Flatten()``), returns one tensor in eval mode, and has
 BatchNorms on the edge (the masks sit after them). Anything else is one
 :class:`~patrol_compress.errors.ModelError` line naming what is missing.
 
-Two differences from the recipe path, both because the loop is yours: the
-surrogate attacker takes one Adam step on every batch's detached edge features
-inside :meth:`PatrolPruner.privacy_loss` (the recipe path refits it every few
-epochs on its own loader), and your forward runs the edge's BatchNorms in
-whatever mode you set (the recipe path freezes their statistics during PATROL;
-``privacy_loss`` always uses the running statistics, as the recipe path does).
+As in the recipe path, the edge's BatchNorms normalise with their running
+statistics from the pruner's creation on, also in your forward and whatever
+``model.train()`` says (their scale and shift still train);
+:meth:`PatrolPruner.close` ends that once you are done (after the recovery
+fine-tune). One difference, because the loop is yours: the surrogate attacker
+takes one Adam step on every batch's detached edge features inside
+:meth:`PatrolPruner.privacy_loss` (the recipe path refits it every few epochs
+on its own loader).
 """
 
 from __future__ import annotations
@@ -195,6 +197,7 @@ class PatrolPruner:
         self.replan_every = max(1, replan_every or self.total_steps // 10 or 1)
         self.structure = self._insert_masks()
         self._sync()
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.removal: Removal | None = None
         self.surrogate: InversionNet | None = None
         self._s_opt: torch.optim.Optimizer | None = None
@@ -339,6 +342,7 @@ class PatrolPruner:
 
     def _rebuild_privacy(self) -> None:
         self._edge: list[StageBlock] = edge_stage_blocks(self.net, self.split)
+        self._freeze_edge_bn()
         self.surrogate, self._s_opt = None, None
         adv = self.cfg.adversarial
         if adv.enabled:
@@ -347,6 +351,33 @@ class PatrolPruner:
                 self.net, self.split, self.input_shape, adv.adversary_width
             ).to(dev)
             self._s_opt = torch.optim.Adam(self.surrogate.parameters(), lr=adv.adversary_lr)
+
+    def _freeze_edge_bn(self) -> None:
+        """The edge's BatchNorms run on their running statistics, whatever mode is set.
+
+        As in the recipe path's PATROL and recovery stages: the Lipschitz pass
+        must not mix clean and perturbed images in batch statistics, and the
+        task loss must see the same (eval-mode) edge the privacy terms shape,
+        or the edge learns to satisfy the privacy terms only in eval mode.
+        A pre-forward hook on each BN survives your ``model.train()``;
+        :meth:`close` removes them.
+        """
+        self.close()
+        for block in self._edge:
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    self._hooks.append(m.register_forward_pre_hook(_running_stats))
+
+    def close(self) -> None:
+        """Give the edge's BatchNorms back their train/eval behaviour (after recovery).
+
+        Example::
+
+            model = pruner.prune(); ...recovery...; pruner.close()
+        """
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     # --------------------------------------------------------------- training
 
@@ -366,8 +397,7 @@ class PatrolPruner:
         ``L_lip - beta * L_adv`` (Eq. 4-9): the Lipschitz term of the edge's
         stages (``config.lipschitz``) minus ``beta`` times the reconstruction
         error of the surrogate attacker (``config.adversarial``), which first
-        takes one step on this batch's detached edge features. The edge runs
-        with its BatchNorms' running statistics. The terms' values are in
+        takes one step on this batch's detached edge features. The terms' values are in
         :attr:`last_terms`. Zero when both are disabled.
 
         Example::
@@ -375,31 +405,18 @@ class PatrolPruner:
             loss = F.cross_entropy(model(x), y) + pruner.privacy_loss(x)
         """
         lip_cfg, adv_cfg = self.cfg.lipschitz, self.cfg.adversarial
-        bns = [
-            m
-            for b in self._edge
-            for m in b.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        ]
-        flags = [(m, m.training) for m in bns]
         terms: dict[str, float] = {}
-        try:
-            for m in bns:
-                m.eval()
-            if lip_cfg.enabled:
-                alphas = lip_cfg.alphas[: self.split]
-                z, lip, ks = fused_lipschitz(
-                    self._edge, x, alphas, lip_cfg.sigma, lip_cfg.sample_fraction
-                )
-                terms.update({f"k{j + 1}": k for j, k in enumerate(ks)})
-            else:
-                z = x
-                for block in self._edge:
-                    z = block(z)
-                lip = x.new_zeros(())
-        finally:
-            for m, was in flags:
-                m.training = was
+        if lip_cfg.enabled:
+            alphas = lip_cfg.alphas[: self.split]
+            z, lip, ks = fused_lipschitz(
+                self._edge, x, alphas, lip_cfg.sigma, lip_cfg.sample_fraction
+            )
+            terms.update({f"k{j + 1}": k for j, k in enumerate(ks)})
+        else:
+            z = x
+            for block in self._edge:
+                z = block(z)
+            lip = x.new_zeros(())
         total = lip
         terms["lip"] = float(lip.detach())
         if self.surrogate is not None and self._s_opt is not None:
@@ -558,6 +575,11 @@ class PatrolPruner:
             "terms": dict(self.last_terms),
             "removal": self.removal.as_dict() if self.removal is not None else None,
         }
+
+
+def _running_stats(module: nn.Module, args: object) -> None:
+    """Forward pre-hook: this BatchNorm normalises with its running statistics."""
+    module.training = False
 
 
 def _flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:

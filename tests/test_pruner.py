@@ -189,6 +189,8 @@ def test_mobilenet_style_with_an_embedding_head_at_the_last_split() -> None:
         net, x[:2], split=3, budget={"fit_split": 2}, blocks=blocks, total_steps=6, config=cfg
     )
     opt = torch.optim.SGD(pruner.weights(), lr=1e-3)
+    stats = net.s1[0].conv[1].bn.running_mean.clone()  # an edge BN, now inside its mask
+    net.train()
     for _ in range(6):
         loss = F.mse_loss(net(x), target) + pruner.privacy_loss(x)
         opt.zero_grad()
@@ -196,6 +198,8 @@ def test_mobilenet_style_with_an_embedding_head_at_the_last_split() -> None:
         opt.step()
         pruner.step()
     assert "adv" not in pruner.last_terms
+    # As in the recipe path, the edge's BNs keep their statistics during PATROL.
+    assert torch.equal(net.s1[0].conv[1].bn.running_mean, stats)
     pruner.prune()
     assert pruner.edge_params() <= pruner.budget  # type: ignore[operator]
     assert net.embed.out_features == 12 and net.embed.in_features <= 32
@@ -203,6 +207,13 @@ def test_mobilenet_style_with_an_embedding_head_at_the_last_split() -> None:
     edge, cloud = pruner.partitions()
     with torch.no_grad():
         assert torch.equal(cloud(edge(x)), net(x))
+    pruner.close()  # the edge's BNs follow train() again
+    bn = net.s1[0].conv[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    before = bn.running_mean.clone()
+    net.train()
+    net(x)
+    assert not torch.equal(bn.running_mean, before)
 
 
 class TupleOut(UserResNet):
