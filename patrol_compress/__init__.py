@@ -23,6 +23,7 @@ _LAZY = {
     "load_model": "patrol_compress.api",
     "partitions": "patrol_compress.api",
     "load_recipe": "patrol_compress.recipe",
+    "PatrolPruner": "patrol_compress.pruner",
 }
 
 
