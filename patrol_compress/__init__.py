@@ -1,9 +1,10 @@
 """patrol-compress: privacy-oriented structured pruning for split inference.
 
 Jobs live in :mod:`patrol_compress.api` (``from patrol_compress import api``);
-the package re-exports those whose names are not sub-packages (``train`` and
-``report`` are). Importing the package is cheap and loads no runtime backend (onnxruntime,
-OpenVINO, TensorRT) and not even torch: the ``bench`` path must run on an edge
+the package re-exports them, but ``patrol_compress.train``, ``.report`` and
+``.bench`` are the sub-packages of those names once imported. Importing the
+package is cheap and loads no runtime backend (onnxruntime, OpenVINO,
+TensorRT) and not even torch: the ``bench`` path must run on an edge
 device that has only numpy and a runtime. Entry points are resolved lazily.
 """
 
