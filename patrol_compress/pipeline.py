@@ -45,6 +45,7 @@ from patrol_compress.errors import ArtifactError, ModelError, TrainingError
 from patrol_compress.io import read_json, write_json
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
+from patrol_compress.models.factory import load_own_weights
 from patrol_compress.pruning.budget import budget_params
 from patrol_compress.pruning.masks import mask_summary
 from patrol_compress.pruning.patrol import (
@@ -86,7 +87,11 @@ def fresh_model(recipe: Recipe, data: DataBundle) -> BlockNet:
     model = build_model(recipe.model, data.num_classes, data.channels, data.task, data.image_size)
     if recipe.model.pretrained is not None:
         try:
-            load_torchvision_backbone(model, read_state_dict(recipe.model.pretrained))
+            state = read_state_dict(recipe.model.pretrained)
+            if recipe.model.arch == "custom":
+                load_own_weights(model, state)  # its own head too, when it has one
+            else:
+                load_torchvision_backbone(model, state)
         except ModelError as exc:
             raise ModelError(f"model.pretrained {recipe.model.pretrained}: {exc}") from None
     return model

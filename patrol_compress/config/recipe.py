@@ -91,7 +91,9 @@ class ModelConfig(StrictModel):
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     blocks: BlocksConfig | None = None
     pretrained: Path | None = Field(
-        default=None, description="torchvision-style state dict (.safetensors) for the backbone"
+        default=None,
+        description="torchvision-style state dict (.safetensors) for the backbone; for arch "
+        "custom the model's own weights, its own head (model.blocks.head) included",
     )
 
     @model_validator(mode="after")

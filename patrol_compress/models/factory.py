@@ -136,3 +136,36 @@ def wrap_module(
     layers = OrderedDict(body.named_children())
     layers["head"] = ReidHead(int(out.shape[1]), num_classes, task)
     return BlockNet(layers, [*body.block_spec, ("head", ("head",))], body.stage_names)
+
+
+def load_own_weights(model: BlockNet, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a custom model's own trained weights (``model.pretrained`` of ``arch: custom``).
+
+    Every key must match by name and shape, the user's own head included; only
+    the re-id head this module appended (when ``model.blocks`` lists no head)
+    may be absent, and starts untrained. Returns the keys left at their
+    initialisation.
+    """
+    own = model.state_dict()
+    appended = isinstance(getattr(model, "head", None), ReidHead)
+    missing = [k for k in own if k not in state]
+    fresh = [k for k in missing if appended and k.startswith("head.")]
+    missing = [k for k in missing if k not in fresh]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        found = [
+            f"{len(keys)} {what} keys (first: {', '.join(keys[:3])})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise ModelError(
+            f"weights do not fit the model: {'; '.join(found)} (a custom model's own head "
+            "belongs in model.blocks.head; without one a re-id head is appended)"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ModelError(
+                f"'{k}' has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    return fresh

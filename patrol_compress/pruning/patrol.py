@@ -62,6 +62,7 @@ from patrol_compress.train.target import (
     make_loader,
     restore_loader,
     set_epoch,
+    training_outputs,
 )
 
 
@@ -270,7 +271,7 @@ def patrol_finetune(
                 for b in edge:
                     z = b(z)
                 lip = x.new_zeros(())
-            logits, feat = cloud(z)
+            logits, feat = training_outputs(cloud(z))
             loss, parts_log = global_loss(logits, feat, pids, tcfg, data.task)
             total = loss + lip
             log.update(parts_log)

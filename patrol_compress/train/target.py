@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
 from patrol_compress.data.sampler import IdentitySampler, ShardedBatchSampler
-from patrol_compress.errors import DataError
+from patrol_compress.errors import DataError, ModelError
 from patrol_compress.recipe import TrainConfig
 from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
 from patrol_compress.train.losses import reid_loss
@@ -126,6 +126,25 @@ def restore_loader(loader: DataLoader, state: dict[str, torch.Tensor]) -> None:
         loader.generator.set_state(state["loader.generator"])
 
 
+def training_outputs(out: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, feature) of a training-mode forward.
+
+    The re-id head returns both; a user's own head (``model.blocks.head``)
+    returns one tensor, its logits, which then also serve as the feature of
+    the triplet term (weighted 0 for classification).
+    """
+    if isinstance(out, torch.Tensor):
+        return out, out
+    if isinstance(out, (tuple, list)) and len(out) == 2:
+        logits, feat = out
+        if isinstance(logits, torch.Tensor) and isinstance(feat, torch.Tensor):
+            return logits, feat
+    raise ModelError(
+        "in training mode the model must return its logits, or (logits, feature) as the re-id "
+        f"head does; it returned {type(out).__name__}"
+    )
+
+
 def loss_from_outputs(
     logits: torch.Tensor, feat: torch.Tensor, pids: torch.Tensor, cfg: TrainConfig, task: str
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -185,7 +204,7 @@ def train_target(
                 group["lr"] = cfg.lr * lr_factor(epoch + i / steps, cfg.warmup_epochs, cfg.epochs)
             x, pids = x.to(dev, non_blocking=True), pids.to(dev, non_blocking=True)
             with torch.autocast(dev.type, enabled=use_amp):
-                logits, feat = model(x)
+                logits, feat = training_outputs(model(x))
                 loss, parts = global_loss(logits, feat, pids, cfg, data.task)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
