@@ -24,6 +24,7 @@ from patrol_compress.contracts import META_FILE, MODEL_FILE
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
 from patrol_compress.models import BlockNet, build_model
+from patrol_compress.models.factory import key_mismatch
 from patrol_compress.models.head import ReidHead
 from patrol_compress.models.residual import remove_residual_branches
 from patrol_compress.recipe import ModelConfig
@@ -153,14 +154,9 @@ def load_resized(
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        found = [
-            f"{len(keys)} {what} keys (first: {', '.join(keys[:3])})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected))
-            if keys
-        ]
         raise ModelError(
-            f"{source}: weights do not fit the model's architecture: {'; '.join(found)}; "
-            "these weights are from another model"
+            f"{source}: weights do not fit the model's architecture: "
+            f"{key_mismatch(missing, unexpected)}; these weights are from another model"
         )
     for name, module in list(model.named_modules()):
         new = _resized(module, name, state, source, exact)

@@ -138,6 +138,16 @@ def wrap_module(
     return BlockNet(layers, [*body.block_spec, ("head", ("head",))], body.stage_names)
 
 
+def key_mismatch(missing: list[str], unexpected: list[str]) -> str:
+    """'N missing keys (first: a, b, c); M unexpected keys (...)' for a weights error."""
+    found = [
+        f"{len(keys)} {what} keys (first: {', '.join(keys[:3])})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected))
+        if keys
+    ]
+    return "; ".join(found)
+
+
 def load_own_weights(model: BlockNet, state: dict[str, torch.Tensor]) -> list[str]:
     """Load a custom model's own trained weights (``model.pretrained`` of ``arch: custom``).
 
@@ -153,14 +163,9 @@ def load_own_weights(model: BlockNet, state: dict[str, torch.Tensor]) -> list[st
     missing = [k for k in missing if k not in fresh]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        found = [
-            f"{len(keys)} {what} keys (first: {', '.join(keys[:3])})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected))
-            if keys
-        ]
         raise ModelError(
-            f"weights do not fit the model: {'; '.join(found)} (a custom model's own head "
-            "belongs in model.blocks.head; without one a re-id head is appended)"
+            f"weights do not fit the model: {key_mismatch(missing, unexpected)} (a custom "
+            "model's own head belongs in model.blocks.head; without one a re-id head is appended)"
         )
     for k, v in state.items():
         if own[k].shape != v.shape:
