@@ -16,6 +16,7 @@ budget can be met even before masks differ).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
@@ -147,3 +148,30 @@ def plan_for_budget(
     if best is None:
         raise BudgetError(f"no removal of the edge at split {split} fits {budget} parameters")
     return best
+
+
+@dataclass(frozen=True)
+class LatencyLimit:
+    """A latency bound for the edge, measured on this machine while planning.
+
+    ``runtime`` (onnxruntime or openvino), ``threads`` and ``batch`` say how the
+    candidate edge is run; ``ms`` bounds the median latency of one call.
+    """
+
+    ms: float
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class EdgeBudget:
+    """Every limit the edge must meet after removal; each one given must hold.
+
+    ``params``: weights the edge carries (``fit_split`` and ``bytes`` resolve to
+    it); ``macs``: multiply-accumulates per image; ``latency``: a measured bound.
+    """
+
+    params: int | None = None
+    macs: int | None = None
+    latency: LatencyLimit | None = None

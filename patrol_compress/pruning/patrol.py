@@ -50,6 +50,7 @@ from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.inversion import InversionNet, reconstruction_l2
 from patrol_compress.models.split import StageBlock, edge_shapes, edge_stage_blocks
 from patrol_compress.models.split import split as split_model
+from patrol_compress.pruning.budget import EdgeBudget
 from patrol_compress.pruning.fista import FISTA
 from patrol_compress.pruning.masks import mask_parameters
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
@@ -146,14 +147,14 @@ class StageSettings:
     name: str
     epochs: int
     lr: float
-    budget: int | None = None
+    budget: EdgeBudget | None = None
 
 
 class MaskSteering:
     """FISTA on the masks plus the budget steering described in the module docstring."""
 
     def __init__(
-        self, parts: PatrolParts, cfg: PatrolConfig, budget: int | None, total_steps: int
+        self, parts: PatrolParts, cfg: PatrolConfig, budget: EdgeBudget | None, total_steps: int
     ) -> None:
         self.parts, self.cfg, self.budget, self.total = parts, cfg, budget, total_steps
         masks = mask_parameters(parts.model)
@@ -201,7 +202,7 @@ def patrol_finetune(
     data: DataBundle,
     recipe: Recipe,
     folder: Path,
-    budget: int | None,
+    budget: EdgeBudget | None,
     resume: bool,
     quiet: bool = False,
     settings: StageSettings | None = None,
