@@ -31,7 +31,7 @@ import torch
 from patrol_compress.data import build_data
 from patrol_compress.io import package_versions, write_json, write_text
 from patrol_compress.pipeline import fresh_model
-from patrol_compress.pruning.budget import budget_params
+from patrol_compress.pruning.budget import resolve_budget
 from patrol_compress.pruning.patrol import PatrolParts, build_surrogate, patrol_finetune
 from patrol_compress.pruning.structure import make_structure
 from patrol_compress.recipe import Recipe, load_recipe
@@ -67,7 +67,7 @@ def time_patrol(recipe: Recipe, data: Any, split: int, epochs: int, folder: Path
     example = torch.rand(2, *shape)
     budget = None
     if patrol.budget is not None and (patrol.budget.fit_split or 0) < split:
-        budget = budget_params(patrol.budget, copy.deepcopy(model))
+        budget = resolve_budget(patrol.budget, copy.deepcopy(model), shape)
     structure = make_structure(patrol.granularity, model, split, patrol.mask_init, example)
     surrogate = (
         build_surrogate(model, split, shape, patrol.adversarial.adversary_width)

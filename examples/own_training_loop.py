@@ -199,9 +199,10 @@ def main() -> None:
         opt.step()
     pruner.close()  # PATROL and recovery done: the edge's BatchNorms are yours again
     acc_after = accuracy(model, x_test, y_test)
+    limit = pruner.budget.params if pruner.budget is not None else None
     print(
         f"after:    test accuracy {acc_after:.1%} (was {acc_before:.1%}), edge "
-        f"{pruner.edge_params():,} params (was {edge_before:,}, budget {pruner.budget:,}), "
+        f"{pruner.edge_params():,} params (was {edge_before:,}, budget {limit:,}), "
         f"head kept: fc {model.fc.in_features} -> {model.fc.out_features} classes"
     )
 

@@ -41,12 +41,12 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
-from patrol_compress.errors import ArtifactError, ModelError, TrainingError
+from patrol_compress.errors import ArtifactError, ModelError, RecipeError, TrainingError
 from patrol_compress.io import read_json, write_json
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
 from patrol_compress.models.factory import load_own_weights
-from patrol_compress.pruning.budget import budget_params
+from patrol_compress.pruning.budget import EdgeBudget, resolve_budget
 from patrol_compress.pruning.masks import mask_summary
 from patrol_compress.pruning.patrol import (
     PatrolParts,
@@ -140,7 +140,7 @@ def _check_checkpoint(recipe: Recipe, model: BlockNet) -> None:
         load_resized(model, read_state_dict(path), f"train.checkpoint {path}", exact=True)
 
 
-def _preflight(recipe: Recipe, data: DataBundle) -> int | None:
+def _preflight(recipe: Recipe, data: DataBundle) -> EdgeBudget | None:
     """Everything prune can check before writing anything; returns the edge budget.
 
     A training batch must be drawable from the data, the split must exist in
@@ -158,8 +158,18 @@ def _preflight(recipe: Recipe, data: DataBundle) -> int | None:
     if cfg.enabled and cfg.budget is not None:
         shape = (data.channels, data.image_size, data.image_size)
         example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(recipe.seed))
-        budget = budget_params(cfg.budget, probe)
-        make_structure(cfg.granularity, probe, cfg.split, cfg.mask_init, example).check(budget)
+        if distributed.current().active and (
+            cfg.budget.latency_ms is not None or "latency" in cfg.budget.fit
+        ):
+            # Each rank would time candidates differently and steer different masks.
+            raise RecipeError(
+                "patrol.budget: latency limits are measured on one machine; run this recipe "
+                "on one process (macs is the deterministic stand-in for several)"
+            )
+        budget = resolve_budget(cfg.budget, probe, shape)
+        make_structure(
+            cfg.granularity, probe, cfg.split, cfg.mask_init, example, cfg.round_to
+        ).check(budget)
     return budget
 
 
@@ -204,7 +214,7 @@ def prune(
     """
     ctx = distributed.current()
     quiet = quiet or not ctx.main
-    checked: dict[str, int | None] = {}
+    checked: dict[str, EdgeBudget | None] = {}
 
     def preflight(data: DataBundle) -> None:
         checked["budget"] = _preflight(recipe, data)
@@ -217,7 +227,12 @@ def prune(
 
 
 def _prune_stages(
-    recipe: Recipe, run: RunDir, data: DataBundle, budget: int | None, resume: bool, quiet: bool
+    recipe: Recipe,
+    run: RunDir,
+    data: DataBundle,
+    budget: EdgeBudget | None,
+    resume: bool,
+    quiet: bool,
 ) -> dict[str, Any]:
     """Every stage of :func:`prune` after the run folder is open (and locked)."""
     ctx = distributed.current()
@@ -236,7 +251,7 @@ def _prune_stages(
 
     metrics: dict[str, Any] = {
         "split": cfg.split,
-        "budget": {"params": budget, "bytes": budget * 4 if budget is not None else None},
+        "budget": budget.as_dict() if budget is not None else {"params": None, "bytes": None},
         "accuracy": {"before": acc_before},
         "edge": {},
     }
@@ -292,7 +307,7 @@ def _patrol_stages(
     data: DataBundle,
     run: RunDir,
     target: BlockNet,
-    budget: int | None,
+    budget: EdgeBudget | None,
     example: torch.Tensor,
     resume: bool,
     quiet: bool,
@@ -302,7 +317,9 @@ def _patrol_stages(
     cfg = recipe.patrol
     input_shape = (data.channels, data.image_size, data.image_size)
     model = copy.deepcopy(target).cpu()
-    structure = make_structure(cfg.granularity, model, cfg.split, cfg.mask_init, example)
+    structure = make_structure(
+        cfg.granularity, model, cfg.split, cfg.mask_init, example, cfg.round_to
+    )
     # Seeded whether or not there is a surrogate to initialise: the stage's
     # random draws must not depend on what ran before it in this process.
     torch.manual_seed(recipe.seed + 2)
@@ -455,8 +472,18 @@ def _print_table(metrics: dict[str, Any], quiet: bool) -> None:
     eb, ea = metrics["edge"]["before"], metrics["edge"]["after"]
     for k in ("params", "weight_bytes", "macs", "bytes_sent"):
         t.add_row(f"edge {k}", _fmt(eb[k]), _fmt(ea[k]))
-    if metrics["budget"].get("params") is not None:
-        t.add_row("budget params", "", _fmt(metrics["budget"]["params"]))
+    for k in ("params", "macs"):
+        if metrics["budget"].get(k) is not None:
+            t.add_row(f"budget {k}", "", _fmt(metrics["budget"][k]))
+    if metrics["budget"].get("latency_ms") is not None:
+        lat = metrics["budget"]["latency"]
+        measured = metrics.get("removal", {}).get("latency_ms")
+        t.add_row(
+            f"budget latency ({lat['runtime']}, {lat['threads']} thr, batch {lat['batch']})",
+            "",
+            f"{metrics['budget']['latency_ms']:.3f} ms"
+            + (f" (measured {measured:.3f})" if measured is not None else ""),
+        )
     console.print(t)
 
 

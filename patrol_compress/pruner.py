@@ -72,7 +72,7 @@ from patrol_compress.models.factory import block_view
 from patrol_compress.models.inversion import InversionNet, reconstruction_l2
 from patrol_compress.models.split import StageBlock, check_split, edge_modules, edge_stage_blocks
 from patrol_compress.models.split import split as split_model
-from patrol_compress.pruning.budget import budget_params
+from patrol_compress.pruning.budget import EdgeBudget, resolve_budget
 from patrol_compress.pruning.masks import mask_parameters, mask_summary
 from patrol_compress.pruning.patrol import MaskSteering, PatrolParts, build_surrogate
 from patrol_compress.pruning.structure import (
@@ -131,10 +131,11 @@ class PatrolPruner:
             for the exactness check and as the export's input shape).
         split: where the edge ends: a stage's index (1 = after the first stage),
             a stage block's name, or the name of a stage's last child.
-        budget: the edge's size after pruning: parameters (int), or a
-            ``{"fit_split": K}`` / ``{"params": N}`` / ``{"bytes": N}`` mapping
-            (``fit_split``: the unpruned edge at a shallower split). None: masks
-            at zero are removed, no size is enforced.
+        budget: the edge's limits after pruning: parameters (int), or a
+            mapping with ``fit_split: K`` / ``params: N`` / ``bytes: N`` and/or
+            ``macs: N`` and ``latency_ms: X`` (a recipe's ``patrol.budget``;
+            ``fit_split``: the unpruned edge at a shallower split). All limits
+            given must hold. None: masks at zero are removed, no size is enforced.
         blocks: the model's top-level children grouped as
             ``{"stem": [...], "stages": [[...], ...], "head": [...]}`` (a recipe's
             ``model.blocks``); each stage is a place the split may fall.
@@ -287,7 +288,7 @@ class PatrolPruner:
         valid = [*stages, *(spec[s][-1] for s in stages)]
         raise ModelError(f"split '{split}': not a stage or a stage's last child; one of {valid}")
 
-    def _budget(self, budget: BudgetLike | None) -> int | None:
+    def _budget(self, budget: BudgetLike | None) -> EdgeBudget | None:
         if budget is None:
             return None
         if isinstance(budget, bool):
@@ -310,7 +311,7 @@ class PatrolPruner:
                     f"budget.fit_split ({cfg.fit_split}) must be shallower than the split "
                     f"({self.split})"
                 )
-        return budget_params(cfg, self.net)
+        return resolve_budget(cfg, self.net, self.input_shape)
 
     def _insert_masks(self) -> ChannelStructure | BlockStructure:
         flags = _flags(self.model)
@@ -321,6 +322,7 @@ class PatrolPruner:
                 self.split,
                 self.cfg.mask_init,
                 self.example.to(_device(self.model)),
+                self.cfg.round_to,
             )
         except ModelError:
             raise
@@ -567,7 +569,7 @@ class PatrolPruner:
         """
         return {
             "split": self.split,
-            "budget": self.budget,
+            "budget": self.budget.as_dict() if self.budget is not None else None,
             "steps": self.steps,
             "edge_params": self.edge_params(),
             "projected_edge_params": self.projected_edge_params(),

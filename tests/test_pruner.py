@@ -201,7 +201,8 @@ def test_mobilenet_style_with_an_embedding_head_at_the_last_split() -> None:
     # As in the recipe path, the edge's BNs keep their statistics during PATROL.
     assert torch.equal(net.s1[0].conv[1].bn.running_mean, stats)
     pruner.prune()
-    assert pruner.edge_params() <= pruner.budget  # type: ignore[operator]
+    assert pruner.budget is not None and pruner.budget.params is not None
+    assert pruner.edge_params() <= pruner.budget.params
     assert net.embed.out_features == 12 and net.embed.in_features <= 32
     net.eval()
     edge, cloud = pruner.partitions()

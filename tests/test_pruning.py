@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from patrol_compress.errors import BudgetError
-from patrol_compress.metrics.flops import count_params
+from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models import BlockNet, build_model, split
 from patrol_compress.models.split import edge_modules
-from patrol_compress.pruning.budget import estimate_params
+from patrol_compress.pruning.budget import EdgeBudget, estimate_cost, estimate_params, layer_spatial
 from patrol_compress.pruning.fista import FISTA
 from patrol_compress.pruning.masks import MaskedNorm, fold_masks, insert_channel_masks, iter_masks
 from patrol_compress.pruning.remove import (
@@ -69,12 +69,15 @@ def test_pruning_zero_masks_is_exact(k: int) -> None:
     mg = build_mask_groups(model, X)
     plan = plan_by_threshold(mg, 0.0)
     predicted = estimate_params(model, k, mg, plan)
+    spatial = layer_spatial(edge_modules(model, k), X)
+    predicted_macs = estimate_cost(model, k, mg, plan, spatial).macs
     assert apply_plan(mg, plan) > 0
     fold_masks(model)
     assert not any(isinstance(x, MaskedNorm) for x in model.modules())
     model.eval()
     # Prediction of the size matches the real removal.
     assert count_params(edge_modules(model, k)) == predicted
+    assert count_macs(nn.Sequential(*edge_modules(model, k)), (3, 32, 32)) == predicted_macs
     a, b = reference(X), model(X)
     if k < 4:
         assert a.shape == b.shape
@@ -129,8 +132,8 @@ def test_budget_infeasible_is_a_clear_error() -> None:
     model = tiny()
     st = ChannelStructure(model, 4, 1.0, X)
     with pytest.raises(BudgetError, match="cannot be met"):
-        st.check(10)
-    assert st.check(10_000) < 10_000
+        st.check(EdgeBudget(params=10))
+    assert st.check(EdgeBudget(params=10_000)).params < 10_000
 
 
 def test_budget_removal_meets_budget_and_is_exact() -> None:
@@ -141,7 +144,7 @@ def test_budget_removal_meets_budget_and_is_exact() -> None:
         for _, m in iter_masks(model):
             m.weight.copy_(torch.rand(m.weight.shape, generator=g))
     budget = count_params(edge_modules(tiny(), 2))
-    removal = st.remove(budget, 0.0, X)
+    removal = st.remove(EdgeBudget(params=budget), 0.0, X)
     assert removal.plan_kind == "budget"
     assert removal.edge_params <= budget
     assert removal.equivalence_rel_diff <= EQUIVALENCE_ATOL

@@ -39,7 +39,11 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("name: x\ndata: {kind: veri}\n", "data", "data.root is required"),
         ("name: x\nmodel: {arch: vgg}\n", "model.arch", "resnet18"),
         ("name: x\npatrol: {split: 2, budget: {fit_split: 3}}\n", "(recipe)", "shallower"),
-        ("name: x\npatrol: {budget: {params: 5, bytes: 9}}\n", "patrol.budget", "exactly one"),
+        (
+            "name: x\npatrol: {budget: {params: 5, bytes: 9}}\n",
+            "patrol.budget",
+            "at most one of fit_split, params, bytes",
+        ),
         ("name: x\nschema_version: 7\n", "schema_version", "1"),
     ],
 )

@@ -130,21 +130,53 @@ class TrainConfig(StrictModel):
         return self.identities_per_batch * self.instances_per_identity
 
 
+class LatencySettings(StrictModel):
+    """How a latency budget is measured: runtime, threads, batch, seconds per candidate."""
+
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
+    batch: Annotated[int, Field(ge=1, le=4096)] = 1
+    seconds: Annotated[float, Field(gt=0.0, le=60.0)] = 0.5
+
+
+BudgetLimit = Literal["params", "macs", "latency"]
+DEFAULT_FIT: tuple[BudgetLimit, ...] = ("params",)
+
+
 class BudgetConfig(StrictModel):
-    """Edge budget: exactly one of fit_split, params, bytes."""
+    """Edge budget: limits that must all hold after removal.
+
+    Size: at most one of ``fit_split`` (the unpruned size of a shallower split),
+    ``params``, ``bytes`` (fp32). Compute: ``macs`` per image. Speed:
+    ``latency_ms``, the median edge latency measured here with ``latency``'s
+    runtime, threads and batch. ``fit`` says which of ``fit_split``'s measures
+    bound the edge (default its parameters; ``[params, macs]`` also its MACs,
+    ``latency`` also its latency measured on this machine).
+    """
 
     fit_split: Annotated[int, Field(ge=1, le=8)] | None = None
     params: Annotated[int, Field(ge=1)] | None = None
     bytes: Annotated[int, Field(ge=1)] | None = None
+    macs: Annotated[int, Field(ge=1)] | None = None
+    latency_ms: Annotated[float, Field(gt=0.0)] | None = None
+    fit: list[BudgetLimit] = Field(default_factory=lambda: list(DEFAULT_FIT), min_length=1)
+    latency: LatencySettings = Field(default_factory=LatencySettings)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> BudgetConfig:
-        given = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "patrol.budget needs exactly one of fit_split, params, bytes; "
-                f"found {given or 'none'}"
-            )
+    def _limits(self) -> BudgetConfig:
+        sizes = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
+        if len(sizes) > 1:
+            raise ValueError(f"takes at most one of fit_split, params, bytes; found {sizes}")
+        if self.fit_split is None and "fit" in self.model_fields_set:
+            raise ValueError("fit needs fit_split (the split whose measures it names)")
+        if not sizes and self.macs is None and self.latency_ms is None:
+            raise ValueError("needs a limit: fit_split, params or bytes, and/or macs, latency_ms")
+        if len(set(self.fit)) != len(self.fit):
+            raise ValueError(f"fit lists a limit twice: {self.fit}")
+        if self.fit_split is not None:
+            for name, given in (("macs", self.macs), ("latency", self.latency_ms)):
+                if name in self.fit and given is not None:
+                    raise ValueError(f"{name} is given twice (fit: [{name}] and a number)")
         return self
 
 
@@ -180,6 +212,10 @@ class PatrolConfig(StrictModel):
     lambda2: Annotated[float, Field(ge=0.0)] = 10.0
     tau: Annotated[float, Field(ge=0.0)] = 0.0
     budget: BudgetConfig | None = None
+    round_to: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=1,
+        description="keep every pruned channel group a multiple of this width (1: any width)",
+    )
     steer_until: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         default=0.6,
         description="fraction of the PATROL stage by which budget-planned masks reach 0",

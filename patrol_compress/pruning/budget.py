@@ -1,21 +1,47 @@
-"""Edge budgets: what the edge partition may weigh, and removal plans that meet it.
+"""Edge budgets: what the edge partition may weigh and cost, and removal plans that meet it.
 
-The budget is stated in the recipe as the unpruned size of a shallower split
-(``fit_split``), as bytes (fp32 weights, 4 bytes per parameter) or as a
-parameter count. Parameters count trainable weights and BN affine terms, as the
-exported graph carries them; masks are folded away and do not count.
+A budget is one or more limits, all of which must hold after removal
+(:class:`EdgeBudget`):
 
-:func:`estimate_params` predicts the edge's size after a plan *without* pruning
-anything, from the dependency groups (which layer loses which in/out channels);
-tests check it against real removal. :func:`plan_for_budget` finds the smallest
-global threshold on the channel scores whose removal fits the budget (scores are
-max |mask| per coupled channel; a tiny weight-magnitude term breaks ties, so a
-budget can be met even before masks differ).
+* ``params``: weights the edge carries (the recipe's ``params``, ``bytes`` at 4
+  bytes per fp32 parameter, or the unpruned size of a shallower ``fit_split``).
+  Parameters count trainable weights and BN affine terms, as the exported graph
+  carries them; masks are folded away and do not count.
+* ``macs``: multiply-accumulates of the edge's convolutions and linear layers
+  for one image (counted as :func:`~patrol_compress.metrics.flops.count_macs`
+  does). A parameter budget keeps early, high-resolution channels, which are
+  cheap in parameters and expensive in compute (measured on the Fashion-MNIST
+  32 px recipe: PATROL's split-4 edge within split 2's *parameters* still had
+  12.3M MACs against 17.9M, ratio 0.69, and on the 64 px quickstart onnxruntime
+  ran it 17-20% slower than split 2); a MAC limit makes the plan pay for them.
+* ``latency``: the median latency of the candidate edge measured on this
+  machine (:mod:`patrol_compress.pruning.latency`) with a stated runtime,
+  thread count and batch. Measured, not modelled, because kernel choice and
+  per-layer overhead decide latency at these sizes, not MACs alone.
+
+:func:`estimate_cost` predicts the edge's parameters and MACs after a plan
+*without* pruning anything, from the dependency groups (which layer loses which
+in/out channels) and each layer's output resolution; tests check it against
+real removal. :func:`plan_for_budget` finds the smallest global threshold on the
+channel scores whose removal meets every limit (scores are max |mask| per
+coupled channel; a tiny weight-magnitude term breaks ties, so a budget can be
+met even before masks differ). Parameters and MACs only grow as the threshold
+falls, so a binary search finds it; measured latency is monotone only up to
+noise, so it is searched last, above the threshold the static limits need, and
+the chosen plan's measurement is reported.
+
+``round_to`` keeps every pruned group's width a multiple of N (what
+torch-pruning's ``round_to`` does): after the threshold a group keeps the
+next multiple of N above what it would keep (its highest-scored channels), or
+all its channels when it has fewer than N. Rounding only ever keeps more, so
+the search runs on rounded plans and the budget still holds.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +49,7 @@ import torch_pruning as tp
 from torch import nn
 
 from patrol_compress.errors import BudgetError
-from patrol_compress.metrics.flops import count_params
+from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning.masks import ChannelMask
@@ -33,63 +59,177 @@ from patrol_compress.recipe import BudgetConfig
 BYTES_PER_PARAM = 4
 TIE_BREAK = 1e-4
 
-
-def budget_params(cfg: BudgetConfig, unpruned: BlockNet) -> int:
-    """The budget in parameters; ``fit_split`` is measured on the unpruned model."""
-    if cfg.params is not None:
-        return cfg.params
-    if cfg.bytes is not None:
-        return cfg.bytes // BYTES_PER_PARAM
-    assert cfg.fit_split is not None
-    return count_params(edge_modules(unpruned, cfg.fit_split))
+Plan = list[list[int]]
+"""Root channel indices to remove, one list per mask group."""
 
 
-def estimate_params(model: BlockNet, split: int, mg: MaskGroups, plan: list[list[int]]) -> int:
-    """Edge parameters after removing ``plan`` (root channel indices per group)."""
+@dataclass(frozen=True)
+class LatencyLimit:
+    """A latency bound for the edge, measured on this machine while planning.
+
+    ``runtime`` (onnxruntime or openvino), ``threads`` and ``batch`` say how the
+    candidate edge is run; ``ms`` bounds the median latency of one call;
+    ``seconds`` is how long each candidate is timed.
+    """
+
+    ms: float
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    batch: int = 1
+    seconds: float = 0.5
+
+    def describe(self) -> str:
+        return f"{self.ms:.3f} ms ({self.runtime}, {self.threads} thread(s), batch {self.batch})"
+
+
+@dataclass(frozen=True)
+class EdgeBudget:
+    """Every limit the edge must meet after removal; each one given must hold.
+
+    ``params``: weights the edge carries (``fit_split`` and ``bytes`` resolve to
+    it); ``macs``: multiply-accumulates per image; ``latency``: a measured bound.
+    """
+
+    params: int | None = None
+    macs: int | None = None
+    latency: LatencyLimit | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        lat = self.latency
+        return {
+            "params": self.params,
+            "bytes": self.params * BYTES_PER_PARAM if self.params is not None else None,
+            "macs": self.macs,
+            "latency_ms": lat.ms if lat else None,
+            "latency": (
+                {"runtime": lat.runtime, "threads": lat.threads, "batch": lat.batch}
+                if lat
+                else None
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What an edge weighs and computes: parameters and MACs per image."""
+
+    params: int
+    macs: int
+
+    def violations(self, budget: EdgeBudget) -> list[str]:
+        """The static limits this cost breaks, as readable phrases."""
+        out = []
+        if budget.params is not None and self.params > budget.params:
+            out.append(f"{self.params} parameters > {budget.params}")
+        if budget.macs is not None and self.macs > budget.macs:
+            out.append(f"{self.macs} MACs > {budget.macs}")
+        return out
+
+
+@dataclass
+class PlanResult:
+    """A removal plan, its predicted cost and (with a latency limit) its measured latency."""
+
+    plan: Plan
+    cost: Cost
+    latency_ms: float | None = None
+
+
+Measure = Callable[[Plan], float]
+"""Measured median latency (ms) of the edge a plan would leave."""
+
+
+def layer_spatial(modules: Sequence[nn.Module], example: torch.Tensor) -> dict[int, int]:
+    """Per conv/linear layer (by id): output elements per output channel for one image.
+
+    The resolution does not change when channels are removed, so one forward of
+    the unpruned edge gives what :func:`estimate_cost` needs for every plan.
+    """
+    spatial: dict[int, int] = {}
+
+    def hook(m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        conv = isinstance(m, nn.modules.conv._ConvNd)
+        width = int(getattr(m, "out_channels" if conv else "out_features"))
+        spatial[id(m)] = int(out[0].numel()) // max(width, 1)
+
+    layers = [
+        m
+        for top in modules
+        for m in top.modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    modes = {m: m.training for top in modules for m in top.modules()}
+    try:
+        x = example[:1]
+        with torch.no_grad():
+            for top in modules:
+                top.eval()
+                x = top(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, was in modes.items():
+            m.training = was
+    return spatial
+
+
+def _drops(mg: MaskGroups, plan: Plan) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """Per layer (by id), the out- and in-channels a plan removes."""
     out_drop: dict[int, set[int]] = defaultdict(set)
     in_drop: dict[int, set[int]] = defaultdict(set)
     for group, idxs in zip(mg.groups, plan, strict=True):
-        if not idxs:
-            chosen: set[int] = set()
-        else:
-            chosen = set(idxs)
+        chosen = set(idxs)
         if not chosen:
             continue
         for item in group:
-            dep, g_idxs = item.dep, item.idxs
-            root = item.root_idxs
-            local = {g_idxs[j] for j, r in enumerate(root) if r in chosen}
-            layer = dep.target.module
-            if mg.graph.is_out_channel_pruning_fn(dep.handler):
+            local = {item.idxs[j] for j, r in enumerate(item.root_idxs) if r in chosen}
+            layer = item.dep.target.module
+            if mg.graph.is_out_channel_pruning_fn(item.dep.handler):
                 out_drop[id(layer)] |= local
             else:
                 in_drop[id(layer)] |= local
-    total = 0
+    return out_drop, in_drop
+
+
+def estimate_cost(
+    model: BlockNet, split: int, mg: MaskGroups, plan: Plan, spatial: dict[int, int] | None = None
+) -> Cost:
+    """Edge parameters and MACs after removing ``plan`` (MACs need ``spatial``, else 0)."""
+    out_drop, in_drop = _drops(mg, plan)
+    params = macs = 0
     for top in edge_modules(model, split):
         for m in top.modules():
-            total += _layer_params(m, out_drop.get(id(m), set()), in_drop.get(id(m), set()))
-    return total
+            p, mac = layer_cost(m, out_drop.get(id(m), set()), in_drop.get(id(m), set()))
+            params += p
+            if spatial is not None:
+                macs += mac * spatial.get(id(m), 0)
+    return Cost(params, macs)
 
 
-def _layer_params(m: nn.Module, out_d: set[int], in_d: set[int]) -> int:
+def estimate_params(model: BlockNet, split: int, mg: MaskGroups, plan: Plan) -> int:
+    """Edge parameters after removing ``plan`` (root channel indices per group)."""
+    return estimate_cost(model, split, mg, plan).params
+
+
+def layer_cost(m: nn.Module, out_d: set[int], in_d: set[int]) -> tuple[int, int]:
+    """(parameters, MACs per output position) of one layer once channels are dropped."""
     if isinstance(m, nn.Conv2d):
         out_c = m.out_channels - len(out_d)
         in_c = m.in_channels - len(in_d)
         kk = m.kernel_size[0] * m.kernel_size[1]
-        if m.groups > 1 and m.groups == m.in_channels:
-            n = out_c * kk
-        else:
-            n = out_c * (in_c // m.groups) * kk
-        return n + (out_c if m.bias is not None else 0)
+        per_out = kk if m.groups > 1 and m.groups == m.in_channels else (in_c // m.groups) * kk
+        n = out_c * per_out
+        return n + (out_c if m.bias is not None else 0), n
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         n = m.num_features - len(out_d | in_d)
-        return 2 * n if m.affine else 0
+        return (2 * n if m.affine else 0), 0
     if isinstance(m, nn.Linear):
         out_f, in_f = m.out_features - len(out_d), m.in_features - len(in_d)
-        return out_f * in_f + (out_f if m.bias is not None else 0)
+        return out_f * in_f + (out_f if m.bias is not None else 0), out_f * in_f
     if isinstance(m, ChannelMask):
-        return 0
-    return sum(p.numel() for p in m.parameters(recurse=False))
+        return 0, 0
+    return sum(p.numel() for p in m.parameters(recurse=False)), 0
 
 
 def ranking_scores(mg: MaskGroups) -> list[torch.Tensor]:
@@ -106,72 +246,164 @@ def ranking_scores(mg: MaskGroups) -> list[torch.Tensor]:
     return out
 
 
-def narrowest_params(model: BlockNet, split: int, mg: MaskGroups) -> int:
-    """Edge size when every prunable group keeps one channel: the smallest legal edge."""
+def round_plan(scores: torch.Tensor, idxs: list[int], round_to: int) -> list[int]:
+    """``idxs`` reduced so the group keeps a multiple of ``round_to`` channels (or all)."""
+    n = len(scores)
+    keep = n - len(idxs)
+    if round_to <= 1 or not idxs:
+        return idxs
+    target = min(n, math.ceil(keep / round_to) * round_to)
+    if target == keep:
+        return idxs
+    ranked = sorted(idxs, key=lambda i: float(scores[i]))
+    return sorted(ranked[: n - target])
+
+
+def plan_at(scores: list[torch.Tensor], threshold: float, round_to: int) -> Plan:
+    """Every channel scored <= ``threshold`` (one kept per group), rounded to ``round_to``."""
+    return [round_plan(s, removable(s, threshold), round_to) for s in scores]
+
+
+def narrowest_cost(
+    model: BlockNet, split: int, mg: MaskGroups, spatial: dict[int, int] | None, round_to: int = 1
+) -> tuple[Plan, Cost]:
+    """The smallest legal edge: every prunable group keeps one channel (or ``round_to``)."""
     scores = mg.scores()
-    plan = [removable(torch.zeros_like(s), 0.0) if not torch.isinf(s).any() else [] for s in scores]
-    return estimate_params(model, split, mg, plan)
+    plan = [
+        round_plan(s, removable(torch.zeros_like(s), 0.0), round_to)
+        if not torch.isinf(s).any()
+        else []
+        for s in scores
+    ]
+    return plan, estimate_cost(model, split, mg, plan, spatial)
 
 
-def check_feasible(model: BlockNet, split: int, mg: MaskGroups, budget: int) -> int:
-    low = narrowest_params(model, split, mg)
-    if low > budget:
+def check_feasible(
+    model: BlockNet,
+    split: int,
+    mg: MaskGroups,
+    budget: EdgeBudget,
+    spatial: dict[int, int] | None = None,
+    round_to: int = 1,
+    measure: Measure | None = None,
+) -> Cost:
+    """Raise a :class:`BudgetError` naming the limit the narrowest legal edge cannot meet."""
+    plan, low = narrowest_cost(model, split, mg, spatial, round_to)
+    broken = low.violations(budget)
+    if not broken and budget.latency is not None and measure is not None:
+        ms = measure(plan)
+        if ms > budget.latency.ms:
+            broken.append(f"{ms:.3f} ms > {budget.latency.describe()}")
+    if broken:
+        what = "one channel" if round_to <= 1 else f"{round_to} channels"
         raise BudgetError(
-            f"patrol.budget: {budget} parameters cannot be met at split {split}; the narrowest "
-            f"legal edge (one channel per prunable group) has {low}"
+            f"patrol.budget cannot be met at split {split}: the narrowest legal edge ({what} per "
+            f"prunable group) has {'; '.join(broken)}"
         )
     return low
 
 
 def plan_for_budget(
-    model: BlockNet, split: int, mg: MaskGroups, budget: int, tau: float
-) -> tuple[list[list[int]], int]:
-    """Smallest removal (threshold >= tau on ranking scores) whose edge fits ``budget``."""
+    model: BlockNet,
+    split: int,
+    mg: MaskGroups,
+    budget: EdgeBudget,
+    tau: float,
+    spatial: dict[int, int] | None = None,
+    round_to: int = 1,
+    measure: Measure | None = None,
+) -> PlanResult:
+    """Smallest removal (threshold >= tau on ranking scores) that meets every limit."""
     scores = ranking_scores(mg)
-    base = [removable(s, tau) for s in scores]
-    est = estimate_params(model, split, mg, base)
-    if est <= budget:
-        return base, est
+    measured: dict[float, float] = {}
+
+    def latency_ok(t: float, plan: Plan) -> bool:
+        if budget.latency is None or measure is None:
+            return True
+        if t not in measured:
+            measured[t] = measure(plan)
+        return measured[t] <= budget.latency.ms
+
+    def result(t: float, plan: Plan, cost: Cost) -> PlanResult:
+        return PlanResult(plan, cost, measured.get(t))
+
+    base = plan_at(mg.scores(), tau, round_to)  # exactly the masks <= tau, no tie-break
+    cost = estimate_cost(model, split, mg, base, spatial)
+    if not cost.violations(budget) and latency_ok(tau, base):
+        return result(tau, base, cost)
     finite = torch.cat([s[torch.isfinite(s)] for s in scores])
-    cands = torch.unique(finite[finite > tau]).sort().values
-    lo, hi = 0, len(cands) - 1
-    best: tuple[list[list[int]], int] | None = None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        t = float(cands[mid])
-        plan = [removable(s, t) for s in scores]
-        est = estimate_params(model, split, mg, plan)
-        if est <= budget:
-            best, hi = (plan, est), mid - 1
-        else:
-            lo = mid + 1
-    if best is None:
-        raise BudgetError(f"no removal of the edge at split {split} fits {budget} parameters")
-    return best
+    cands = [float(c) for c in torch.unique(finite[finite > tau]).sort().values]
+
+    def search(lo: int, fits: Callable[[float, Plan, Cost], bool]) -> int | None:
+        hi, best = len(cands) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            plan = plan_at(scores, cands[mid], round_to)
+            if fits(cands[mid], plan, estimate_cost(model, split, mg, plan, spatial)):
+                best, hi = mid, mid - 1
+            else:
+                lo = mid + 1
+        return best
+
+    static = search(0, lambda _t, _p, c: not c.violations(budget))
+    if static is None:
+        raise BudgetError(f"no removal of the edge at split {split} meets {budget}")
+    chosen = static
+    if budget.latency is not None and measure is not None:
+        first = plan_at(scores, cands[static], round_to)
+        if not latency_ok(cands[static], first):
+            found = search(static + 1, lambda t, p, _c: latency_ok(t, p))
+            if found is None:
+                raise BudgetError(
+                    f"no removal of the edge at split {split} runs within "
+                    f"{budget.latency.describe()}; fastest measured "
+                    f"{min(measured.values()):.3f} ms"
+                )
+            chosen = found
+    plan = plan_at(scores, cands[chosen], round_to)
+    return result(cands[chosen], plan, estimate_cost(model, split, mg, plan, spatial))
 
 
-@dataclass(frozen=True)
-class LatencyLimit:
-    """A latency bound for the edge, measured on this machine while planning.
+def resolve_budget(
+    cfg: BudgetConfig, unpruned: BlockNet, input_shape: tuple[int, ...]
+) -> EdgeBudget:
+    """The recipe's limits as numbers; ``fit_split``'s are measured on the unpruned model.
 
-    ``runtime`` (onnxruntime or openvino), ``threads`` and ``batch`` say how the
-    candidate edge is run; ``ms`` bounds the median latency of one call.
+    ``input_shape`` is one image (C, H, W). A ``fit: [latency]`` limit times the
+    unpruned ``fit_split`` edge here, with the recipe's latency settings, so the
+    pruned edge is compared with what it replaces on the same machine.
     """
+    fit = cfg.fit if cfg.fit_split is not None else []
+    params = cfg.params
+    if cfg.bytes is not None:
+        params = cfg.bytes // BYTES_PER_PARAM
+    macs = cfg.macs
+    ms = cfg.latency_ms
+    if cfg.fit_split is not None:
+        ref = edge_modules(unpruned, cfg.fit_split)
+        if "params" in fit:
+            params = count_params(ref)
+        if "macs" in fit:
+            macs = count_macs(nn.Sequential(*ref), input_shape)
+    lat = cfg.latency
+    limit = None
+    if ms is not None or "latency" in fit:
+        limit = LatencyLimit(ms or 0.0, lat.runtime, lat.threads, lat.batch, lat.seconds)
+        if ms is None:
+            from patrol_compress.pruning.latency import measure_edge_ms
 
-    ms: float
-    runtime: str = "onnxruntime"
-    threads: int = 1
-    batch: int = 1
+            assert cfg.fit_split is not None
+            ms = measure_edge_ms(edge_modules(unpruned, cfg.fit_split), input_shape, limit)
+            limit = LatencyLimit(ms, lat.runtime, lat.threads, lat.batch, lat.seconds)
+    return EdgeBudget(params, macs, limit)
 
 
-@dataclass(frozen=True)
-class EdgeBudget:
-    """Every limit the edge must meet after removal; each one given must hold.
-
-    ``params``: weights the edge carries (``fit_split`` and ``bytes`` resolve to
-    it); ``macs``: multiply-accumulates per image; ``latency``: a measured bound.
-    """
-
-    params: int | None = None
-    macs: int | None = None
-    latency: LatencyLimit | None = None
+def budget_params(cfg: BudgetConfig, unpruned: BlockNet) -> int:
+    """The budget's parameter limit (size-only budgets; kept for scripts that use it)."""
+    if cfg.params is not None:
+        return cfg.params
+    if cfg.bytes is not None:
+        return cfg.bytes // BYTES_PER_PARAM
+    if cfg.fit_split is None:
+        raise BudgetError("patrol.budget states no parameter limit (no fit_split, params, bytes)")
+    return count_params(edge_modules(unpruned, cfg.fit_split))

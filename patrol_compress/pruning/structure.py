@@ -17,12 +17,26 @@ import torch
 from torch import nn
 
 from patrol_compress.errors import BudgetError
-from patrol_compress.metrics.flops import count_params
+from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.residual import remove_residual_branches
 from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning import blocks as blockops
-from patrol_compress.pruning.budget import check_feasible, estimate_params, plan_for_budget
+from patrol_compress.pruning.budget import (
+    Cost,
+    EdgeBudget,
+    LatencyLimit,
+    Measure,
+    Plan,
+    PlanResult,
+    check_feasible,
+    estimate_cost,
+    layer_cost,
+    layer_spatial,
+    plan_at,
+    plan_for_budget,
+)
+from patrol_compress.pruning.latency import measure_edge_ms, measure_plan
 from patrol_compress.pruning.masks import (
     ChannelMask,
     MaskedNorm,
@@ -35,7 +49,6 @@ from patrol_compress.pruning.remove import (
     apply_plan,
     build_mask_groups,
     check_equivalence,
-    plan_by_threshold,
     restore_frozen,
     zero_planned,
 )
@@ -50,6 +63,10 @@ class Removal:
     removed_blocks: list[str] = field(default_factory=list)
     equivalence_rel_diff: float = 0.0
     edge_params: int = 0
+    edge_macs: int = 0
+    latency_ms: float | None = None  # measured for a latency budget, with its settings
+    latency: dict[str, Any] | None = None
+    round_to: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,24 +75,90 @@ class Removal:
             "removed_blocks": self.removed_blocks,
             "equivalence_rel_diff": self.equivalence_rel_diff,
             "edge_params": self.edge_params,
+            "edge_macs": self.edge_macs,
+            "latency_ms": self.latency_ms,
+            "latency": self.latency,
+            "round_to": self.round_to,
         }
 
 
+def _edge_cost(model: BlockNet, split: int, example: torch.Tensor) -> tuple[int, int]:
+    edge = edge_modules(model, split)
+    return count_params(edge), count_macs(nn.Sequential(*edge), tuple(example.shape[1:]))
+
+
+def _latency_record(budget: EdgeBudget | None) -> dict[str, Any] | None:
+    lat = budget.latency if budget is not None else None
+    if lat is None:
+        return None
+    return {"limit_ms": lat.ms, "runtime": lat.runtime, "threads": lat.threads, "batch": lat.batch}
+
+
 class ChannelStructure:
-    def __init__(self, model: BlockNet, split: int, init: float, example: torch.Tensor) -> None:
-        self.model, self.split = model, split
+    """Channel masks on every edge BN; removal through torch-pruning's dependency graph."""
+
+    def __init__(
+        self,
+        model: BlockNet,
+        split: int,
+        init: float,
+        example: torch.Tensor,
+        round_to: int = 1,
+    ) -> None:
+        self.model, self.split, self.round_to = model, split, round_to
+        self.example = example
         insert_channel_masks(model, split, init)
         self.mg = build_mask_groups(model, example)
+        self.spatial = layer_spatial(edge_modules(model, split), example)
 
-    def check(self, budget: int) -> int:
-        return check_feasible(self.model, self.split, self.mg, budget)
+    def _measure(self, budget: EdgeBudget) -> Measure | None:
+        """Times the edge a plan would leave (a pruned copy) at the budget's latency settings."""
+        limit = budget.latency
+        if limit is None:
+            return None
+        shape = tuple(self.example.shape[1:])
+
+        def build(plan: Plan) -> list[nn.Module]:
+            twin = copy.deepcopy(self.model).cpu().eval()
+            mg = build_mask_groups(twin, self.example.cpu())
+            if [len(g[0].idxs) for g in mg.groups] != [len(g[0].idxs) for g in self.mg.groups]:
+                raise BudgetError("the copied model's channel groups differ; cannot time a plan")
+            apply_plan(mg, plan)
+            fold_masks(twin)
+            return edge_modules(twin, self.split)
+
+        return lambda plan: measure_plan(lambda: build(plan), shape, limit)
+
+    def check(self, budget: EdgeBudget) -> Cost:
+        return check_feasible(
+            self.model,
+            self.split,
+            self.mg,
+            budget,
+            self.spatial,
+            self.round_to,
+            self._measure(budget),
+        )
 
     def projected_params(self, tau: float) -> int:
-        return estimate_params(self.model, self.split, self.mg, plan_by_threshold(self.mg, tau))
+        plan = plan_at(self.mg.scores(), tau, self.round_to)
+        return estimate_cost(self.model, self.split, self.mg, plan).params
 
-    def budget_caps(self, budget: int, tau: float) -> dict[nn.Parameter, torch.Tensor]:
+    def plan(self, budget: EdgeBudget, tau: float) -> PlanResult:
+        return plan_for_budget(
+            self.model,
+            self.split,
+            self.mg,
+            budget,
+            tau,
+            self.spatial,
+            self.round_to,
+            self._measure(budget),
+        )
+
+    def budget_caps(self, budget: EdgeBudget, tau: float) -> dict[nn.Parameter, torch.Tensor]:
         """Per-mask 0/inf caps: 0 marks the elements the budget plan would remove."""
-        plan, _ = plan_for_budget(self.model, self.split, self.mg, budget, tau)
+        plan = self.plan(budget, tau).plan
         marks: dict[nn.Parameter, torch.Tensor] = {}
         for group, idxs in zip(self.mg.groups, plan, strict=True):
             chosen = set(idxs)
@@ -89,73 +172,119 @@ class ChannelStructure:
         return marks
 
     @torch.no_grad()
-    def remove(self, budget: int | None, tau: float, example: torch.Tensor) -> Removal:
+    def remove(self, budget: EdgeBudget | None, tau: float, example: torch.Tensor) -> Removal:
         hard_zero(self.model, tau)
         self.mg = build_mask_groups(self.model, example)
-        plan = plan_by_threshold(self.mg, tau)
-        kind = "threshold"
-        if budget is not None and estimate_params(self.model, self.split, self.mg, plan) > budget:
-            plan, _ = plan_for_budget(self.model, self.split, self.mg, budget, tau)
-            kind = "budget"
+        kind, latency = "threshold", None
+        if budget is not None:
+            # plan_for_budget returns the threshold plan itself when it already fits.
+            result = self.plan(budget, tau)
+            plan, latency = result.plan, result.latency_ms
+            if plan != plan_at(self.mg.scores(), tau, self.round_to):
+                kind = "budget"
+        else:
+            plan = plan_at(self.mg.scores(), tau, self.round_to)
         zero_planned(self.mg, plan)
         reference = copy.deepcopy(self.model).eval()
         removed = apply_plan(self.mg, plan)
         fold_masks(self.model)
         restore_frozen(self.model)
         diff = check_equivalence(reference, self.model, example)
-        return Removal(kind, removed, [], diff, count_params(edge_modules(self.model, self.split)))
+        params, macs = _edge_cost(self.model, self.split, example)
+        if budget is not None and budget.latency is not None and latency is None:
+            latency = measure_edge_ms(
+                edge_modules(self.model, self.split), tuple(example.shape[1:]), budget.latency
+            )
+        return Removal(
+            kind, removed, [], diff, params, macs, latency, _latency_record(budget), self.round_to
+        )
 
 
 class BlockStructure:
-    def __init__(self, model: BlockNet, split: int, init: float, example: torch.Tensor) -> None:
+    """One scalar mask per residual branch; removal drops whole branches (Table III)."""
+
+    def __init__(
+        self, model: BlockNet, split: int, init: float, example: torch.Tensor, round_to: int = 1
+    ) -> None:
         self.model, self.split = model, split
+        self.example = example
         self.blocks = insert_block_masks(model, split, init)
+        self.spatial = layer_spatial(edge_modules(model, split), example)
 
     def _mask(self, name: str) -> ChannelMask:
         block = self.model.get_submodule(name)
         return [m for m in block.children() if isinstance(m, MaskedNorm)][-1].mask
 
-    def _branch_params(self, name: str) -> int:
+    def _branch_modules(self, name: str) -> list[nn.Module]:
         block = self.model.get_submodule(name)
-        total = count_params([block])
         ds = getattr(block, "downsample", None)
-        return total - (count_params([ds]) if ds is not None else 0)
+        skip = set(ds.modules()) if ds is not None else set()
+        return [m for m in block.modules() if m not in skip]
 
-    def _params_without(self, dead: list[str]) -> int:
-        total = count_params(edge_modules(self.model, self.split))
-        return total - sum(self._branch_params(b) for b in dead)
+    def _cost_without(self, dead: list[str]) -> Cost:
+        gone = {id(m) for b in dead for m in self._branch_modules(b)}
+        params = macs = 0
+        for top in edge_modules(self.model, self.split):
+            for m in top.modules():
+                if id(m) in gone:
+                    continue
+                p, mac = layer_cost(m, set(), set())
+                params, macs = params + p, macs + mac * self.spatial.get(id(m), 0)
+        return Cost(params, macs)
 
-    def check(self, budget: int) -> int:
-        low = self._params_without(self.blocks)
-        if low > budget:
+    def _latency_without(self, dead: list[str], limit: LatencyLimit) -> float:
+        def build() -> list[nn.Module]:
+            twin = copy.deepcopy(self.model).cpu().eval()
+            for b in dead:
+                [m for m in twin.get_submodule(b).children() if isinstance(m, MaskedNorm)][
+                    -1
+                ].mask.weight.zero_()
+            fold_masks(twin)
+            remove_residual_branches(twin, dead)
+            return edge_modules(twin, self.split)
+
+        return measure_plan(build, tuple(self.example.shape[1:]), limit)
+
+    def _fits(self, dead: list[str], budget: EdgeBudget) -> bool:
+        if self._cost_without(dead).violations(budget):
+            return False
+        lat = budget.latency
+        return lat is None or self._latency_without(dead, lat) <= lat.ms
+
+    def check(self, budget: EdgeBudget) -> Cost:
+        low = self._cost_without(self.blocks)
+        if not self._fits(self.blocks, budget):
+            broken = low.violations(budget) or [
+                f"latency above {budget.latency.describe() if budget.latency else ''}"
+            ]
             raise BudgetError(
-                f"patrol.budget: {budget} parameters cannot be met block-wise at split "
-                f"{self.split}; with every residual branch removed the edge still has {low}"
+                f"patrol.budget cannot be met block-wise at split {self.split}; with every "
+                f"residual branch removed the edge still has {'; '.join(broken)}"
             )
         return low
 
     def projected_params(self, tau: float) -> int:
-        return self._params_without(blockops.dead_blocks(self.model, self.blocks, tau))
+        return self._cost_without(blockops.dead_blocks(self.model, self.blocks, tau)).params
 
-    def _budget_plan(self, budget: int, tau: float) -> list[str]:
+    def _budget_plan(self, budget: EdgeBudget, tau: float) -> list[str]:
         dead = blockops.dead_blocks(self.model, self.blocks, tau)
         alive = sorted(
             (b for b in self.blocks if b not in dead),
             key=lambda b: float(self._mask(b).weight.detach().abs().max()),
         )
-        while self._params_without(dead) > budget and alive:
+        while alive and not self._fits(dead, budget):
             dead.append(alive.pop(0))
         return dead
 
-    def budget_caps(self, budget: int, tau: float) -> dict[nn.Parameter, torch.Tensor]:
+    def budget_caps(self, budget: EdgeBudget, tau: float) -> dict[nn.Parameter, torch.Tensor]:
         return {self._mask(b).weight: torch.zeros(1) for b in self._budget_plan(budget, tau)}
 
     @torch.no_grad()
-    def remove(self, budget: int | None, tau: float, example: torch.Tensor) -> Removal:
+    def remove(self, budget: EdgeBudget | None, tau: float, example: torch.Tensor) -> Removal:
         hard_zero(self.model, tau)
         dead = blockops.dead_blocks(self.model, self.blocks, tau)
         kind = "threshold"
-        if budget is not None and self._params_without(dead) > budget:
+        if budget is not None and not self._fits(dead, budget):
             dead, kind = self._budget_plan(budget, tau), "budget"
         for b in dead:
             self._mask(b).weight.zero_()
@@ -163,14 +292,24 @@ class BlockStructure:
         fold_masks(self.model)
         remove_residual_branches(self.model, dead)
         diff = check_equivalence(reference, self.model, example)
-        return Removal(
-            kind, len(dead), dead, diff, count_params(edge_modules(self.model, self.split))
-        )
+        params, macs = _edge_cost(self.model, self.split, example)
+        latency = None
+        if budget is not None and budget.latency is not None:
+            latency = measure_edge_ms(
+                edge_modules(self.model, self.split), tuple(example.shape[1:]), budget.latency
+            )
+        return Removal(kind, len(dead), dead, diff, params, macs, latency, _latency_record(budget))
 
 
 def make_structure(
-    granularity: str, model: BlockNet, split: int, init: float, example: torch.Tensor
+    granularity: str,
+    model: BlockNet,
+    split: int,
+    init: float,
+    example: torch.Tensor,
+    round_to: int = 1,
 ) -> ChannelStructure | BlockStructure:
+    """The structure for ``granularity``; ``round_to`` applies to channel groups only."""
     if granularity == "block":
         return BlockStructure(model, split, init, example)
-    return ChannelStructure(model, split, init, example)
+    return ChannelStructure(model, split, init, example, round_to)
