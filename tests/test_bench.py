@@ -1,4 +1,4 @@
-"""Bench: report contents, checksum gate, torch-free execution, lazy runtime imports, CLI."""
+"""Bench: report contents, budgets and modes, checksum gate, torch-free execution, CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from patrol_compress.bench import BenchError, bench, read_manifest
 from patrol_compress.bench.memory import PeakRss
-from patrol_compress.bench.runner import transfer_ms
+from patrol_compress.bench.runner import plan, transfer_ms
+from patrol_compress.bench.timing import (
+    DEFAULT_SECONDS,
+    DEFAULT_WARMUP_SECONDS,
+    Budget,
+    parallel,
+    sequential,
+)
 from patrol_compress.errors import ArtifactError
 from patrol_compress.exporters import export_partitions
 from patrol_compress.models import build_model
@@ -48,7 +55,10 @@ def test_onnxruntime_report_has_percentiles_memory_and_uplink(
     manifest = read_manifest(artifact)
     assert report["runtime"] == "onnxruntime" and report["split"] == 2
     assert [r["batch"] for r in report["results"]] == [1, 2]
+    assert (report["mode"], report["runs"], report["warmup"]) == ("latency", 5, 1)
+    assert report["seconds"] is None and report["warmup_seconds"] is None
     for row in report["results"]:
+        assert row["calls"] == 5 and row["streams"] == 1 and row["duration_s"] > 0
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["throughput"] == pytest.approx(row["batch"] / (row["p50_ms"] / 1e3), rel=1e-3)
         assert row["peak_rss_mb"] is None or row["peak_rss_mb"] >= 0
@@ -190,3 +200,149 @@ def test_bench_cli_prints_a_table_and_reports_bad_input_in_one_line(artifact: Pa
     assert bad.exit_code == 2 and "--batch expects" in bad.output
     missing = runner.invoke(app, ["bench", str(artifact.parent / "nope")])
     assert missing.exit_code == 2 and "no manifest" in missing.output
+
+
+# Time budgets and throughput mode: what is recorded and how the numbers relate, never how fast.
+QUICK: dict[str, Any] = {"seconds": 0.2, "warmup_seconds": 0.05, "threads": 1}
+
+
+def test_seconds_measures_until_the_deadline_and_records_the_budget(artifact: Path) -> None:
+    report = bench(artifact, "onnxruntime", batches=(1, 2), **QUICK)
+    assert report["mode"] == "latency" and report["seconds"] == 0.2
+    assert report["warmup_seconds"] == 0.05
+    assert report["runs"] is None and report["warmup"] is None
+    for row in report["results"]:
+        assert row["calls"] > 0 and row["streams"] == 1
+        assert row["duration_s"] >= 0.2  # the block runs until its deadline has passed
+        assert row["images_per_s"] == pytest.approx(
+            row["calls"] * row["batch"] / row["duration_s"], rel=1e-2
+        )
+
+
+def test_default_budget_is_time_and_runs_or_warmup_replace_it() -> None:
+    default = plan()
+    assert default.mode == "latency"
+    assert default.timed == Budget(seconds=DEFAULT_SECONDS)
+    assert default.warmup == Budget(seconds=DEFAULT_WARMUP_SECONDS)
+    compat = plan(runs=50, warmup=10)
+    assert compat.timed == Budget(calls=50) and compat.warmup == Budget(calls=10)
+    assert plan(seconds=3.0, warmup=2).warmup == Budget(calls=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"runs": 5, "seconds": 1.0}, "not both"),
+        ({"warmup": 1, "warmup_seconds": 1.0}, "not both"),
+        ({"seconds": 0.0}, r"--seconds\) must be a finite number > 0"),
+        ({"seconds": float("nan")}, r"--seconds\) must be a finite number > 0"),
+        ({"warmup_seconds": -1.0}, r"--warmup-seconds\) must be a finite number >= 0"),
+        ({"mode": "fast"}, "unknown mode 'fast'"),
+    ],
+)
+def test_contradictory_or_bad_budgets_are_refused(
+    artifact: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(BenchError, match=message):
+        bench(artifact, "onnxruntime", batches=(1,), **kwargs)
+
+
+def test_tensorrt_throughput_is_refused_before_loading_anything(artifact: Path) -> None:
+    with pytest.raises(BenchError, match="not available for TensorRT"):
+        bench(artifact, "trt", mode="throughput", seconds=0.1)
+
+
+def test_onnxruntime_throughput_runs_one_session_per_stream(artifact: Path) -> None:
+    report = bench(
+        artifact, "onnxruntime", batches=(2,), mode="throughput", **{**QUICK, "threads": 2}
+    )
+    row = report["results"][0]
+    assert report["mode"] == "throughput" and "each stream" in report["timer"]
+    assert row["streams"] == 2 and row["runtime_settings"]["intra_op_threads"] == 1
+    assert row["calls"] > 0
+    assert row["throughput"] == row["images_per_s"]
+    assert row["images_per_s"] == pytest.approx(2 * row["calls"] / row["duration_s"], rel=1e-2)
+    counted = bench(artifact, "onnxruntime", batches=(1,), mode="throughput", threads=2, runs=7)
+    assert counted["results"][0]["calls"] == 7  # a call budget is shared by the streams
+
+
+@pytest.mark.openvino
+def test_openvino_hints_and_throughput_mode(artifact: Path) -> None:
+    pytest.importorskip("openvino")
+    latency = bench(artifact, "openvino", batches=(1,), **QUICK)["results"][0]
+    assert latency["runtime_settings"]["performance_hint"] == "LATENCY"
+    assert latency["runtime_settings"]["inference_precision"] == "f32"
+    assert latency["streams"] == 1 and latency["calls"] > 0
+    report = bench(artifact, "openvino", batches=(2,), mode="throughput", **QUICK)
+    row = report["results"][0]
+    assert row["runtime_settings"]["performance_hint"] == "THROUGHPUT"
+    assert row["streams"] >= 1 and row["calls"] > 0 and row["p50_ms"] > 0
+    assert row["images_per_s"] == pytest.approx(2 * row["calls"] / row["duration_s"], rel=1e-2)
+    counted = bench(artifact, "openvino", batches=(1,), mode="throughput", threads=1, runs=9)
+    assert counted["results"][0]["calls"] == 9
+
+
+def test_timing_loops_honour_call_budgets_and_surface_errors() -> None:
+    calls: list[int] = []
+    one = sequential(lambda: calls.append(1), Budget(calls=4))
+    assert one.calls == 4 == len(calls) == len(one.times_ms)
+    assert sequential(lambda: None, Budget(calls=0)).calls == 0
+    assert sequential(lambda: None, Budget(seconds=1e-9)).calls == 1  # at least one call
+    hits = [0, 0]
+
+    def stream(i: int) -> Any:
+        def call() -> None:
+            hits[i] += 1
+
+        return call
+
+    both = parallel([stream(0), stream(1)], Budget(calls=11))
+    assert both.calls == 11 == sum(hits) and both.streams == 2
+
+    def broken() -> None:
+        raise RuntimeError("runtime failed")
+
+    with pytest.raises(RuntimeError, match="runtime failed"):
+        parallel([broken, broken], Budget(seconds=0.05))
+
+
+def test_bench_cli_time_budget_and_throughput_flags(artifact: Path, tmp_path: Path) -> None:
+    from patrol_compress.cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "tput.json"
+    ok = runner.invoke(
+        app,
+        [
+            "bench",
+            str(artifact),
+            "--batch",
+            "1",
+            "--threads",
+            "1",
+            "--mode",
+            "throughput",
+            "--seconds",
+            "0.2",
+            "--warmup-seconds",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "throughput mode, 0.2 s timed" in ok.output
+    report = json.loads(out.read_text())
+    assert (report["mode"], report["seconds"], report["warmup_seconds"]) == ("throughput", 0.2, 0.0)
+    assert report["runs"] is None and report["results"][0]["calls"] > 0
+    for args, message in [
+        (["--seconds", "0"], "--seconds) must be a finite number > 0"),
+        (["--seconds", "inf"], "--seconds) must be a finite number > 0"),
+        (["--runs", "5", "--seconds", "1"], "not both"),
+        (["--warmup", "1", "--warmup-seconds", "1"], "not both"),
+        (["--warmup-seconds", "-1"], "must be a finite number >= 0"),
+        (["--mode", "fast"], "--mode 'fast'"),
+    ]:
+        bad = runner.invoke(app, ["bench", str(artifact), "--batch", "1", *args])
+        assert bad.exit_code == 2, (args, bad.output)
+        assert message in bad.output and bad.output.strip().count("\n") == 0, bad.output

@@ -1,11 +1,21 @@
 """``bench``: latency, throughput, memory and uplink cost of an exported edge partition.
 
 What a deployment decision needs from the edge side, measured the same way on
-every device: per batch size one fresh session, ``warmup`` untimed calls, then
-``runs`` timed calls; latency percentiles (p50 is the median, so one slow call
-does not move the headline), throughput from the median, peak memory above
-the idle process (see :mod:`patrol_compress.bench.memory`), and the bytes the
-edge must send per image from the manifest. With ``uplink_mbps`` the transfer
+every device: per batch size one fresh session, an untimed warm-up, then a
+timed block (see :mod:`patrol_compress.bench.timing` for the budgets and
+loops, :mod:`patrol_compress.bench.runtimes` for what one call is); latency
+percentiles (p50 is the median, so one slow call does not move the headline),
+images/s, peak memory above the idle process (see
+:mod:`patrol_compress.bench.memory`), and the bytes the edge must send per
+image from the manifest.
+
+Budgets, as ``benchmark_app``: by default ``DEFAULT_SECONDS`` timed seconds
+after ``DEFAULT_WARMUP_SECONDS`` of warm-up per batch size. ``runs`` (a count
+of timed calls, the old interface) replaces ``seconds`` and ``warmup`` (a
+count of untimed calls) replaces ``warmup_seconds``; giving both members of a
+pair is an error rather than a silent precedence, so a script written for
+one never measures the other. ``mode="throughput"`` keeps several requests in
+flight and reports images/s over the wall time of the block. With ``uplink_mbps`` the transfer
 time and an end-to-end edge estimate (median per-image compute + transfer)
 are added. The manifest's checksums are verified before anything is loaded, so
 a tampered artifact is never timed, and the runtime loads private copies of
@@ -18,8 +28,8 @@ import gc
 import math
 import os
 import platform
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,9 +43,14 @@ from patrol_compress.bench.runtimes import (
     RUNTIMES,
     TORCH_REFUSAL,
     BenchError,
-    EdgeSession,
     Runtime,
     runtime_version,
+)
+from patrol_compress.bench.timing import (
+    DEFAULT_SECONDS,
+    DEFAULT_WARMUP_SECONDS,
+    MODES,
+    Budget,
 )
 from patrol_compress.contracts import MANIFEST, verify_manifest
 from patrol_compress.errors import ArtifactError, OutputExistsError
@@ -64,15 +79,61 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _validate(
-    batches: Sequence[int], threads: int | None, warmup: int, runs: int, uplink_mbps: float | None
-) -> None:
+@dataclass(frozen=True)
+class Plan:
+    """The resolved measurement: mode, warm-up and timed budgets (see the module docstring)."""
+
+    mode: str
+    warmup: Budget
+    timed: Budget
+
+
+def _finite(value: float | None, name: str, flag: str, strictly_positive: bool) -> None:
+    if value is None:
+        return
+    bound = "> 0" if strictly_positive else ">= 0"
+    ok = math.isfinite(value) and (value > 0 if strictly_positive else value >= 0)
+    if not ok:
+        raise BenchError(f"{name} ({flag}) must be a finite number {bound}, found {value}")
+
+
+def plan(
+    mode: str = "latency",
+    runs: int | None = None,
+    seconds: float | None = None,
+    warmup: int | None = None,
+    warmup_seconds: float | None = None,
+) -> Plan:
+    """Turn the four budget options into one plan, refusing contradictory pairs in one line."""
+    if mode not in MODES:
+        raise BenchError(f"unknown mode '{mode}' (--mode): expected one of {list(MODES)}")
+    if runs is not None and seconds is not None:
+        raise BenchError(
+            "give --runs (a count of timed calls) or --seconds (a time), not both; "
+            f"found runs={runs}, seconds={seconds}"
+        )
+    if warmup is not None and warmup_seconds is not None:
+        raise BenchError(
+            "give --warmup (a count of untimed calls) or --warmup-seconds (a time), not both; "
+            f"found warmup={warmup}, warmup_seconds={warmup_seconds}"
+        )
+    if (warmup is not None and warmup < 0) or (runs is not None and runs < 1):
+        raise BenchError(f"need warmup >= 0 and runs >= 1, found warmup={warmup}, runs={runs}")
+    _finite(seconds, "seconds", "--seconds", strictly_positive=True)
+    _finite(warmup_seconds, "warmup_seconds", "--warmup-seconds", strictly_positive=False)
+    timed = Budget(calls=runs) if runs is not None else Budget(seconds=seconds or DEFAULT_SECONDS)
+    if warmup is not None:
+        warm = Budget(calls=warmup)
+    else:
+        warm = Budget(seconds=DEFAULT_WARMUP_SECONDS if warmup_seconds is None else warmup_seconds)
+    return Plan(mode, warm, timed)
+
+
+def _validate(batches: Sequence[int], threads: int | None, uplink_mbps: float | None) -> None:
     if not batches or any(int(b) < 1 for b in batches):
         raise BenchError(f"batch sizes must be >= 1, found {list(batches)}")
     if threads is not None and threads < 1:
         raise BenchError(f"threads must be >= 1, found {threads}")
-    if warmup < 0 or runs < 1:
-        raise BenchError(f"need warmup >= 0 and runs >= 1, found warmup={warmup}, runs={runs}")
     if uplink_mbps is not None and not (math.isfinite(uplink_mbps) and uplink_mbps > 0):
         raise BenchError(
             f"uplink_mbps (--uplink-mbps) must be a finite number > 0, found {uplink_mbps}"
@@ -94,18 +155,6 @@ def transfer_ms(bytes_per_image: int, uplink_mbps: float) -> float:
     return bytes_per_image * 8 / (uplink_mbps * 1e6) * 1e3
 
 
-def _timed_calls(session: EdgeSession, x: np.ndarray, warmup: int, runs: int) -> np.ndarray:
-    """``warmup`` untimed calls, then the milliseconds of each of ``runs`` timed calls."""
-    for _ in range(warmup):
-        session.run(x)
-    times_ms = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter_ns()
-        session.run(x)
-        times_ms[i] = (time.perf_counter_ns() - start) / 1e6
-    return times_ms
-
-
 def _time_batches(
     backend: Runtime,
     module: ModuleType,
@@ -113,11 +162,10 @@ def _time_batches(
     input_shape: tuple[int, ...],
     batches: Sequence[int],
     threads: int | None,
-    warmup: int,
-    runs: int,
+    how: Plan,
     options: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], str, list[str]]:
-    """One fresh session per batch size: warm-up, timed calls, percentiles and peak memory."""
+    """One fresh session per batch size: warm-up, timed block, percentiles and peak memory."""
     rng = np.random.default_rng(0)
     results: list[dict[str, Any]] = []
     rss_method = "none"
@@ -130,7 +178,9 @@ def _time_batches(
         try:
             x = rng.standard_normal((batch, *input_shape)).astype(session.input_dtype)
             try:
-                times_ms = _timed_calls(session, x, warmup, runs)
+                measure = session.prepare(x)
+                measure(how.warmup)
+                timing = measure(how.timed)
             except Exception as exc:  # runtimes raise their own types; the user needs one line
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 raise ArtifactError(
@@ -141,8 +191,11 @@ def _time_batches(
         finally:
             session.close()
         rss_method, edge_files = memory.method, session.files
-        del session
+        settings = session.settings
+        del session, measure
+        times_ms = timing.times_ms
         p50, p90, p99 = (float(v) for v in np.percentile(times_ms, [50, 90, 99]))
+        images_per_s = timing.calls * batch / timing.duration_s if timing.duration_s > 0 else 0.0
         results.append(
             {
                 "batch": batch,
@@ -151,12 +204,31 @@ def _time_batches(
                 "p99_ms": round(p99, 4),
                 "mean_ms": round(float(times_ms.mean()), 4),
                 "per_image_ms": round(p50 / batch, 4),
-                "throughput": round(batch / (p50 / 1e3), 2),
+                # latency mode: what one request at a time sustains (batch / p50, as
+                # before); throughput mode: the measured rate with all streams busy.
+                "throughput": round(
+                    batch / (p50 / 1e3) if how.mode == "latency" else images_per_s, 2
+                ),
+                "images_per_s": round(images_per_s, 2),
+                "calls": timing.calls,
+                "duration_s": round(timing.duration_s, 4),
+                "streams": timing.streams,
+                "runtime_settings": settings,
                 "peak_rss_mb": peak,
                 "_p50": p50,
             }
         )
     return results, rss_method, edge_files
+
+
+TIMER = {
+    "onnxruntime": "perf_counter around each run_with_iobinding (input and output bound once)",
+    "openvino": "perf_counter around each infer() (input tensor set once, outputs not copied)",
+    "trt": "perf_counter around each call (host-to-device copy, execute, copy back)",
+    "onnxruntime-throughput": "perf_counter around each call in each stream's thread",
+    "openvino-throughput": "each infer request's own latency (AsyncInferQueue, as benchmark_app)",
+}
+"""What a reported latency covers, per runtime and mode (recorded in the report)."""
 
 
 MAX_INPUT_BYTES = 4 * 2**30
@@ -186,14 +258,23 @@ def bench(
     runtime: str = "onnxruntime",
     batches: Sequence[int] = (1, 8),
     threads: int | None = None,
-    warmup: int = 10,
-    runs: int = 50,
+    warmup: int | None = None,
+    runs: int | None = None,
     uplink_mbps: float | None = None,
     json_path: Path | str | None = None,
     ov_precision_hint: str | None = "f32",
     force: bool = False,
+    seconds: float | None = None,
+    warmup_seconds: float | None = None,
+    mode: str = "latency",
 ) -> dict[str, Any]:
     """Time the edge partition in ``artifact_dir`` and return (and optionally write) the report.
+
+    Budgets: ``seconds`` (default ``DEFAULT_SECONDS`` when ``runs`` is not
+    given either) or ``runs`` timed calls; ``warmup_seconds`` (default
+    ``DEFAULT_WARMUP_SECONDS``) or ``warmup`` untimed calls; a pair given
+    together is refused. ``mode`` is ``latency`` (one request at a time) or
+    ``throughput`` (several in flight; not for TensorRT).
 
     An existing ``json_path`` is refused unless ``force`` (before anything is
     timed: an earlier measurement is not lost silently).
@@ -206,7 +287,10 @@ def bench(
         raise BenchError(TORCH_REFUSAL)
     if runtime not in RUNTIME_NAMES:
         raise BenchError(f"unknown runtime '{runtime}': expected one of {list(RUNTIME_NAMES)}")
-    _validate(batches, threads, warmup, runs, uplink_mbps)
+    how = plan(mode, runs, seconds, warmup, warmup_seconds)
+    if runtime == "trt" and how.mode == "throughput":
+        raise BenchError("--mode throughput is not available for TensorRT; use --mode latency")
+    _validate(batches, threads, uplink_mbps)
     if json_path is not None:
         check_json_path(Path(json_path), force)
     root = Path(artifact_dir)
@@ -220,12 +304,13 @@ def bench(
     options: dict[str, Any] = {
         "ov_precision_hint": ov_precision_hint,
         "verified": frozenset(manifest["files"]),
+        "mode": how.mode,
     }
 
     with staged_copy(root, manifest) as stage:
         options["stage"] = stage
         results, rss_method, edge_files = _time_batches(
-            backend, module, root, input_shape, batches, threads, warmup, runs, options
+            backend, module, root, input_shape, batches, threads, how, options
         )
     for row in results:
         if per_transfer is not None:
@@ -238,8 +323,12 @@ def bench(
         "runtime": runtime,
         "runtime_version": runtime_version(module),
         "threads": threads,
-        "warmup": warmup,
-        "runs": runs,
+        "mode": how.mode,
+        "seconds": how.timed.seconds,
+        "runs": how.timed.calls,
+        "warmup": how.warmup.calls,
+        "warmup_seconds": how.warmup.seconds,
+        "timer": TIMER[runtime if how.mode == "latency" else f"{runtime}-throughput"],
         "split": manifest["split"],
         "target": manifest["target"],
         "precision": manifest["precision"],

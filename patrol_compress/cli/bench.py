@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from patrol_compress.bench import RUNTIME_NAMES, BenchError, bench
+from patrol_compress.bench.timing import DEFAULT_SECONDS, DEFAULT_WARMUP_SECONDS, MODES
 from patrol_compress.cli.common import (
     check_threads,
     check_utf8_path,
@@ -35,13 +36,22 @@ def parse_batches(text: str) -> list[int]:
     return values
 
 
+def _budget(report: dict[str, Any]) -> str:
+    timed = f"{report['seconds']} s" if report["runs"] is None else f"{report['runs']} calls"
+    warm = (
+        f"{report['warmup_seconds']} s" if report["warmup"] is None else f"{report['warmup']} calls"
+    )
+    return f"{timed} timed after {warm} warm-up per batch"
+
+
 def render(report: dict[str, Any]) -> Table:
     title = (
         f"{report['runtime']} {report['runtime_version']} | split {report['split']} "
-        f"{report['precision']} | {report['bytes_sent_per_image']} B sent/image"
+        f"{report['precision']} | {report['bytes_sent_per_image']} B sent/image | "
+        f"{report['mode']} mode, {_budget(report)}"
     )
     table = Table(title=title)
-    for column in ("batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MB"):
+    for column in ("batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "calls", "peak RSS MB"):
         table.add_column(column, justify="right")
     with_uplink = report.get("transfer_ms_per_image") is not None
     if with_uplink:
@@ -53,6 +63,7 @@ def render(report: dict[str, Any]) -> Table:
             f"{row['p90_ms']:.3f}",
             f"{row['p99_ms']:.3f}",
             f"{row['throughput']:.1f}",
+            f"{row['calls']}" + (f" ({row['streams']} streams)" if row["streams"] > 1 else ""),
             "-" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.1f}",
         ]
         if with_uplink:
@@ -73,8 +84,30 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(
             None, "--threads", help="Runtime threads (default: runtime's)."
         ),
-        warmup: int = typer.Option(10, "--warmup", help="Untimed calls per batch size."),
-        runs: int = typer.Option(50, "--runs", help="Timed calls per batch size."),
+        seconds: float | None = typer.Option(
+            None,
+            "--seconds",
+            help=f"Timed seconds per batch size, as benchmark_app -t (default {DEFAULT_SECONDS:g} "
+            "unless --runs is given).",
+        ),
+        runs: int | None = typer.Option(
+            None, "--runs", help="Timed calls per batch size instead of --seconds."
+        ),
+        warmup_seconds: float | None = typer.Option(
+            None,
+            "--warmup-seconds",
+            help=f"Untimed seconds per batch size (default {DEFAULT_WARMUP_SECONDS:g} unless "
+            "--warmup is given).",
+        ),
+        warmup: int | None = typer.Option(
+            None, "--warmup", help="Untimed calls per batch size instead of --warmup-seconds."
+        ),
+        mode: str = choice_option(
+            "latency",
+            "--mode",
+            MODES,
+            "latency: one request at a time; throughput: several in flight, images/s.",
+        ),
         uplink_mbps: float | None = typer.Option(
             None, "--uplink-mbps", help="Uplink bandwidth; adds transfer and end-to-end estimates."
         ),
@@ -94,6 +127,9 @@ def register(app: typer.Typer) -> None:
             threads=threads,
             warmup=warmup,
             runs=runs,
+            seconds=seconds,
+            warmup_seconds=warmup_seconds,
+            mode=mode,
             uplink_mbps=uplink_mbps,
             json_path=json_path,
             ov_precision_hint=ov_hint or None,
