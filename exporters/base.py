@@ -12,15 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from torch import nn
 
 from patrol_compress.registry import Registry
 
-Precision = Literal["fp32", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+if TYPE_CHECKING:
+    from .int8 import Int8Data
+
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -49,11 +52,16 @@ class ExportJob:
     opt_batch: int = 8
     max_batch: int = 32
     notes: dict[str, Any] = field(default_factory=dict)
+    int8: Int8Data | None = None
+    """Calibration and test images (``precision == "int8"`` only): INT8 is
+    calibrated on data and judged by task accuracy, which random tensors cannot do."""
+    quantization: dict[str, Any] | None = None
+    """What an INT8 target did (split tensor scale/zero-point, parity); the manifest records it."""
 
     @property
     def sent_dtype(self) -> str:
         """Element type of the edge output, i.e. of what goes over the uplink."""
-        return "float16" if self.precision == "fp16" else "float32"
+        return {"fp16": "float16", "int8": "uint8"}.get(self.precision, "float32")
 
 
 def _always_available() -> None:
@@ -72,6 +80,8 @@ class Target:
     run: Callable[[ExportJob], list[str]]
     description: str
     check_available: Callable[[], None] = _always_available
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    """The precisions this target can write; others are refused before any work."""
 
 
 EXPORTERS: Registry[Target] = Registry("export target")

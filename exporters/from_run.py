@@ -15,11 +15,13 @@ from patrol_compress.errors import ExportError, ModelError
 from patrol_compress.locking import folder_lock
 from patrol_compress.rundir import remove_leftovers
 
-from .base import EXPORTERS
-from .partitions import export_partitions
+from .int8 import DEFAULT_CALIBRATION_IMAGES, MAX_DROP_POINTS
+from .partitions import check_target, export_partitions
 
 if TYPE_CHECKING:
-    from patrol_compress.recipe import ExportConfig
+    from patrol_compress.recipe import ExportConfig, Recipe
+
+    from .int8 import Int8Data
 
 
 def default_out(run_dir: Path, target: str, split: int, precision: str) -> Path:
@@ -37,18 +39,66 @@ def resolve_split(split: int | None, info: dict[str, Any]) -> int:
     return int(saved)
 
 
-def recipe_export_settings(run_dir: Path) -> ExportConfig:
-    """The ``export:`` section of the recipe the run was made with, else the defaults.
+def run_recipe(run_dir: Path) -> tuple[Recipe, Path] | None:
+    """The recipe the run was made with and its file, if the run has one.
 
     That is ``RUN/recipe.resolved.yaml``, or the parent's for a prune run's
     ``RUN/target`` (the same lookup as ``attack``).
     """
-    from patrol_compress.recipe import ExportConfig, load_recipe
+    from patrol_compress.recipe import load_recipe
 
     for folder in (run_dir, run_dir.parent):
         if (folder / RECIPE_FILE).is_file():
-            return load_recipe(folder / RECIPE_FILE).export
-    return ExportConfig()
+            return load_recipe(folder / RECIPE_FILE), folder / RECIPE_FILE
+    return None
+
+
+def recipe_export_settings(run_dir: Path) -> ExportConfig:
+    """The ``export:`` section of the recipe the run was made with, else the defaults."""
+    from patrol_compress.recipe import ExportConfig
+
+    found = run_recipe(run_dir)
+    return found[0].export if found is not None else ExportConfig()
+
+
+def run_int8_data(
+    run_dir: Path,
+    input_shape: tuple[int, ...],
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    allow_parity_fail: bool = False,
+) -> Int8Data:
+    """Calibration (training) and test images of the run's recipe, for an INT8 export.
+
+    Seeded with the recipe's seed, so two exports of one run calibrate on the
+    same images. The recipe's data must give the images the model was saved for.
+    """
+    from patrol_compress.data import build_data
+
+    from .int8 import int8_data_from_bundle
+
+    found = run_recipe(run_dir)
+    if found is None:
+        raise ExportError(
+            f"{run_dir}: no {RECIPE_FILE} here or in its parent; INT8 export calibrates on the "
+            "recipe's training images and checks accuracy on its test set"
+        )
+    recipe, path = found
+    bundle = build_data(recipe.data)
+    size = bundle.train.image_size
+    channels = bundle.train.channels
+    if (channels, size, size) != tuple(input_shape):
+        raise ExportError(
+            f"{path}: data gives {channels} x {size} x {size} images, the model in {run_dir} "
+            f"takes {list(input_shape)}"
+        )
+    return int8_data_from_bundle(
+        bundle,
+        calibration_images,
+        recipe.seed,
+        {"recipe": str(path), "data": recipe.data.kind},
+        MAX_DROP_POINTS,
+        allow_parity_fail,
+    )
 
 
 def export_run(
@@ -59,15 +109,20 @@ def export_run(
     out: Path | str | None = None,
     force: bool = False,
     opset: int | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    allow_parity_fail: bool = False,
 ) -> dict[str, Any]:
     """Export the model saved in ``run_dir``; returns the manifest (with ``out_dir`` added).
 
     ``split`` and ``opset`` default to the run recipe's ``export.split`` and
     ``export.opset``; without a split there, the split the run recorded.
+    ``precision="int8"`` calibrates on ``calibration_images`` of the recipe's
+    training images and must keep task accuracy within 1 point of FP32 on its
+    test set, else nothing is written (unless ``allow_parity_fail``).
     """
     from patrol_compress.run import load_run_model
 
-    EXPORTERS.get(target).check_available()  # before loading the model: fail fast
+    check_target(target, precision)  # before loading the model: fail fast
     run_dir = Path(run_dir)
     model, info = load_run_model(run_dir)
     settings = recipe_export_settings(run_dir)
@@ -83,6 +138,13 @@ def export_run(
         raise ModelError(
             f"{what} is out of range: the model saved in {run_dir} has stages 1..{stages}"
         )
+    if calibration_images < 1:
+        raise ExportError(f"--calibration-images must be >= 1, found {calibration_images}")
+    int8 = (
+        run_int8_data(run_dir, tuple(info["input_shape"]), calibration_images, allow_parity_fail)
+        if precision == "int8"
+        else None
+    )
     out_dir = Path(out) if out is not None else default_out(run_dir, target, k, precision)
     # Writing inside the run (the default): a prune of the same run must not run meanwhile.
     inside = out_dir.resolve().is_relative_to(run_dir.resolve())
@@ -102,5 +164,6 @@ def export_run(
                 "weights_sha256": info.get("weights", {}).get("sha256"),
             },
             force=force,
+            int8=int8,
         )
     return {**manifest, "out_dir": str(out_dir)}

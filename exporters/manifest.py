@@ -48,7 +48,8 @@ def build_manifest(
     """The manifest for the files ``files`` in ``job.work_dir``.
 
     ``bytes_sent`` is what the edge uplinks per image: the edge output's
-    elements times 4 bytes (fp32) or 2 (fp16, whose split tensor is FP16).
+    elements times 4 bytes (fp32), 2 (fp16, whose split tensor is FP16) or 1
+    (int8, whose edge sends uint8; scale and zero point are in ``quantization``).
     MACs count convolutions and linear layers for one image.
     """
     edge_out = [int(d) for d in job.edge_ref.shape[1:]]
@@ -80,6 +81,8 @@ def build_manifest(
     }
     if job.notes:
         manifest["notes"] = dict(job.notes)
+    if job.quantization is not None:
+        manifest["quantization"] = dict(job.quantization)
     manifest.update(extra or {})
     check_record(Manifest, manifest, job.work_dir / MANIFEST)  # what every reader will check
     return manifest

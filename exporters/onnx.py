@@ -103,6 +103,10 @@ def _to_fp16_file(path: Path, keep: str) -> None:
 
 def export_onnx(job: ExportJob) -> list[str]:
     """Write edge.onnx and cloud.onnx at ``job.precision`` and check both with ORT."""
+    if job.precision == "int8":
+        from .onnx_int8 import export_onnx_int8
+
+        return export_onnx_int8(job)
     edge_path = job.work_dir / EDGE_ONNX
     cloud_path = job.work_dir / CLOUD_ONNX
     torch_to_onnx(job.edge, job.input_shape, edge_path, job.opset)
@@ -122,5 +126,10 @@ def export_onnx(job: ExportJob) -> list[str]:
 
 
 EXPORTERS.add(
-    "onnx", Target(export_onnx, "ONNX files (edge.onnx, cloud.onnx), checked with onnxruntime")
+    "onnx",
+    Target(
+        export_onnx,
+        "ONNX files (edge.onnx, cloud.onnx), checked with onnxruntime",
+        precisions=("fp32", "fp16", "int8"),
+    ),
 )

@@ -48,6 +48,10 @@ def run_openvino(path: Path, x: np.ndarray, config: dict[str, Any] | None = None
 
 def export_openvino(job: ExportJob) -> list[str]:
     """Write the ONNX pair, convert each to IR, and check the IR against torch."""
+    if job.precision == "int8":
+        from .openvino_int8 import export_openvino_int8
+
+        return export_openvino_int8(job)
     ov = import_openvino()
     files = export_onnx(job)
     compress = job.precision == "fp16"
@@ -71,7 +75,9 @@ EXPORTERS.add(
     "openvino",
     Target(
         export_openvino,
-        "OpenVINO IR (edge/cloud .xml + .bin) plus the ONNX it was converted from",
+        "OpenVINO IR (edge/cloud .xml + .bin) plus the ONNX it was converted from "
+        "(int8: NNCF-quantized IR only)",
         _check_available,
+        precisions=("fp32", "fp16", "int8"),
     ),
 )

@@ -27,11 +27,22 @@ from patrol_compress.io import record_written, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
 
-from .base import EXPORTERS, PRECISIONS, ExportJob, Precision
+from .base import EXPORTERS, PRECISIONS, ExportJob, Precision, Target
+from .int8 import Int8Data, require_data
 from .manifest import MANIFEST, build_manifest
 
 PARITY_BATCH = 2
-_RESERVED = ("split", "target", "precision", "files", "input_shape", "edge", "cloud", "versions")
+_RESERVED = (
+    "split",
+    "target",
+    "precision",
+    "files",
+    "input_shape",
+    "edge",
+    "cloud",
+    "versions",
+    "quantization",
+)
 
 
 def _validate(
@@ -50,6 +61,32 @@ def _validate(
     if clash:
         raise ExportError(f"extra_manifest may not override manifest fields {clash}")
     return shape[0], shape[1], shape[2]
+
+
+def check_target(target: str, precision: str) -> Target:
+    """The target, once it can write ``precision`` here (backend installed); fails fast."""
+    exporter = EXPORTERS.get(target)
+    if precision not in exporter.precisions:
+        raise ExportError(
+            f"target {target!r} cannot write {precision}; it writes {list(exporter.precisions)}"
+        )
+    exporter.check_available()
+    if precision == "int8" and target == "openvino":
+        from .openvino_int8 import import_nncf
+
+        import_nncf()
+    return exporter
+
+
+def _check_int8(data: Int8Data, shape: tuple[int, int, int]) -> None:
+    """Calibration images must be what the model takes; checked before any export work."""
+    calib = data.calibration
+    if calib.ndim != 4 or tuple(calib.shape[1:]) != shape or len(calib) == 0:
+        raise ExportError(
+            f"INT8 calibration images are {list(calib.shape)}, the model takes N x {list(shape)}"
+        )
+    if not np.isfinite(calib).all():
+        raise ExportError("INT8 calibration images hold NaN/Inf")
 
 
 def _references(
@@ -115,6 +152,7 @@ def export_partitions(
     opt_batch: int = 8,
     max_batch: int = 32,
     seed: int = 0,
+    int8: Int8Data | None = None,
 ) -> dict[str, Any]:
     """Export the edge (stem + first ``split`` stages) and cloud partitions of ``model``.
 
@@ -122,12 +160,16 @@ def export_partitions(
     the manifest. An existing ``out_dir`` is refused unless ``force``; with
     ``force`` only the files this export writes are replaced. ``opt_batch`` and
     ``max_batch`` shape TensorRT's optimization profile (min batch is 1).
+    ``precision="int8"`` needs ``int8`` (calibration and test images, see
+    :mod:`patrol_compress.exporters.int8`); :func:`export_run` builds it from the
+    run's recipe.
     """
     shape = _validate(precision, input_shape, opset, extra_manifest)
     if not isinstance(model, BlockNet):
         raise ExportError(f"expected a BlockNet, found {type(model).__name__}")
-    exporter = EXPORTERS.get(target)
-    exporter.check_available()
+    exporter = check_target(target, precision)
+    if precision == "int8":
+        _check_int8(require_data(int8), shape)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder")
@@ -158,6 +200,7 @@ def export_partitions(
             previous_dir=out_dir if out_dir.is_dir() else None,
             opt_batch=opt_batch,
             max_batch=max_batch,
+            int8=int8 if precision == "int8" else None,
         )
         files = exporter.run(job)
         manifest = build_manifest(job, files, split, target, extra_manifest)

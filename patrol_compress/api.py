@@ -160,8 +160,14 @@ def export(
     precision: str = "fp32",
     out: Path | str | None = None,
     force: bool = False,
+    calibration_images: int = 300,
+    allow_parity_fail: bool = False,
 ) -> dict[str, Any]:
     """Export the run's model as edge/cloud partitions (parity-checked); returns the manifest.
+
+    ``precision="int8"`` calibrates on ``calibration_images`` training images and
+    must keep rank-1 / top-1 within 1 point of fp32 (else ExportError, unless
+    ``allow_parity_fail``); the manifest's ``quantization`` records both.
 
     Example::
 
@@ -169,7 +175,16 @@ def export(
     """
     from patrol_compress.exporters import export_run
 
-    return export_run(Path(run_dir), split, target, precision, _path(out), force)
+    return export_run(
+        Path(run_dir),
+        split,
+        target,
+        precision,
+        _path(out),
+        force,
+        calibration_images=calibration_images,
+        allow_parity_fail=allow_parity_fail,
+    )
 
 
 def bench(artifact_dir: Path | str, **kwargs: Any) -> dict[str, Any]:

@@ -123,6 +123,31 @@ class EdgeCost(PartitionCost):
     """Bytes the edge uplinks per image: the benchmark's uplink time needs it."""
 
 
+class SplitTensor(Record):
+    """How an INT8 edge codes what it sends: ``real = scale * (q - zero_point)``."""
+
+    dtype: str
+    scale: float = Field(gt=0)
+    zero_point: int = Field(ge=0, le=255)
+
+
+class QuantParity(Record):
+    """INT8 against FP32 on the recipe's test set (accuracies are fractions)."""
+
+    metric: str
+    fp32: float
+    int8: float
+    drop_points: float
+    passed: bool
+
+
+class Quantization(Record):
+    """``manifest.json``'s ``quantization``: what an INT8 export did, whether it kept accuracy."""
+
+    split_tensor: SplitTensor
+    parity: QuantParity
+
+
 class Manifest(Record):
     """``manifest.json``: the files of an export folder and what its partitions cost.
 
@@ -143,6 +168,9 @@ class Manifest(Record):
     cloud: PartitionCost | None = None
     versions: dict[str, Any] | None = None
     notes: dict[str, Any] | None = None
+    quantization: Quantization | None = None
+    """INT8 only: the split tensor's uint8 code (the cloud and the adaptive attack
+    dequantize with it) and the accuracy parity."""
 
 
 class Score(Record):

@@ -100,8 +100,8 @@ def test_bench_runtime_choices_leave_out_torch() -> None:
         (["bench", "ART", "--runtime", "tflite"], "--runtime 'tflite': expected one of onnxrun"),
         (["export", "RUN", "--target", "tflite"], "--target 'tflite': expected one of onnx, open"),
         (
-            ["export", "RUN", "--target", "onnx", "--precision", "int8"],
-            "--precision 'int8': expected one of fp32, fp16",
+            ["export", "RUN", "--target", "onnx", "--precision", "int4"],
+            "--precision 'int4': expected one of fp32, fp16, int8",
         ),
     ],
 )

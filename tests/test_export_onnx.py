@@ -264,6 +264,8 @@ def test_non_resnet_blocknet_exports(tmp_path: Path) -> None:
 def test_invalid_requests_are_user_errors(tmp_path: Path) -> None:
     model = tiny_resnet()
     with pytest.raises(ExportError, match="precision"):
+        export_partitions(model, 2, tmp_path / "x", "onnx", "int4", SHAPE)
+    with pytest.raises(ExportError, match="int8 needs calibration and test images"):
         export_partitions(model, 2, tmp_path / "x", "onnx", "int8", SHAPE)
     with pytest.raises(ModelError, match="out of range"):
         export_partitions(model, 9, tmp_path / "x", "onnx", "fp32", SHAPE)

@@ -18,7 +18,7 @@ from collections.abc import Container, Iterable, Sequence
 import torch
 from torch import nn
 
-_BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2}
+_BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 def count_params(
@@ -64,7 +64,10 @@ def used_modules(module: nn.Module, input_shape: Sequence[int]) -> set[nn.Module
 def weight_bytes(
     module: nn.Module, precision: str = "fp32", only: Container[nn.Module] | None = None
 ) -> int:
-    """Bytes the parameters take at ``precision`` ("fp32" or "fp16").
+    """Bytes the parameters take at ``precision`` ("fp32", "fp16" or "int8").
+
+    For int8 this is one byte per parameter: biases (int32) and per-channel
+    scales add a little, which the artifact's file sizes in the manifest show.
 
     BatchNorm running statistics are left out: on export they fold into the
     preceding convolution, so the deployed weights are about the parameters.

@@ -33,16 +33,42 @@ def embed(
     return np.concatenate(feats), np.concatenate(pids), np.concatenate(cams)
 
 
-def evaluate(model: nn.Module, data: DataBundle, batch_size: int = 128) -> dict[str, float]:
-    """``{rank1, rank5, rank10, mAP, mINP}`` (re-id) or ``{top1}`` (classification), fractions."""
+def test_datasets(data: DataBundle) -> list[ReidDataset]:
+    """The images accuracy is measured on, in the order :func:`score_outputs` expects.
+
+    Classification: ``[test]``; re-id: ``[query, gallery]``. Exported artifacts
+    (INT8 parity) run these through their own runtime and score the outputs
+    here, so a deployed model is measured exactly as the torch model is.
+    """
     if data.task == "classification":
         assert data.test is not None  # a classification bundle always has a test split
-        logits, labels, _ = embed(model, data.test, batch_size)
-        return {"top1": top1_accuracy(logits, labels)}
+        return [data.test]
     assert data.query is not None and data.gallery is not None
-    qf, qp, qc = embed(model, data.query, batch_size)
-    gf, gp, gc = embed(model, data.gallery, batch_size)
-    return evaluate_ranking(cosine_distance(qf, gf), qp, gp, qc, gc).as_dict()
+    return [data.query, data.gallery]
+
+
+def score_outputs(data: DataBundle, outputs: np.ndarray) -> dict[str, float]:
+    """Accuracy from the model's outputs for every image of :func:`test_datasets`, in order."""
+    sets = test_datasets(data)
+    if len(outputs) != sum(len(ds) for ds in sets):
+        raise ValueError(f"{len(outputs)} outputs for {sum(len(ds) for ds in sets)} test images")
+    if data.task == "classification":
+        return {"top1": top1_accuracy(outputs, np.asarray(sets[0].pids))}
+    query, gallery = sets
+    qf, gf = outputs[: len(query)], outputs[len(query) :]
+    return evaluate_ranking(
+        cosine_distance(qf, gf),
+        np.asarray(query.pids),
+        np.asarray(gallery.pids),
+        np.asarray(query.camids),
+        np.asarray(gallery.camids),
+    ).as_dict()
+
+
+def evaluate(model: nn.Module, data: DataBundle, batch_size: int = 128) -> dict[str, float]:
+    """``{rank1, rank5, rank10, mAP, mINP}`` (re-id) or ``{top1}`` (classification), fractions."""
+    outputs = [embed(model, ds, batch_size)[0] for ds in test_datasets(data)]
+    return score_outputs(data, np.concatenate(outputs))
 
 
 def headline(acc: dict[str, float]) -> str:
