@@ -119,6 +119,10 @@ def test_fit_split_resolves_params_macs_and_latency_of_the_shallower_edge() -> N
     assert b.params == count_params(edge_modules(model, 2))
     assert b.macs == edge_macs(model, 2)
     assert b.latency is not None and b.latency.ms > 0
+    half = resolve_budget(
+        BudgetConfig(fit_split=2, fit=["params", "macs"], fit_fraction=0.5), model, SHAPE
+    )
+    assert (half.params, half.macs) == (int(b.params * 0.5), int(b.macs * 0.5))
     only_macs = resolve_budget(BudgetConfig(macs=123), model, SHAPE)
     assert (only_macs.params, only_macs.macs, only_macs.latency) == (None, 123, None)
 
@@ -128,6 +132,7 @@ def test_fit_split_resolves_params_macs_and_latency_of_the_shallower_edge() -> N
     [
         ({"fit_split": 2, "params": 5}, "at most one of fit_split, params, bytes"),
         ({"fit": ["macs"]}, "fit needs fit_split"),
+        ({"macs": 5, "fit_fraction": 0.5}, "fit_fraction needs fit_split"),
         ({"fit_split": 2, "fit": ["macs"], "macs": 5}, "macs is given twice"),
         ({"latency": {"threads": 2}}, "needs a limit"),
         ({"macs": 0}, "macs"),

@@ -151,7 +151,8 @@ class BudgetConfig(StrictModel):
     ``latency_ms``, the median edge latency measured here with ``latency``'s
     runtime, threads and batch. ``fit`` says which of ``fit_split``'s measures
     bound the edge (default its parameters; ``[params, macs]`` also its MACs,
-    ``latency`` also its latency measured on this machine).
+    ``latency`` also its latency measured on this machine), ``fit_fraction``
+    what share of them (e.g. 0.8 to leave 20% headroom).
     """
 
     fit_split: Annotated[int, Field(ge=1, le=8)] | None = None
@@ -160,6 +161,10 @@ class BudgetConfig(StrictModel):
     macs: Annotated[int, Field(ge=1)] | None = None
     latency_ms: Annotated[float, Field(gt=0.0)] | None = None
     fit: list[BudgetLimit] = Field(default_factory=lambda: list(DEFAULT_FIT), min_length=1)
+    fit_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=1.0,
+        description="fraction of fit_split's measures the edge may use (0.8: 20% headroom)",
+    )
     latency: LatencySettings = Field(default_factory=LatencySettings)
 
     @model_validator(mode="after")
@@ -167,8 +172,9 @@ class BudgetConfig(StrictModel):
         sizes = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
         if len(sizes) > 1:
             raise ValueError(f"takes at most one of fit_split, params, bytes; found {sizes}")
-        if self.fit_split is None and "fit" in self.model_fields_set:
-            raise ValueError("fit needs fit_split (the split whose measures it names)")
+        for name in ("fit", "fit_fraction"):
+            if self.fit_split is None and name in self.model_fields_set:
+                raise ValueError(f"{name} needs fit_split (the split whose measures it names)")
         if not sizes and self.macs is None and self.latency_ms is None:
             raise ValueError("needs a limit: fit_split, params or bytes, and/or macs, latency_ms")
         if len(set(self.fit)) != len(self.fit):

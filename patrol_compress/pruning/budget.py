@@ -379,12 +379,13 @@ def resolve_budget(
         params = cfg.bytes // BYTES_PER_PARAM
     macs = cfg.macs
     ms = cfg.latency_ms
+    share = cfg.fit_fraction
     if cfg.fit_split is not None:
         ref = edge_modules(unpruned, cfg.fit_split)
         if "params" in fit:
-            params = count_params(ref)
+            params = int(count_params(ref) * share)
         if "macs" in fit:
-            macs = count_macs(nn.Sequential(*ref), input_shape)
+            macs = int(count_macs(nn.Sequential(*ref), input_shape) * share)
     lat = cfg.latency
     limit = None
     if ms is not None or "latency" in fit:
@@ -393,7 +394,7 @@ def resolve_budget(
             from patrol_compress.pruning.latency import measure_edge_ms
 
             assert cfg.fit_split is not None
-            ms = measure_edge_ms(edge_modules(unpruned, cfg.fit_split), input_shape, limit)
+            ms = share * measure_edge_ms(edge_modules(unpruned, cfg.fit_split), input_shape, limit)
             limit = LatencyLimit(ms, lat.runtime, lat.threads, lat.batch, lat.seconds)
     return EdgeBudget(params, macs, limit)
 
