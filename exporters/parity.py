@@ -2,7 +2,13 @@
 
 FP32: a compiled runtime reorders float sums, nothing more, so outputs must
 match torch to ``FP32_RTOL``/``FP32_ATOL`` (``docs/measurements.md``: ORT and
-OpenVINO with the f32 hint stay within 3e-6).
+OpenVINO with the f32 hint stay within 3e-6 on outputs of order one). The
+reordering error of a sum scales with its terms, not with its result: an output
+element near zero that is the difference of large terms errs by about one ulp
+of the *layer's* scale. ``FP32_ATOL`` is therefore taken relative to
+``max(1, max|ref|)``, as the removal's exactness check does. Measured: the
+trained quickstart target's split-2 edge (outputs up to 8.7) erred by 3.05e-5
+on near-zero elements in onnxruntime, which a fixed 1e-5 refused.
 
 FP16: weights and activations are rounded to 11 significant bits (relative step
 4.9e-4) and the rounding accumulates over depth, so an element-wise tolerance
@@ -21,7 +27,7 @@ import numpy as np
 from patrol_compress.errors import ExportError
 
 FP32_RTOL = 1e-3
-FP32_ATOL = 1e-5
+FP32_ATOL = 1e-5  # relative to max(1, max|ref|), see the module docstring
 FP16_RTOL = 1e-2
 FP16_ATOL = 1e-2  # relative to max|ref|, see the module docstring
 
@@ -31,7 +37,8 @@ def tolerance(precision: str, ref: np.ndarray) -> tuple[float, float]:
     if precision == "fp16":
         scale = float(np.abs(ref).max()) if ref.size else 0.0
         return FP16_RTOL, FP16_ATOL * max(scale, 1e-6)
-    return FP32_RTOL, FP32_ATOL
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return FP32_RTOL, FP32_ATOL * max(scale, 1.0)
 
 
 def check_parity(what: str, got: np.ndarray, ref: np.ndarray, precision: str) -> float:

@@ -20,7 +20,13 @@ from patrol_compress.errors import ArtifactError, ExportError, ModelError, Outpu
 from patrol_compress.exporters import MANIFEST, export_partitions, read_manifest, verify_manifest
 from patrol_compress.exporters.fp16 import convert_to_fp16
 from patrol_compress.exporters.onnx import run_onnxruntime
-from patrol_compress.exporters.parity import FP16_ATOL, FP16_RTOL, FP32_ATOL, FP32_RTOL
+from patrol_compress.exporters.parity import (
+    FP16_ATOL,
+    FP16_RTOL,
+    FP32_ATOL,
+    FP32_RTOL,
+    check_parity,
+)
 from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models import BlockNet, split, wrap_module
 from patrol_compress.recipe import BlocksConfig
@@ -340,3 +346,15 @@ def test_export_defaults_come_from_the_run_recipes_export_section(tmp_path: Path
     (run / "recipe.resolved.yaml").write_text(dump_recipe(parse_recipe(data)))
     with pytest.raises(ModelError, match="the recipe's export.split 7 is out of range"):
         export_run(run, target="onnx")
+
+
+def test_fp32_parity_scales_its_absolute_tolerance_with_the_output() -> None:
+    """Reordered sums err by an ulp of the layer's scale, not of each element (issue 14)."""
+    ref = np.zeros((1, 4), dtype=np.float32)
+    ref[0, 0] = 8.7  # a trained edge's range; element 1 is a near-zero difference of large terms
+    got = ref.copy()
+    got[0, 1] = 3.05e-5  # what onnxruntime gave on the quickstart target's split-2 edge
+    assert check_parity("edge", got, ref, "fp32") == pytest.approx(3.05e-5)
+    got[0, 1] = 1e-2  # a wrong weight or fold errs by far more
+    with pytest.raises(ExportError, match="fp32 output differs"):
+        check_parity("edge", got, ref, "fp32")
