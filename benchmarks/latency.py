@@ -1,31 +1,34 @@
-"""Edge latency of split-2, split-4 and pruned split-4 partitions on compiled runtimes.
+"""Edge latency of PATROL's own pruned edges against the unpruned split 2 they replace.
 
-The question: does structured pruning turn its MAC reduction into edge speed?
-Three edge partitions of the same network are exported to ONNX (through the
-project's exporter, so each one is parity-checked) and timed with the
-project's torch-free bench code on onnxruntime and OpenVINO (f32 hint), at
-batch 1 and 8 with 2 threads:
+The question: does a pruned split-4 edge run faster than the unpruned split-2
+edge whose budget it was fitted into, on the runtimes a camera or gateway runs?
+Every variant is exported to ONNX through the project's exporter (so each is
+parity-checked) and timed with ``patrol-compress bench``'s code (time budgets,
+``--seconds`` per batch size after ``--warmup-seconds``) on onnxruntime and
+OpenVINO (f32 hint), at batch 1 and 8:
 
-* ``split2``: stem + 2 stages, unpruned (the shallow split the budget is set by);
-* ``split4``: stem + 4 stages, unpruned;
-* ``split4-pruned``: stem + 4 stages, pruned. With ``--pruned-run RUN`` it is
-  that run's saved model; otherwise a STAND-IN: ``--prune-ratio`` (default
-  0.75) of the channels of every channel group removed by torch-pruning's L1
-  magnitude criterion on random weights. The stand-in has the shapes of a
-  budget-fitted PATROL model (``docs/measurements.md``, "Budgets": 75% per
-  group fits split 2's parameter budget) but not its weights, which latency
-  does not depend on.
+* ``split2`` / ``split4``: the unpruned target of the first ``--pruned-run``,
+  cut after 2 and 4 stages;
+* one variant per ``--pruned-run [LABEL=]RUN``: that run's pruned model at its
+  split (all runs at the same input size; give several to compare budgets or
+  ``round_to``). Each row says the run's budget, round_to and accuracy.
+* without ``--pruned-run``: a STAND-IN, ``--prune-ratio`` (default 0.75) of every
+  channel group removed by torch-pruning's L1 criterion on random weights; it
+  met the latency goal while PATROL's own edges did not (a parameter budget
+  keeps PATROL's early, high-resolution channels), so it only shows what
+  uniform pruning could reach.
 
 Each timing is the median over ``--repeats`` repeats (variants interleaved
-inside each repeat so drift hits all of them alike) of bench's median latency.
-Reported next to each other: latency ratio (pruned split 4 / unpruned split 2)
-and MAC ratio, and the fraction of the MAC-predicted speed-up that pruning
-reached (split4 / split4-pruned latency over split4 / split4-pruned MACs).
-With CUDA, torch eager on the GPU (and onnxruntime-gpu, if installed) are
-timed too. Rows go to ``latency.json``, a table to ``latency.md``.
+inside each repeat so drift hits all of them alike) of bench's p50. Reported
+per pruned variant: latency ratio against unpruned split 2 beside the MAC
+ratio, whether it meets ``--goal`` (0.8), and the fraction of the MAC-predicted
+speed-up over split 4 that pruning reached. With CUDA, torch eager on the GPU
+(and onnxruntime-gpu, if installed) are timed too. Output:
+``<--name>.json`` / ``.md`` in ``--out``.
 
-    python benchmarks/latency.py                      # ResNet-18, 256 px
-    python benchmarks/latency.py --image-size 128 --repeats 3 --runs 20
+    python benchmarks/latency.py --pruned-run params=runs/quickstart \\
+        --pruned-run latency=runs/quickstart_latency --threads 1 --name latency_64px
+    python benchmarks/latency.py --image-size 128          # the stand-in
 """
 
 from __future__ import annotations
@@ -59,20 +62,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--image-size", type=int, default=None, help="default 256 (or the run's)")
-    p.add_argument("--pruned-run", type=Path, default=None, help="run dir with a pruned model")
+    p.add_argument(
+        "--pruned-run",
+        action="append",
+        default=[],
+        metavar="[LABEL=]RUN",
+        help="a prune run whose pruned model is timed (repeatable; all at one input size)",
+    )
     p.add_argument("--prune-ratio", type=float, default=0.75, help="stand-in pruning per group")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per batch size")
+    p.add_argument("--warmup-seconds", type=float, default=0.5)
+    p.add_argument("--name", default="latency", help="output stem in --out")
+    p.add_argument("--goal", type=float, default=0.8, help="latency ratio goal vs split 2")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--runtimes", default=",".join(CPU_RUNTIMES))
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if not 0.0 < args.prune_ratio < 1.0:
         p.error(f"--prune-ratio must be in (0, 1), got {args.prune_ratio}")
-    if args.repeats < 1 or args.runs < 1 or args.threads < 1:
-        p.error("--repeats, --runs and --threads must be >= 1")
+    if args.repeats < 1 or args.threads < 1 or args.seconds <= 0 or args.warmup_seconds < 0:
+        p.error("--repeats and --threads must be >= 1, --seconds > 0, --warmup-seconds >= 0")
     return args
 
 
@@ -90,35 +101,60 @@ def magnitude_prune(model: BlockNet, shape: tuple[int, ...], ratio: float) -> No
     pruner.step()
 
 
+def _parse_run(spec: str) -> tuple[str, Path]:
+    label, sep, path = spec.partition("=")
+    return (label, Path(path)) if sep else (Path(spec).name, Path(spec))
+
+
 def build_variants(
     args: argparse.Namespace,
-) -> tuple[dict[str, tuple[BlockNet, int]], tuple[int, ...], str]:
-    """{name: (model, split)}, the input shape, and how the pruned variant was made."""
-    if args.pruned_run is not None:
+) -> tuple[dict[str, tuple[BlockNet, int]], tuple[int, ...], dict[str, dict[str, Any]]]:
+    """{name: (model, split)}, the input shape, and per pruned variant where it came from.
+
+    With ``--pruned-run``: split 2 and split 4 of the first run's trained target
+    (unpruned), then each run's pruned model at its split. Otherwise the
+    stand-in described in the module docstring.
+    """
+    if args.pruned_run:
+        from patrol_compress.io import read_json
         from patrol_compress.run import load_run_model
 
-        pruned, info = load_run_model(args.pruned_run)
-        config = ModelConfig.model_validate(info["model"])
+        runs = [_parse_run(spec) for spec in args.pruned_run]
+        target, info = load_run_model(runs[0][1] / "target")
         c, h, _ = info["input_shape"]
-        size = args.image_size or h
-        base = build_model(config, info["num_classes"], c, info.get("task", "reid"), size)
-        source = f"pruned model of run {args.pruned_run}"
-    else:
-        size = args.image_size or 256
-        c = 3
-        config = ModelConfig(arch=args.arch, width=args.width, stem="imagenet")
-        base = build_model(config, num_classes=576, image_size=size)
-        pruned = build_model(config, num_classes=576, image_size=size)
-        pruned.load_state_dict(base.state_dict())
-        magnitude_prune(pruned.eval(), (c, size, size), args.prune_ratio)
-        source = (
-            f"STAND-IN: {args.prune_ratio:.0%} of every channel group removed by L1 magnitude "
-            "(torch-pruning) on random weights, not a PATROL-trained model"
-        )
+        variants: dict[str, tuple[BlockNet, int]] = {"split2": (target, 2), "split4": (target, 4)}
+        sources: dict[str, dict[str, Any]] = {}
+        for label, run in runs:
+            pruned, pinfo = load_run_model(run)
+            if list(pinfo["input_shape"]) != [c, h, h]:
+                raise SystemExit(f"--pruned-run {run}: input {pinfo['input_shape']} != {[c, h, h]}")
+            metrics = read_json(run / "metrics.json")
+            variants[label] = (pruned.eval(), int(metrics["split"]))
+            sources[label] = {
+                "run": str(run),
+                "recipe": pinfo.get("recipe_name", run.name),
+                "budget": metrics.get("budget"),
+                "round_to": metrics.get("removal", {}).get("round_to", 1),
+                "accuracy_before": metrics["accuracy"]["before"],
+                "accuracy_after": metrics["accuracy"]["after"],
+                "planned_latency_ms": metrics.get("removal", {}).get("latency_ms"),
+            }
+        target.eval()
+        return variants, (c, h, h), sources
+    size = args.image_size or 256
+    c = 3
+    config = ModelConfig(arch=args.arch, width=args.width, stem="imagenet")
+    base = build_model(config, num_classes=576, image_size=size)
+    pruned = build_model(config, num_classes=576, image_size=size)
+    pruned.load_state_dict(base.state_dict())
+    magnitude_prune(pruned.eval(), (c, size, size), args.prune_ratio)
+    source = {
+        "stand_in": f"{args.prune_ratio:.0%} of every channel group removed by L1 magnitude "
+        "(torch-pruning) on random weights, not a PATROL-trained model"
+    }
     base.eval()
-    pruned.eval()
-    variants = {"split2": (base, 2), "split4": (base, 4), "split4-pruned": (pruned, 4)}
-    return variants, (c, size, size), source
+    variants = {"split2": (base, 2), "split4": (base, 4), "split4-pruned": (pruned.eval(), 4)}
+    return variants, (c, size, size), {"split4-pruned": source}
 
 
 def time_torch_cuda(
@@ -127,12 +163,14 @@ def time_torch_cuda(
     """Median eager latency in ms on the GPU (synchronised per call)."""
     model = model.cuda().eval()
     x = torch.randn(batch, *shape, device="cuda")
-    times = []
+    times: list[float] = []
     with torch.no_grad():
-        for _ in range(args.warmup):
+        end = time.perf_counter() + args.warmup_seconds
+        while time.perf_counter() < end:
             model(x)
         torch.cuda.synchronize()
-        for _ in range(args.runs):
+        end = time.perf_counter() + args.seconds
+        while time.perf_counter() < end or not times:
             start = time.perf_counter()
             model(x)
             torch.cuda.synchronize()
@@ -151,45 +189,58 @@ def time_ort_gpu(
     session = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider"])
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-    for _ in range(args.warmup):
+    end = time.perf_counter() + args.warmup_seconds
+    while time.perf_counter() < end:
         session.run(None, {name: x})
-    times = []
-    for _ in range(args.runs):
+    times: list[float] = []
+    end = time.perf_counter() + args.seconds
+    while time.perf_counter() < end or not times:
         start = time.perf_counter()
         session.run(None, {name: x})
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
-def ratios(rows: list[dict[str, Any]], costs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per runtime and batch: latency and MAC ratios, and the fraction of the predicted speed-up."""
+def ratios(
+    rows: list[dict[str, Any]], costs: dict[str, dict[str, Any]], goal: float
+) -> list[dict[str, Any]]:
+    """Per pruned variant, runtime and batch: latency and MAC ratios against unpruned split 2,
+    and the fraction of the MAC-predicted speed-up over unpruned split 4 that pruning reached."""
     lat = {(r["variant"], r["runtime"], r["batch"]): r["p50_ms"] for r in rows}
     macs = {v: costs[v]["macs"] for v in costs}
     out = []
-    for runtime, batch in sorted({(r["runtime"], r["batch"]) for r in rows}):
-        try:
-            s2, s4, s4p = (lat[(v, runtime, batch)] for v in ("split2", "split4", "split4-pruned"))
-        except KeyError:
-            continue
-        reached = s4 / s4p
-        predicted = macs["split4"] / macs["split4-pruned"]
-        out.append(
-            {
-                "runtime": runtime,
-                "batch": batch,
-                "latency_ratio_pruned4_vs_split2": round(s4p / s2, 3),
-                "mac_ratio_pruned4_vs_split2": round(macs["split4-pruned"] / macs["split2"], 3),
-                "speedup_reached": round(reached, 2),
-                "speedup_mac_predicted": round(predicted, 2),
-                "fraction_of_predicted": round(reached / predicted, 3),
-            }
-        )
+    for name in [v for v in costs if v not in ("split2", "split4")]:
+        for runtime, batch in sorted({(r["runtime"], r["batch"]) for r in rows}):
+            try:
+                s2, s4, sp = (lat[(v, runtime, batch)] for v in ("split2", "split4", name))
+            except KeyError:
+                continue
+            reached = s4 / sp
+            predicted = macs["split4"] / macs[name]
+            out.append(
+                {
+                    "variant": name,
+                    "runtime": runtime,
+                    "batch": batch,
+                    "latency_ratio_vs_split2": round(sp / s2, 3),
+                    "mac_ratio_vs_split2": round(macs[name] / macs["split2"], 3),
+                    "meets_goal": sp / s2 <= goal,
+                    "speedup_reached": round(reached, 2),
+                    "speedup_mac_predicted": round(predicted, 2),
+                    "fraction_of_predicted": round(reached / predicted, 3),
+                }
+            )
     return out
+
+
+def _accuracy(acc: dict[str, float]) -> str:
+    key = "rank1" if "rank1" in acc else next(iter(acc))
+    return f"{key} {acc[key] * 100:.1f}%"
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# Edge latency: split 2 vs split 4 vs pruned split 4",
+        "# Edge latency: unpruned split 2 and 4 against pruned split-4 edges",
         "",
         f"Command: `{report['command']}`",
         "",
@@ -197,13 +248,28 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['machine']['platform']}"
         + (f"; GPU {report['gpu']}" if report.get("gpu") else ""),
         "",
-        f"Pruned variant: {report['pruned_source']}",
-        "",
-        f"Input {report['input_shape']}, {report['threads']} threads, "
-        f"median of {report['repeats']} repeats of the median of {report['runs']} runs "
-        f"(after {report['warmup']} warm-up calls).",
+        f"Input {report['input_shape']}, {report['threads']} thread(s), bench's p50 over "
+        f"{report['seconds']} s per batch size after {report['warmup_seconds']} s of warm-up, "
+        f"median of {report['repeats']} repeats (variants interleaved in each).",
         f"Load average (1/5/15 min) at start {report['load_average_1_5_15']['start']}, "
         f"at end {report['load_average_1_5_15']['end']}: other processes share these cores.",
+        "",
+        "Pruned variants:",
+    ]
+    for name, src in report["pruned_sources"].items():
+        if "stand_in" in src:
+            lines.append(f"- `{name}`: STAND-IN: {src['stand_in']}")
+            continue
+        lines.append(
+            f"- `{name}`: run `{src['run']}`, budget {src['budget']}, round_to {src['round_to']}, "
+            f"{_accuracy(src['accuracy_before'])} -> {_accuracy(src['accuracy_after'])}"
+            + (
+                f", latency measured while planning {src['planned_latency_ms']:.3f} ms"
+                if src.get("planned_latency_ms") is not None
+                else ""
+            )
+        )
+    lines += [
         "",
         "| variant | params | MACs/img | bytes sent/img | runtime | batch | p50 ms | ms/img |",
         "|---|---:|---:|---:|---|---:|---:|---:|",
@@ -211,19 +277,20 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         c = report["variants"][r["variant"]]
         lines.append(
-            f"| {r['variant']} | {c['params']:,} | {c['macs'] / 1e9:.3f} G | {c['bytes_sent']:,} | "
+            f"| {r['variant']} | {c['params']:,} | {c['macs'] / 1e9:.4f} G | {c['bytes_sent']:,} | "
             f"{r['runtime']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p50_ms'] / r['batch']:.3f} |"
         )
     lines += [
         "",
-        "| runtime | batch | latency ratio (pruned 4 / split 2) | MAC ratio | speed-up reached | "
-        "MAC-predicted | fraction |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| variant | runtime | batch | latency ratio vs split 2 | MAC ratio "
+        f"| <= {report['goal']} | speed-up over split 4 | MAC-predicted | fraction |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for q in report["ratios"]:
         lines.append(
-            f"| {q['runtime']} | {q['batch']} | {q['latency_ratio_pruned4_vs_split2']:.3f} | "
-            f"{q['mac_ratio_pruned4_vs_split2']:.3f} | {q['speedup_reached']:.2f}x | "
+            f"| {q['variant']} | {q['runtime']} | {q['batch']} | "
+            f"{q['latency_ratio_vs_split2']:.3f} | {q['mac_ratio_vs_split2']:.3f} | "
+            f"{'yes' if q['meets_goal'] else 'NO'} | {q['speedup_reached']:.2f}x | "
             f"{q['speedup_mac_predicted']:.2f}x | {q['fraction_of_predicted']:.3f} |"
         )
     if report["failures"]:
@@ -237,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = [r for r in args.runtimes.split(",") if r]
     torch.manual_seed(0)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    variants, shape, source = build_variants(args)
+    variants, shape, sources = build_variants(args)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     costs: dict[str, dict[str, Any]] = {}
@@ -257,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 for name in variants:
                     try:
                         result = bench(
-                            dirs[name], runtime, batches, args.threads, args.warmup, args.runs
+                            dirs[name],
+                            runtime,
+                            batches,
+                            args.threads,
+                            seconds=args.seconds,
+                            warmup_seconds=args.warmup_seconds,
                         )
                     except Exception as exc:  # one failing runtime must not lose the other rows
                         failures.append(f"{name} on {runtime}: {type(exc).__name__}: {exc}")
@@ -295,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "input_shape": list(shape),
         "threads": args.threads,
-        "warmup": args.warmup,
-        "runs": args.runs,
+        "seconds": args.seconds,
+        "warmup_seconds": args.warmup_seconds,
         "repeats": args.repeats,
-        "pruned_source": source,
+        "goal": args.goal,
+        "pruned_sources": sources,
         "variants": costs,
         "rows": rows,
-        "ratios": ratios(rows, costs),
+        "ratios": ratios(rows, costs, args.goal),
         "failures": failures,
         "gpu": gpu,
         "load_average_1_5_15": {
@@ -312,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": package_versions(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "latency.json", report)
-    write_text(args.out / "latency.md", markdown(report))
+    write_json(args.out / f"{args.name}.json", report)
+    write_text(args.out / f"{args.name}.md", markdown(report))
     print(markdown(report))
     return 1 if failures and not rows else 0
 
