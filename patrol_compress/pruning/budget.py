@@ -391,10 +391,10 @@ def resolve_budget(
     if ms is not None or "latency" in fit:
         limit = LatencyLimit(ms or 0.0, lat.runtime, lat.threads, lat.batch, lat.seconds)
         if ms is None:
-            from patrol_compress.pruning.latency import measure_edge_ms
+            from patrol_compress.pruning.latency import measure_model_ms
 
             assert cfg.fit_split is not None
-            ms = share * measure_edge_ms(edge_modules(unpruned, cfg.fit_split), input_shape, limit)
+            ms = share * measure_model_ms(unpruned, cfg.fit_split, input_shape, limit)
             limit = LatencyLimit(ms, lat.runtime, lat.threads, lat.batch, lat.seconds)
     return EdgeBudget(params, macs, limit)
 

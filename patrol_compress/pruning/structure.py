@@ -36,7 +36,7 @@ from patrol_compress.pruning.budget import (
     plan_at,
     plan_for_budget,
 )
-from patrol_compress.pruning.latency import measure_edge_ms, measure_plan
+from patrol_compress.pruning.latency import measure_model_ms, measure_plan
 from patrol_compress.pruning.masks import (
     ChannelMask,
     MaskedNorm,
@@ -118,16 +118,16 @@ class ChannelStructure:
             return None
         shape = tuple(self.example.shape[1:])
 
-        def build(plan: Plan) -> list[nn.Module]:
+        def build(plan: Plan) -> BlockNet:
             twin = copy.deepcopy(self.model).cpu().eval()
             mg = build_mask_groups(twin, self.example.cpu())
             if [len(g[0].idxs) for g in mg.groups] != [len(g[0].idxs) for g in self.mg.groups]:
                 raise BudgetError("the copied model's channel groups differ; cannot time a plan")
             apply_plan(mg, plan)
             fold_masks(twin)
-            return edge_modules(twin, self.split)
+            return twin
 
-        return lambda plan: measure_plan(lambda: build(plan), shape, limit)
+        return lambda plan: measure_plan(lambda: build(plan), self.split, shape, limit)
 
     def check(self, budget: EdgeBudget) -> Cost:
         return check_feasible(
@@ -192,8 +192,8 @@ class ChannelStructure:
         diff = check_equivalence(reference, self.model, example)
         params, macs = _edge_cost(self.model, self.split, example)
         if budget is not None and budget.latency is not None and latency is None:
-            latency = measure_edge_ms(
-                edge_modules(self.model, self.split), tuple(example.shape[1:]), budget.latency
+            latency = measure_model_ms(
+                self.model, self.split, tuple(example.shape[1:]), budget.latency
             )
         return Removal(
             kind, removed, [], diff, params, macs, latency, _latency_record(budget), self.round_to
@@ -233,7 +233,7 @@ class BlockStructure:
         return Cost(params, macs)
 
     def _latency_without(self, dead: list[str], limit: LatencyLimit) -> float:
-        def build() -> list[nn.Module]:
+        def build() -> BlockNet:
             twin = copy.deepcopy(self.model).cpu().eval()
             for b in dead:
                 [m for m in twin.get_submodule(b).children() if isinstance(m, MaskedNorm)][
@@ -241,9 +241,9 @@ class BlockStructure:
                 ].mask.weight.zero_()
             fold_masks(twin)
             remove_residual_branches(twin, dead)
-            return edge_modules(twin, self.split)
+            return twin
 
-        return measure_plan(build, tuple(self.example.shape[1:]), limit)
+        return measure_plan(build, self.split, tuple(self.example.shape[1:]), limit)
 
     def _fits(self, dead: list[str], budget: EdgeBudget) -> bool:
         if self._cost_without(dead).violations(budget):
@@ -295,8 +295,8 @@ class BlockStructure:
         params, macs = _edge_cost(self.model, self.split, example)
         latency = None
         if budget is not None and budget.latency is not None:
-            latency = measure_edge_ms(
-                edge_modules(self.model, self.split), tuple(example.shape[1:]), budget.latency
+            latency = measure_model_ms(
+                self.model, self.split, tuple(example.shape[1:]), budget.latency
             )
         return Removal(kind, len(dead), dead, diff, params, macs, latency, _latency_record(budget))
 
