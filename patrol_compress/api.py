@@ -239,8 +239,12 @@ def attack(
     out: Path | str | None = None,
     label: str | None = None,
     force: bool = False,
+    artifact: Path | str | None = None,
 ) -> dict[str, Any]:
     """Model inversion attacks on the run's edge; writes attack.json and attack_grid.png.
+
+    ``artifact``: the export folder the adaptive attack queries (e.g. an INT8
+    export; default: the recipe's ``adaptive.artifact``, else the fp32 ONNX export).
 
     An existing ``attack.json`` in the output folder is refused unless ``force``,
     before the (minutes-long) attack starts, and the run folder is locked meanwhile.
@@ -259,7 +263,9 @@ def attack(
     with _locked(out_dir):
         attack_output_free(out_dir, force)  # again, now that no other job can write it
         names = list(attacks) if attacks else list(DEFAULT_ATTACKS)
-        return run_attacks(Path(run_dir), names, split, _path(config), _path(out), label)
+        return run_attacks(
+            Path(run_dir), names, split, _path(config), _path(out), label, artifact=_path(artifact)
+        )
 
 
 def defend(run_dir: Path | str, out: Path | str | None = None, **kwargs: Any) -> dict[str, Any]:

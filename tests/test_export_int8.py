@@ -275,3 +275,95 @@ def test_openvino_int8_ir_sends_uint8_and_records_parity(
     parity = manifest["quantization"]["parity"]
     assert parity["int8"] == data.test.score(np.concatenate(outputs))["rank1"]
     assert parity["runtime"].startswith("OpenVINO")
+
+
+# ------------------------------------------------------------ the adaptive attack on INT8
+
+TINY_ATTACK: dict[str, Any] = {
+    "max_eval_images": 8,
+    "grid_images": 4,
+    "adaptive": {"epochs": 1, "batch_size": 16, "min_width": 8, "refine": 0},
+    "recogniser": {"steps": 2, "width": 8},
+}
+
+
+def attack_int8(run: Path, artifact: Path, out: Path) -> dict[str, Any]:
+    from patrol_compress.api import attack
+    from patrol_compress.privacy_config import AttackConfig
+
+    config = run / "attack.yaml"
+    config.write_text(AttackConfig.model_validate(TINY_ATTACK).model_dump_json())
+    return attack(run, ["adaptive"], SPLIT, config, out, artifact=artifact)
+
+
+def test_adaptive_attack_queries_the_int8_edge_and_its_uint8(
+    tiny_run: Path, onnx_int8: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    artifact, manifest = onnx_int8
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    report = attack_int8(run, artifact, tmp_path / "attack-int8")
+    info = report["attacks"]["adaptive"]["info"]
+    assert info["precision"] == "int8" and info["sent_dtype"] == "uint8"
+    assert info["runtime"] == "onnxruntime" and info["artifact"] == str(artifact)
+    assert info["bytes_sent"] == manifest["edge"]["bytes_sent"]
+    # The attacker saw the dequantized uint8: off the torch edge by rounding, not by a scale.
+    step = manifest["quantization"]["split_tensor"]["scale"]
+    limit = manifest["quantization"]["parity"]["max_abs_diff"]["edge_output"] + step
+    assert 0 < info["max_abs_diff_vs_torch"] <= limit
+    assert report["label"].endswith("int8")  # a point of its own in the report
+    assert np.isfinite(report["attacks"]["adaptive"]["psnr"])
+
+    # fp32 beside it: the report compares the two adaptive attacks of the same edge.
+    from patrol_compress.api import report as build_report
+
+    fp32 = tmp_path / "fp32"
+    export_partitions(load_run_model(run)[0], SPLIT, fp32, "onnx", "fp32", SHAPE)
+    base = attack_int8(run, fp32, tmp_path / "attack-fp32")
+    files = build_report([tmp_path / "attack-fp32", tmp_path / "attack-int8"], tmp_path / "r.html")
+    markdown = Path(files.markdown).read_text()
+    assert "### Did int8 change the leakage?" in markdown
+    a, b = base["attacks"]["adaptive"], report["attacks"]["adaptive"]
+    section = markdown.split("### Did int8 change the leakage?")[1].split("\n#")[0]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {base['label']} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == f"{a['psnr']:.2f} / {a['ssim']:.3f}"
+    assert cells[3] == f"{b['psnr']:.2f} / {b['ssim']:.3f}"
+    assert cells[4] == f"{b['psnr'] - a['psnr']:+.2f} / {b['ssim'] - a['ssim']:+.3f}"
+    fp32_bytes = manifest["quantization"]["split_tensor"]["bytes_sent_fp32"]
+    assert cells[5] == f"{fp32_bytes:,} → {manifest['edge']['bytes_sent']:,}"
+    assert cells[6] == "yes"
+    html = Path(files.html).read_text()
+    assert 'id="quantization"' in html
+    alone = build_report([tmp_path / "attack-int8"], tmp_path / "alone.html")
+    assert "Did int8 change" not in Path(alone.markdown).read_text()  # no pair, no section
+
+
+def test_adaptive_artifact_option_is_checked_before_work(tiny_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    only_blackbox = runner.invoke(
+        app, ["attack", str(tiny_run), "--attack", "blackbox", "--artifact", str(tmp_path)]
+    )
+    assert only_blackbox.exit_code == 2
+    assert "add adaptive to --attack" in only_blackbox.output
+    missing = runner.invoke(
+        app, ["attack", str(tiny_run), "--attack", "adaptive", "--artifact", str(tmp_path)]
+    )
+    assert missing.exit_code == 2 and "no manifest here" in missing.output
+
+
+@pytest.mark.openvino
+def test_adaptive_attack_runs_the_openvino_int8_ir(
+    tiny_run: Path, model: BlockNet, data: Int8Data, tmp_path: Path
+) -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    artifact = tmp_path / "ov8"
+    manifest = export_partitions(
+        model, SPLIT, artifact, "openvino", "int8", SHAPE, int8=allowing(data, 100.0)
+    )
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    report = attack_int8(run, artifact, tmp_path / "attack-ov8")
+    info = report["attacks"]["adaptive"]["info"]
+    assert info["runtime"] == "openvino" and info["sent_dtype"] == "uint8"
+    assert info["edge_sha256"] == manifest["files"]["edge.xml"]["sha256"]
+    assert np.isfinite(report["attacks"]["adaptive"]["psnr"])

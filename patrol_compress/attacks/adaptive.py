@@ -1,23 +1,31 @@
 """The adaptive attack: the black-box attacker trained on what the deployed artifact emits.
 
 The torch edge and the exported ``edge.onnx`` agree only to ~1e-6 in fp32 and
-~1e-3 in fp16; BatchNorm is folded, kernels differ. A defense must not rely on
-such differences, so this attack queries the artifact itself (ONNX Runtime,
-CPU provider) both to collect training features and to attack the evaluation
-images, exactly as an attacker holding a deployed device would.
+~1e-3 in fp16; BatchNorm is folded, kernels differ, and an INT8 edge rounds
+every activation and sends uint8. A defense must not rely on such differences,
+so this attack queries the artifact itself both to collect training features
+and to attack the evaluation images, exactly as an attacker holding a deployed
+device (or listening on its uplink) would: ``edge.onnx`` on ONNX Runtime's CPU
+provider, or, for an artifact with no ONNX edge (OpenVINO INT8), ``edge.xml``
+on OpenVINO's CPU plugin. An INT8 edge's uint8 is dequantized with the scale
+and zero point its manifest records, as the cloud does: an affine map, which
+the attacker's per-channel standardisation would undo anyway, and it keeps
+``max_abs_diff_vs_torch`` in the torch edge's units.
 
 Before anything runs, the artifact's ``manifest.json`` is verified (every
-file's sha256), its split must be the one attacked, and the ``edge.onnx``
-bytes handed to ONNX Runtime are the ones that were hashed: an artifact
-changed on disk raises :class:`~patrol_compress.errors.ArtifactError`. When
-the artifact folder does not exist it is exported first (optional), into the
-same place ``patrol-compress export RUN --split K --target onnx`` would.
-onnxruntime and the exporters are imported only here.
+file's sha256), its split must be the one attacked, and the bytes handed to
+the runtime are the ones that were hashed: an artifact changed on disk raises
+:class:`~patrol_compress.errors.ArtifactError`. When the artifact folder does
+not exist it is exported first (optional), into the same place
+``patrol-compress export RUN --split K --target onnx`` would. The runtimes and
+the exporters are imported only here.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +80,26 @@ def resolve_artifact(ctx: AttackContext) -> tuple[Path, bool]:
     return path, True
 
 
-def verified_edge(artifact: Path, split: int) -> tuple[bytes, dict[str, Any]]:
-    """``edge.onnx`` bytes after the manifest check; raises ArtifactError on any mismatch."""
-    from patrol_compress.contracts import EDGE_ONNX, MANIFEST, verify_manifest
+@dataclass(frozen=True)
+class EdgeFiles:
+    """The verified bytes of an artifact's edge and the runtime that runs them."""
+
+    runtime: str
+    blobs: dict[str, bytes]
+
+    @property
+    def sha256(self) -> str:
+        """Of the model file (edge.onnx or edge.xml), as the manifest lists it."""
+        return hashlib.sha256(next(iter(self.blobs.values()))).hexdigest()
+
+
+def verified_edge(artifact: Path, split: int) -> tuple[EdgeFiles, dict[str, Any]]:
+    """The edge's bytes after the manifest check; raises ArtifactError on any mismatch.
+
+    ``edge.onnx`` when the manifest lists one (ONNX Runtime), else ``edge.xml``
+    and ``edge.bin`` (OpenVINO: an INT8 OpenVINO artifact holds only the IR).
+    """
+    from patrol_compress.contracts import EDGE_BIN, EDGE_ONNX, EDGE_XML, MANIFEST, verify_manifest
 
     manifest = verify_manifest(artifact)
     if int(manifest["split"]) != split:
@@ -82,17 +107,41 @@ def verified_edge(artifact: Path, split: int) -> tuple[bytes, dict[str, Any]]:
             f"{artifact / MANIFEST}: artifact is for split {manifest['split']}, attacking split "
             f"{split}"
         )
-    entry = manifest["files"].get(EDGE_ONNX)
-    if entry is None:
-        raise ArtifactError(f"{artifact / MANIFEST}: lists no {EDGE_ONNX} (target 'onnx' needed)")
-    blob = (artifact / EDGE_ONNX).read_bytes()
-    if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
-        raise ArtifactError(f"{artifact / EDGE_ONNX}: sha256 does not match {MANIFEST}")
-    return blob, manifest
+    files = manifest["files"]
+    if EDGE_ONNX in files:
+        runtime, names = "onnxruntime", [EDGE_ONNX]
+    elif EDGE_XML in files and EDGE_BIN in files:
+        runtime, names = "openvino", [EDGE_XML, EDGE_BIN]
+    else:
+        raise ArtifactError(
+            f"{artifact / MANIFEST}: lists neither {EDGE_ONNX} nor {EDGE_XML} + {EDGE_BIN} "
+            "(target 'onnx' or 'openvino' needed)"
+        )
+    blobs = {}
+    for name in names:
+        blob = (artifact / name).read_bytes()
+        if hashlib.sha256(blob).hexdigest() != files[name].get("sha256"):
+            raise ArtifactError(f"{artifact / name}: sha256 does not match {MANIFEST}")
+        blobs[name] = blob
+    return EdgeFiles(runtime, blobs), manifest
 
 
-def ort_features(model_bytes: bytes, threads: int) -> FeatureFn:
-    """Feature function backed by an ONNX Runtime session (spinning off: it shares the CPU)."""
+def split_code(manifest: dict[str, Any], artifact: Path) -> tuple[float, int] | None:
+    """(scale, zero point) of an edge that sends uint8; None for a float edge."""
+    if manifest.get("edge_output_dtype") != "uint8":
+        return None
+    q = manifest.get("quantization") or {}
+    code = q.get("split_tensor")
+    if not isinstance(code, dict):
+        raise ArtifactError(
+            f"{artifact / 'manifest.json'}: the edge sends uint8 but quantization.split_tensor "
+            "(scale, zero point) is missing"
+        )
+    return float(code["scale"]), int(code["zero_point"])
+
+
+def ort_features(model_bytes: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """ONNX Runtime session over ``model_bytes`` (spinning off: it shares the CPU)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -103,11 +152,48 @@ def ort_features(model_bytes: bytes, threads: int) -> FeatureFn:
     inp = session.get_inputs()[0]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {inp.name: x.astype(dtype)})[0])
+
+    return run
+
+
+def ov_features(xml: bytes, weights: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """OpenVINO CPU over the verified IR bytes, with the f32 hint the export checked it under."""
+    from patrol_compress.errors import import_optional
+
+    ov = import_optional("openvino", "openvino", "the adaptive attack on an OpenVINO artifact")
+    core = ov.Core()
+    model = core.read_model(xml, ov.Tensor(np.frombuffer(weights, dtype=np.uint8)))
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    dtype = compiled.input(0).get_element_type().to_dtype()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: x.astype(dtype)})[compiled.output(0)])
+
+    return run
+
+
+def artifact_features(edge: EdgeFiles, code: tuple[float, int] | None, threads: int) -> FeatureFn:
+    """Feature function backed by the artifact's runtime; uint8 is dequantized as the cloud does."""
+    if edge.runtime == "onnxruntime":
+        run = ort_features(next(iter(edge.blobs.values())), threads)
+    else:
+        xml, weights = edge.blobs.values()
+        run = ov_features(xml, weights, threads)
+
     def features(x: torch.Tensor) -> torch.Tensor:
         out = []
         for i in range(0, len(x), ORT_BATCH):
-            batch = x[i : i + ORT_BATCH].numpy().astype(dtype)
-            out.append(torch.from_numpy(np.asarray(session.run(None, {inp.name: batch})[0])))
+            sent = run(x[i : i + ORT_BATCH].numpy())
+            real = sent.astype(np.float32)
+            if code is not None:
+                real = np.float32(code[0]) * (real - np.float32(code[1]))
+            out.append(torch.from_numpy(real))
         return torch.cat(out).float()
 
     return features
@@ -122,8 +208,8 @@ class AdaptiveAttack(Attack):
     def run(self, ctx: AttackContext) -> Reconstruction:
         cfg = ctx.config.adaptive
         artifact, exported = resolve_artifact(ctx)
-        blob, manifest = verified_edge(artifact, ctx.split)
-        features = ort_features(blob, cfg.threads)
+        edge, manifest = verified_edge(artifact, ctx.split)
+        features = artifact_features(edge, split_code(manifest, artifact), cfg.threads)
         probe = ctx.eval_images[:2]
         from_ort = features(probe)
         from_torch = torch_features(ctx.edge, ctx.device)(probe)
@@ -138,7 +224,11 @@ class AdaptiveAttack(Attack):
                 "artifact": str(artifact),
                 "exported_now": exported,
                 "precision": manifest.get("precision"),
-                "edge_sha256": hashlib.sha256(blob).hexdigest(),
+                "target": manifest.get("target"),
+                "runtime": edge.runtime,
+                "sent_dtype": manifest.get("edge_output_dtype"),
+                "bytes_sent": manifest.get("edge", {}).get("bytes_sent"),
+                "edge_sha256": edge.sha256,
                 "max_abs_diff_vs_torch": float((from_ort - from_torch).abs().max()),
             }
         )

@@ -227,23 +227,32 @@ def attack(
     out: Path | str | None = None,
     label: str | None = None,
     quiet: bool = False,
+    artifact: Path | str | None = None,
 ) -> dict[str, Any]:
     """Run ``attacks`` on the run's edge; write ``attack.json`` and ``attack_grid.png``.
 
     ``config`` is an :class:`AttackConfig`, a YAML file of one, or None for the
     run recipe's ``attack:`` section. Output goes to ``out`` (default: the run
-    folder). ``label`` names the point in reports (default: series and split).
+    folder). ``label`` names the point in reports (default: series and split,
+    plus the precision of a non-fp32 ``artifact``). ``artifact`` is the export
+    folder the adaptive attack queries (overrides ``adaptive.artifact``), e.g.
+    an INT8 export, to measure what its uint8 uplink leaks.
     Returns what ``attack.json`` holds.
     """
     from patrol_compress.run import load_run_model
 
     names = _names(attacks)
+    precision = _artifact_precision(artifact, names)
     run = Path(run_dir)
     model, meta = load_run_model(run)
     recipe = find_recipe(run)
     cfg = _config(config, recipe)
+    if artifact is not None:
+        adaptive = cfg.adaptive.model_copy(update={"artifact": Path(artifact)})
+        cfg = cfg.model_copy(update={"adaptive": adaptive})
     k, k_source = _split(split, meta, recipe)
     series, prefix = series_of(recipe, meta)
+    suffix = f" {precision}" if precision not in (None, "fp32") else ""
     return attack_model(
         model,
         meta,
@@ -256,13 +265,24 @@ def attack(
         facts={
             "run": str(run),
             "split_source": k_source,
-            "label": label or f"{prefix} split {k}",
+            "label": label or f"{prefix} split {k}{suffix}",
             "series": series,
             "defense": None,
             "budget": _run_budget(run),
         },
         quiet=quiet,
     )
+
+
+def _artifact_precision(artifact: Path | str | None, names: list[str]) -> str | None:
+    """The precision of the artifact the adaptive attack is pointed at (checked before work)."""
+    if artifact is None:
+        return None
+    if "adaptive" not in names:
+        raise AttackError("--artifact is the adaptive attack's target; add adaptive to --attack")
+    from patrol_compress.contracts import read_manifest
+
+    return str(read_manifest(artifact)["precision"])
 
 
 def _names(attacks: Sequence[str]) -> list[str]:

@@ -30,6 +30,12 @@ LABEL = typer.Option(
     None, "--label", help="Name of this point in reports (default: e.g. 'PATROL split 4')."
 )
 FORCE = typer.Option(False, "--force", help="Replace an existing attack.json in the output folder.")
+ARTIFACT = typer.Option(
+    None,
+    "--artifact",
+    help="Export folder the adaptive attack queries, e.g. RUN/export/onnx-split4-int8 "
+    "(default: the config's adaptive.artifact, else RUN/export/onnx-split<K>-fp32).",
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +49,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = OUT,
         label: str | None = LABEL,
         force: bool = FORCE,
+        artifact: Path | None = ARTIFACT,
         threads: int | None = threads_option(),
     ) -> None:
         """Reconstruct images from the edge's features; report PSNR, SSIM and attack accuracy."""
@@ -51,7 +58,7 @@ def register(app: typer.Typer) -> None:
         from patrol_compress.api import attack as run_attacks
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]
-        report = run_attacks(run, names, split, config, out, label, force=force)
+        report = run_attacks(run, names, split, config, out, label, force=force, artifact=artifact)
         _print(report, out if out is not None else run)
 
 

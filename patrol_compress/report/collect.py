@@ -75,6 +75,16 @@ class AttackSettings:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """The exported edge the adaptive attack queried: fp32 vs int8 leakage is read from it."""
+
+    precision: str
+    sent_dtype: str | None = None
+    bytes_sent: int | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
 class Point:
     """One attacked model: a point on the privacy-utility plane and a table row."""
 
@@ -102,6 +112,9 @@ class Point:
     settings: dict[str, AttackSettings] = field(default_factory=dict)
     """Per attack (same keys as ``attacks``): the settings behind its score."""
     eval_images: int | None = None
+    run: str | None = None
+    artifact: Artifact | None = None
+    """Where the point has an adaptive attack: the artifact it attacked."""
 
 
 def find_attack_files(paths: list[Path]) -> list[Path]:
@@ -189,6 +202,25 @@ def _point(path: Path, r: AttackResult) -> Point:
         versions=r.versions,
         settings={name: _settings(extra, name, s.model_extra) for name, s in r.attacks.items()},
         eval_images=_int(_get(extra, "data", "eval_images")),
+        run=r.run,
+        artifact=_artifact(r),
+    )
+
+
+def _artifact(r: AttackResult) -> Artifact | None:
+    """The adaptive attack's artifact facts (older files: precision only, or nothing)."""
+    adaptive = r.attacks.get("adaptive")
+    info = _get(adaptive.model_extra if adaptive is not None else None, "info")
+    precision = _get(info, "precision")
+    if not isinstance(precision, str) or not precision:
+        return None
+    sent = _get(info, "sent_dtype")
+    path = _get(info, "artifact")
+    return Artifact(
+        precision[:16],
+        sent[:16] if isinstance(sent, str) else None,
+        _int(_get(info, "bytes_sent")),
+        path if isinstance(path, str) else None,
     )
 
 

@@ -19,6 +19,7 @@ from patrol_compress.report.plot import plotted, unplotted
 from patrol_compress.report.tables import (
     Table,
     edge_table,
+    quantization_table,
     settings_table,
     sources_table,
     summary_table,
@@ -47,6 +48,12 @@ PLANE_GUIDE = (
     "Points of one series are joined in order of defense strength (then split). "
     "The dashed line is the mean-image baseline. Good defenses sit low and to the right."
 )
+QUANTIZATION_GUIDE = (
+    "The same edge exported in fp32 and int8 (patrol-compress export --precision int8), each "
+    "attacked by the adaptive attack, which trains on what that artifact actually sends (the "
+    "int8 edge's uint8, dequantized as the cloud does). A positive change means the int8 "
+    "uplink leaks more. Compare only rows attacked alike."
+)
 FALLBACK_METRIC_NOTE = (
     "PSNR and SSIM per image (torchmetrics, data range 1.0), then averaged over images."
 )
@@ -66,6 +73,11 @@ class Report:
     @property
     def edge(self) -> Table:
         return edge_table(self.points)
+
+    @property
+    def quantization(self) -> Table | None:
+        """fp32 vs int8 adaptive-attack leakage of the same edge, when the report holds both."""
+        return quantization_table(self.points)
 
     @property
     def settings(self) -> Table:

@@ -12,7 +12,13 @@ from __future__ import annotations
 import json
 from html import escape
 
-from patrol_compress.report.content import PLANE_GUIDE, READING_GUIDE, SETTINGS_GUIDE, Report
+from patrol_compress.report.content import (
+    PLANE_GUIDE,
+    QUANTIZATION_GUIDE,
+    READING_GUIDE,
+    SETTINGS_GUIDE,
+    Report,
+)
 from patrol_compress.report.plot import plane_svg
 from patrol_compress.report.tables import Table
 
@@ -67,6 +73,7 @@ def render_html(report: Report) -> str:
         f'<p class="note">{escape(SETTINGS_GUIDE)}</p>',
         _table(report.settings, report),
         *([f'<p class="note settings-note">{escape(n)}</p>' for n in [report.settings_note] if n]),
+        *_quantization(report),
         '<h2 id="plane-section">Privacy-utility plane</h2>',
         f'<p class="note">{escape(PLANE_GUIDE)}</p>',
         f"<figure>{plane_svg(report.points, 'psnr')}</figure>",
@@ -90,6 +97,29 @@ def render_html(report: Report) -> str:
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _quantization(report: Report) -> list[str]:
+    """The fp32-vs-int8 section (rows are edges, not points), only when there is a pair."""
+    table = report.quantization
+    if table is None:
+        return []
+    head = "".join(f"<th>{escape(h)}</th>" for h in table.headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"num" if num else "text"}">{escape(c)}</td>'
+            for c, num in zip(row, table.numeric, strict=True)
+        )
+        + "</tr>"
+        for row in table.rows
+    )
+    return [
+        '<h3 id="quantization-section">Did int8 change the leakage?</h3>',
+        f'<p class="note">{escape(QUANTIZATION_GUIDE)}</p>',
+        f'<div class="scroll"><table id="{table.id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>",
+    ]
 
 
 def _table(table: Table, report: Report) -> str:

@@ -12,7 +12,13 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from patrol_compress.report.content import PLANE_GUIDE, READING_GUIDE, SETTINGS_GUIDE, Report
+from patrol_compress.report.content import (
+    PLANE_GUIDE,
+    QUANTIZATION_GUIDE,
+    READING_GUIDE,
+    SETTINGS_GUIDE,
+    Report,
+)
 from patrol_compress.report.tables import Table
 
 
@@ -45,6 +51,7 @@ def render_markdown(report: Report, assets: Assets) -> str:
         *_table(report.settings),
         "",
         *([_inline(report.settings_note), ""] if report.settings_note else []),
+        *_quantization(report),
         "## Privacy-utility plane",
         "",
         PLANE_GUIDE,
@@ -90,6 +97,14 @@ def render_markdown(report: Report, assets: Assets) -> str:
         lines += [f"Package versions{who}: {_inline(listed)}", ""]
     lines += [f"*{report.generator}*", ""]
     return "\n".join(lines)
+
+
+def _quantization(report: Report) -> list[str]:
+    """The fp32-vs-int8 section, only when the report holds an fp32/int8 pair of one edge."""
+    table = report.quantization
+    if table is None:
+        return []
+    return ["### Did int8 change the leakage?", "", QUANTIZATION_GUIDE, "", *_table(table), ""]
 
 
 def _table(table: Table) -> list[str]:

@@ -126,6 +126,65 @@ def settings_table(points: list[Point]) -> Table:
     return Table("settings", headers, rows, [h in ("split", "images scored") for h in headers])
 
 
+def quantization_table(points: list[Point]) -> Table | None:
+    """fp32 vs int8 leakage of one edge, side by side: did quantizing the uplink change it?
+
+    Pairs points of the same run and split whose adaptive attacks queried an
+    fp32 and an int8 artifact; None when the report holds no such pair. Only
+    the adaptive attack is compared: it is the one that saw the deployed bytes.
+    """
+    headers = [
+        "edge",
+        "split",
+        "fp32: PSNR dB / SSIM",
+        "int8: PSNR dB / SSIM",
+        "change: PSNR dB / SSIM",
+        "bytes sent / image fp32 → int8",
+        "attacked alike",
+    ]
+    rows = []
+    for q in points:
+        if q.artifact is None or q.artifact.precision != "int8" or "adaptive" not in q.attacks:
+            continue
+        base = next(
+            (
+                p
+                for p in points
+                if p.artifact is not None
+                and p.artifact.precision == "fp32"
+                and "adaptive" in p.attacks
+                and p.split == q.split
+                and p.run is not None
+                and p.run == q.run
+            ),
+            None,
+        )
+        if base is None:
+            continue
+        a, b = base.attacks["adaptive"], q.attacks["adaptive"]
+        rows.append(
+            [
+                base.label,
+                str(q.split),
+                f"{db(a.psnr)} / {ssim(a.ssim)}",
+                f"{db(b.psnr)} / {ssim(b.ssim)}",
+                f"{b.psnr - a.psnr:+.2f} / {b.ssim - a.ssim:+.3f}",
+                f"{count(base.artifact.bytes_sent if base.artifact else None)} → "
+                f"{count(q.artifact.bytes_sent)}",
+                "yes" if _configured(base) == _configured(q) else "no",
+            ]
+        )
+    if not rows:
+        return None
+    return Table("quantization", headers, rows, [False, True, True, True, True, True, False])
+
+
+def _configured(p: Point) -> tuple[int | None, int | None] | None:
+    """The adaptive attacker's configured epochs and training images (not its plateau)."""
+    s = p.settings.get("adaptive")
+    return None if s is None else (s.epochs, s.images)
+
+
 def settings_text(s: AttackSettings | None) -> str:
     """'upsample, 12 of max 30 epochs, 1,080 images' (what the file tells; '-' if nothing)."""
     if s is None:
