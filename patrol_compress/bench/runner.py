@@ -203,6 +203,11 @@ def _time_batches(
                 "p90_ms": round(p90, 4),
                 "p99_ms": round(p99, 4),
                 "mean_ms": round(float(times_ms.mean()), 4),
+                "wall_p50_ms": (
+                    round(float(np.median(timing.wall_ms)), 4)
+                    if timing.wall_ms is not None
+                    else None
+                ),
                 "per_image_ms": round(p50 / batch, 4),
                 # latency mode: what one request at a time sustains (batch / p50, as
                 # before); throughput mode: the measured rate with all streams busy.
@@ -223,7 +228,8 @@ def _time_batches(
 
 TIMER = {
     "onnxruntime": "perf_counter around each run_with_iobinding (input and output bound once)",
-    "openvino": "perf_counter around each infer() (input tensor set once, outputs not copied)",
+    "openvino": "OpenVINO's own request.latency of each infer() (as benchmark_app; input "
+    "tensor set once, outputs not copied); wall_p50_ms: perf_counter around the call",
     "trt": "perf_counter around each call (host-to-device copy, execute, copy back)",
     "onnxruntime-throughput": "perf_counter around each call in each stream's thread",
     "openvino-throughput": "each infer request's own latency (AsyncInferQueue, as benchmark_app)",

@@ -66,12 +66,20 @@ class Budget:
 
 @dataclass
 class Timing:
-    """What one measured block produced: per-call milliseconds, calls and wall time."""
+    """What one measured block produced: per-call milliseconds, calls and wall time.
+
+    ``times_ms`` is the reported latency per call: the runtime's own timer where
+    it has one (OpenVINO's ``request.latency``, what ``benchmark_app`` reports),
+    else the wall clock around the call. ``wall_ms`` is always the wall clock
+    around the call as the Python caller saw it (None where only the runtime's
+    timer exists: OpenVINO's asynchronous queue).
+    """
 
     times_ms: np.ndarray
     calls: int
     duration_s: float
     streams: int = 1
+    wall_ms: np.ndarray | None = None
 
 
 @contextmanager
@@ -87,11 +95,19 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def sequential(call: Callable[[], Any], budget: Budget) -> Timing:
-    """One call after another until the budget is spent; each call timed on its own."""
+def sequential(
+    call: Callable[[], Any], budget: Budget, probe: Callable[[], float] | None = None
+) -> Timing:
+    """One call after another until the budget is spent; each call timed on its own.
+
+    ``probe``, read after each call outside the timed span, is the runtime's
+    own milliseconds for that call; with it, those are the reported latency
+    and the wall clock stays in ``wall_ms``.
+    """
     if budget.empty:
-        return Timing(np.empty(0), 0, 0.0)
+        return Timing(np.empty(0), 0, 0.0, wall_ms=np.empty(0))
     times: list[int] = []
+    own: list[float] = []
     with gc_paused():
         start = end = time.perf_counter_ns()
         deadline = budget.deadline_ns(start)
@@ -100,13 +116,17 @@ def sequential(call: Callable[[], Any], budget: Budget) -> Timing:
             call()
             end = time.perf_counter_ns()
             times.append(end - before)
+            if probe is not None:
+                own.append(probe())
             if deadline is not None:
                 if end >= deadline:
                     break
             elif budget.calls is not None and len(times) >= budget.calls:
                 break
     duration = (end - start) / 1e9
-    return Timing(np.asarray(times, dtype=np.float64) / 1e6, len(times), duration)
+    wall = np.asarray(times, dtype=np.float64) / 1e6
+    reported = np.asarray(own, dtype=np.float64) if probe is not None else wall
+    return Timing(reported, len(times), duration, wall_ms=wall)
 
 
 def parallel(calls: Sequence[Callable[[], Any]], budget: Budget) -> Timing:
@@ -159,4 +179,5 @@ def parallel(calls: Sequence[Callable[[], Any]], budget: Budget) -> Timing:
         raise errors[0]
     merged = [t for times in per_stream for t in times]
     duration = (max(ends) - start_box[0]) / 1e9 if merged else 0.0
-    return Timing(np.asarray(merged, dtype=np.float64) / 1e6, len(merged), duration, len(calls))
+    wall = np.asarray(merged, dtype=np.float64) / 1e6
+    return Timing(wall, len(merged), duration, len(calls), wall_ms=wall)
