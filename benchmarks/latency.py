@@ -48,7 +48,7 @@ import torch_pruning as tp
 from torch import nn
 
 from patrol_compress.bench import bench, machine_info
-from patrol_compress.exporters import export_partitions
+from patrol_compress.exporters import export_partitions, export_run
 from patrol_compress.io import package_versions, write_json, write_text
 from patrol_compress.models import BlockNet, build_model, split
 from patrol_compress.recipe import ModelConfig
@@ -76,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-seconds", type=float, default=0.5)
     p.add_argument("--name", default="latency", help="output stem in --out")
     p.add_argument("--goal", type=float, default=0.8, help="latency ratio goal vs split 2")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also export each --pruned-run at INT8 (export_run: ONNX QDQ for onnxruntime, "
+        "NNCF IR for OpenVINO, accuracy parity enforced) and time it beside its fp32 edge",
+    )
+    p.add_argument("--calibration-images", type=int, default=300)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--runtimes", default=",".join(CPU_RUNTIMES))
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -233,6 +240,27 @@ def ratios(
     return out
 
 
+def int8_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per INT8 variant, runtime and batch: INT8 latency over its own fp32 edge's."""
+    lat = {(r["variant"], r["runtime"], r["batch"]): r["p50_ms"] for r in rows}
+    out = []
+    for (name, runtime, batch), ms in sorted(lat.items()):
+        if not name.endswith("-int8") or (name[:-5], runtime, batch) not in lat:
+            continue
+        fp32 = lat[(name[:-5], runtime, batch)]
+        out.append(
+            {
+                "variant": name[:-5],
+                "runtime": runtime,
+                "batch": batch,
+                "fp32_ms": fp32,
+                "int8_ms": ms,
+                "int8_over_fp32": round(ms / fp32, 3),
+            }
+        )
+    return out
+
+
 def _accuracy(acc: dict[str, float]) -> str:
     key = "rank1" if "rank1" in acc else next(iter(acc))
     return f"{key} {acc[key] * 100:.1f}%"
@@ -293,6 +321,30 @@ def markdown(report: dict[str, Any]) -> str:
             f"{'yes' if q['meets_goal'] else 'NO'} | {q['speedup_reached']:.2f}x | "
             f"{q['speedup_mac_predicted']:.2f}x | {q['fraction_of_predicted']:.3f} |"
         )
+    if report.get("int8_ratios"):
+        lines += [
+            "",
+            "INT8 (the run exported with `--precision int8`) against the same edge in fp32:",
+            "",
+        ]
+        for name, src in report["pruned_sources"].items():
+            for runtime, q in src.get("int8", {}).items():
+                par = q["parity"]
+                lines.append(
+                    f"- `{name}` on {runtime} ({q['tool']}): {par['metric']} "
+                    f"{100 * par['fp32']:.1f}% fp32 -> {100 * par['int8']:.1f}% int8 "
+                    f"({'passed' if par['passed'] else 'FAILED'} the 1-point parity)"
+                )
+        lines += [
+            "",
+            "| variant | runtime | batch | fp32 p50 ms | int8 p50 ms | int8 / fp32 |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for q in report["int8_ratios"]:
+            lines.append(
+                f"| {q['variant']} | {q['runtime']} | {q['batch']} | {q['fp32_ms']:.3f} | "
+                f"{q['int8_ms']:.3f} | {q['int8_over_fp32']:.3f} |"
+            )
     if report["failures"]:
         lines += ["", "Failures:", *(f"- {f}" for f in report["failures"])]
     return "\n".join(lines) + "\n"
@@ -318,13 +370,43 @@ def main(argv: list[str] | None = None) -> int:
                 **{key: manifest["edge"][key] for key in ("params", "macs", "bytes_sent")},
             }
             print(f"exported {name}: {costs[name]}", flush=True)
+        int8_dirs: dict[tuple[str, str], Path] = {}
+        if args.int8:
+            for name, src in sources.items():
+                if "run" not in src:
+                    continue
+                for runtime, target in (("onnxruntime", "onnx"), ("openvino", "openvino")):
+                    if runtime not in runtimes:
+                        continue
+                    out = Path(tmp) / f"{name}-int8-{target}"
+                    manifest = export_run(
+                        src["run"],
+                        target=target,
+                        precision="int8",
+                        out=out,
+                        calibration_images=args.calibration_images,
+                    )
+                    int8_dirs[(f"{name}-int8", runtime)] = out
+                    quant = manifest["quantization"]
+                    costs[f"{name}-int8"] = {
+                        **costs[name],
+                        "bytes_sent": manifest["edge"]["bytes_sent"],
+                    }
+                    src.setdefault("int8", {})[runtime] = {
+                        "tool": quant["tool"],
+                        "parity": quant["parity"],
+                    }
+                    print(f"exported {name} int8 for {runtime}: {quant['parity']}", flush=True)
         samples: dict[tuple[str, str, int], list[float]] = {}
         for rep in range(args.repeats):
             for runtime in runtimes:
-                for name in variants:
+                timed = [(n, dirs[n]) for n in variants] + [
+                    (n, d) for (n, r), d in int8_dirs.items() if r == runtime
+                ]
+                for name, folder in timed:
                     try:
                         result = bench(
-                            dirs[name],
+                            folder,
                             runtime,
                             batches,
                             args.threads,
@@ -363,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 "throughput": round(batch / (p50 / 1e3), 2),
             }
         )
+    fp32_costs = {k: v for k, v in costs.items() if not k.endswith("-int8")}
     report = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "input_shape": list(shape),
@@ -374,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         "pruned_sources": sources,
         "variants": costs,
         "rows": rows,
-        "ratios": ratios(rows, costs, args.goal),
+        "ratios": ratios(rows, fp32_costs, args.goal),
+        "int8_ratios": int8_ratios(rows),
         "failures": failures,
         "gpu": gpu,
         "load_average_1_5_15": {

@@ -92,3 +92,27 @@ def test_latency_benchmark_times_the_runs_own_edges(run: Path, tmp_path: Path) -
     assert row["meets_goal"] == (row["latency_ratio_vs_split2"] <= 0.8)
     md = (tmp_path / "lat.md").read_text()
     assert "round_to 4" in md and "latency measured while planning" in md
+
+
+def test_latency_benchmark_times_int8_beside_fp32(run: Path, tmp_path: Path) -> None:
+    """--int8 exports the run as users do (parity enforced) and prints INT8 / fp32 per runtime."""
+    script = _latency_script()
+    argv = [
+        "--pruned-run", f"mine={run}", "--seconds", "0.05", "--warmup-seconds", "0.01",
+        "--repeats", "1", "--threads", "1", "--batches", "1", "--int8",
+        "--calibration-images", "16", "--out", str(tmp_path), "--name", "lat",
+    ]  # fmt: skip
+    assert script.main(argv) == 0
+    report = json.loads((tmp_path / "lat.json").read_text())
+    q = report["int8_ratios"]
+    assert {(r["variant"], r["runtime"]) for r in q} == {
+        ("mine", "onnxruntime"),
+        ("mine", "openvino"),
+    }
+    for r in q:
+        assert r["int8_over_fp32"] == round(r["int8_ms"] / r["fp32_ms"], 3)
+    sent = report["variants"]
+    assert sent["mine-int8"]["bytes_sent"] * 4 == sent["mine"]["bytes_sent"]  # uint8 uplink
+    int8 = report["pruned_sources"]["mine"]["int8"]
+    assert set(int8) == {"onnxruntime", "openvino"}
+    assert "INT8" in (tmp_path / "lat.md").read_text()
