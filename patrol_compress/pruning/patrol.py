@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
 from patrol_compress.models.blocknet import BlockNet
-from patrol_compress.models.inversion import InversionNet, reconstruction_l2
+from patrol_compress.models.inversion import InversionNet, frozen_inverter, reconstruction_l2
 from patrol_compress.models.split import StageBlock, edge_shapes, edge_stage_blocks
 from patrol_compress.models.split import split as split_model
 from patrol_compress.pruning.budget import EdgeBudget
@@ -82,6 +82,21 @@ def build_surrogate(
     return InversionNet(edge_shapes(model, split, input_shape), max_width=width, refine=0)
 
 
+@torch.no_grad()
+def edge_features(edge: list[StageBlock], x: torch.Tensor) -> torch.Tensor:
+    """The edge's output for ``x`` without gradients (what the surrogate learns to invert).
+
+    On CPU the images enter in channels-last memory format: oneDNN then runs
+    the whole edge in that format, ~15% faster here, and hands the surrogate
+    (itself channels-last on CPU) its input in the layout it wants. Same
+    values up to float rounding.
+    """
+    z = x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+    for b in edge:
+        z = b(z)
+    return z
+
+
 def train_surrogate(
     surrogate: InversionNet,
     edge: list[StageBlock],
@@ -98,11 +113,7 @@ def train_surrogate(
     for _ in range(epochs):
         for x, _, _ in ctx.batches(loader):
             x = x.to(dev)
-            with torch.no_grad():
-                z = x
-                for b in edge:
-                    z = b(z)
-            loss = reconstruction_l2(x, surrogate(z))
+            loss = reconstruction_l2(x, surrogate(edge_features(edge, x)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_grads(params)
@@ -127,15 +138,13 @@ def surrogate_psnr(
     """
     ctx = distributed.current()
     surrogate.eval()
+    attacker = frozen_inverter(surrogate)  # the same function, faster
     vals = []
     for i, (x, _, _) in enumerate(ctx.batches(loader)):
         if i >= max_batches:
             break
         x = x.to(dev)
-        z = x
-        for b in edge:
-            z = b(z)
-        mse = (surrogate(z) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        mse = (attacker(edge_features(edge, x)) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
         vals.append(ctx.gather_rows(10 * torch.log10(1.0 / mse)).cpu())
     return float(torch.cat(vals).mean()) if vals else float("nan")
 
@@ -232,6 +241,9 @@ def patrol_finetune(
     surrogate = parts.surrogate.to(dev) if parts.surrogate is not None else None
     if surrogate is not None:
         ctx.broadcast_module(surrogate)
+        if dev.type == "cpu":
+            # Same values, faster oneDNN convolutions (see models/inversion.py).
+            surrogate.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     synced = [*weights, *mask_parameters(model)]
     s_opt = (
         torch.optim.Adam(surrogate.parameters(), lr=cfg.adversarial.adversary_lr)
@@ -243,6 +255,7 @@ def patrol_finetune(
 
     def epoch_fn(epoch: int, rep: EpochReporter) -> None:
         steering.begin_epoch(epoch * steps)
+        attacker = None
         if surrogate is not None and s_opt is not None:
             if epoch % cfg.adversarial.adversary_every == 0:
                 model.eval()
@@ -250,7 +263,9 @@ def patrol_finetune(
                     surrogate, edge, loader, s_opt, cfg.adversarial.adversary_epochs, dev
                 )
             surrogate.eval()
-            surrogate.requires_grad_(False)
+            # The epoch's fixed attacker: the surrogate's eval-mode function with
+            # its BNs folded and no weight gradients (same values, faster).
+            attacker = frozen_inverter(surrogate)
         model.train()
         freeze_bn_stats(nn.ModuleList(edge))
         set_epoch(loader, epoch)
@@ -277,8 +292,8 @@ def patrol_finetune(
             total = loss + lip
             log.update(parts_log)
             log["lip"] = float(lip.detach())
-            if surrogate is not None:
-                adv = reconstruction_l2(x, surrogate(z))
+            if attacker is not None:
+                adv = reconstruction_l2(x, attacker(z))
                 total = total - cfg.adversarial.beta * adv
                 log["adv"] = float(adv.detach())
             opt.zero_grad(set_to_none=True)
@@ -291,8 +306,6 @@ def patrol_finetune(
                 steering.fista.step()
             log["loss"] = float(total.detach())
             rep.step(len(x) * ctx.world, ctx.mean_scalars(log))
-        if surrogate is not None:
-            surrogate.requires_grad_(True)
 
     modules: dict[str, nn.Module] = {"model": model}
     optimizers: dict[str, torch.optim.Optimizer] = {"opt": opt}
