@@ -26,6 +26,7 @@ from patrol_compress.models.inversion import (
     frozen_inverter,
     reconstruction_l2,
 )
+from patrol_compress.pruning.masks import ChannelMask, MaskedNorm
 
 from .helpers import tiny_recipe
 
@@ -221,3 +222,53 @@ def test_patrol_finetune_with_frozen_attacker_matches_the_surrogate_itself(
             _close(a, ref_state[k], rtol=1e-3)
     masks = [k for k in fast_state if ".mask." in k]
     assert masks
+
+
+@pytest.mark.parametrize(
+    ("dims", "channels", "affine"),
+    [(4, 6, True), (4, 1, True), (4, 6, False), (2, 6, True)],
+)
+def test_masked_eval_norm_matches_bn_then_mask(dims: int, channels: int, affine: bool) -> None:
+    """Eval-mode MaskedNorm (one batch_norm with the mask folded in) against BN then mask."""
+    bn: nn.modules.batchnorm._BatchNorm = (
+        nn.BatchNorm2d(6, affine=affine) if dims == 4 else nn.BatchNorm1d(6, affine=affine)
+    )
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        if affine:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    masked = MaskedNorm(bn, ChannelMask(channels))
+    with torch.no_grad():
+        masked.mask.weight.uniform_(-1, 1)
+    masked.eval()
+    shape = (5, 6, 4, 3) if dims == 4 else (5, 6)
+    x = torch.randn(*shape)
+    out = []
+    for fused in (True, False):
+        for p in masked.parameters():
+            p.grad = None
+        xi = x.clone().requires_grad_()
+        handle = None if fused else bn.register_forward_hook(lambda *_: None)  # plain path
+        y = masked(xi)
+        if handle is not None:
+            handle.remove()
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        out.append((y.detach(), xi.grad, [p.grad for p in masked.parameters()]))
+    _close(out[0][0], out[1][0])
+    assert out[0][1] is not None and out[1][1] is not None
+    _close(out[0][1], out[1][1])
+    for a, b in zip(out[0][2], out[1][2], strict=True):
+        assert a is not None and b is not None
+        _close(a, b)
+
+
+def test_masked_norm_hooks_still_see_both_modules() -> None:
+    masked = MaskedNorm(nn.BatchNorm2d(3), ChannelMask(3)).eval()
+    seen: list[nn.Module] = []
+    handles = [m.register_forward_hook(lambda m, *_: seen.append(m)) for m in masked.modules()]
+    masked(torch.randn(2, 3, 4, 4))
+    for h in handles:
+        h.remove()
+    assert set(seen) == {masked, masked.bn, masked.mask}

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from patrol_compress.errors import ModelError
@@ -45,7 +46,16 @@ class ChannelMask(nn.Module):
 
 
 class MaskedNorm(nn.Module):
-    """A BatchNorm followed by its mask; replaced by the folded BN before export."""
+    """A BatchNorm followed by its mask; replaced by the folded BN before export.
+
+    When the BN normalises with running statistics (eval mode: every edge BN
+    during PATROL fine-tuning) the mask is folded into its affine parameters,
+    ``m * (gamma * xhat + beta) == (m * gamma) * xhat + (m * beta)``, and the
+    pair runs as one ``batch_norm``: the same function and gradients (to float
+    rounding) with one pass over the activations instead of two forward and
+    three backward. A training-mode BN, or a hook on either module (hooks must
+    see both modules run), takes the plain two-module path.
+    """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, mask: ChannelMask) -> None:
         super().__init__()
@@ -53,7 +63,36 @@ class MaskedNorm(nn.Module):
         self.mask = mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mask(self.bn(x))
+        bn = self.bn
+        if (
+            bn.training
+            or bn.running_mean is None
+            or bn.running_var is None
+            or _hooked(bn)
+            or _hooked(self.mask)
+        ):
+            return self.mask(bn(x))
+        w: torch.Tensor = self.mask.weight
+        if w.numel() != bn.num_features:
+            w = w.expand(bn.num_features)
+        weight = bn.weight * w if bn.weight is not None else w
+        bias = bn.bias * w if bn.bias is not None else None
+        return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, False, 0.0, bn.eps)
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether a forward or backward hook (the module's own or a global one) would see ``m`` run."""
+    g = nn.modules.module
+    return bool(
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or m._backward_hooks
+        or m._backward_pre_hooks
+        or g._global_forward_hooks
+        or g._global_forward_pre_hooks
+        or g._global_backward_hooks
+        or g._global_backward_pre_hooks
+    )
 
 
 def _set(root: nn.Module, name: str, new: nn.Module) -> None:
