@@ -123,6 +123,9 @@ def test_fit_split_resolves_params_macs_and_latency_of_the_shallower_edge() -> N
         BudgetConfig(fit_split=2, fit=["params", "macs"], fit_fraction=0.5), model, SHAPE
     )
     assert (half.params, half.macs) == (int(b.params * 0.5), int(b.macs * 0.5))
+    cfg_lat = BudgetConfig(fit_split=2, fit=["params", "macs"], fit_fraction={"macs": 0.5})
+    per_limit = resolve_budget(cfg_lat, model, SHAPE)
+    assert (per_limit.params, per_limit.macs) == (b.params, int(b.macs * 0.5))
     only_macs = resolve_budget(BudgetConfig(macs=123), model, SHAPE)
     assert (only_macs.params, only_macs.macs, only_macs.latency) == (None, 123, None)
 
@@ -133,6 +136,8 @@ def test_fit_split_resolves_params_macs_and_latency_of_the_shallower_edge() -> N
         ({"fit_split": 2, "params": 5}, "at most one of fit_split, params, bytes"),
         ({"fit": ["macs"]}, "fit needs fit_split"),
         ({"macs": 5, "fit_fraction": 0.5}, "fit_fraction needs fit_split"),
+        ({"fit_split": 2, "fit_fraction": {"latency": 1.5}}, "fit_fraction"),
+        ({"fit_split": 2, "fit_fraction": {"speed": 0.5}}, "fit_fraction"),
         ({"fit_split": 2, "fit": ["macs"], "macs": 5}, "macs is given twice"),
         ({"latency": {"threads": 2}}, "needs a limit"),
         ({"macs": 0}, "macs"),

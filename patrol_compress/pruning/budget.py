@@ -379,13 +379,12 @@ def resolve_budget(
         params = cfg.bytes // BYTES_PER_PARAM
     macs = cfg.macs
     ms = cfg.latency_ms
-    share = cfg.fit_fraction
     if cfg.fit_split is not None:
         ref = edge_modules(unpruned, cfg.fit_split)
         if "params" in fit:
-            params = int(count_params(ref) * share)
+            params = int(count_params(ref) * cfg.fraction("params"))
         if "macs" in fit:
-            macs = int(count_macs(nn.Sequential(*ref), input_shape) * share)
+            macs = int(count_macs(nn.Sequential(*ref), input_shape) * cfg.fraction("macs"))
     lat = cfg.latency
     limit = None
     if ms is not None or "latency" in fit:
@@ -394,7 +393,8 @@ def resolve_budget(
             from patrol_compress.pruning.latency import measure_model_ms
 
             assert cfg.fit_split is not None
-            ms = share * measure_model_ms(unpruned, cfg.fit_split, input_shape, limit)
+            ms = measure_model_ms(unpruned, cfg.fit_split, input_shape, limit)
+            ms *= cfg.fraction("latency")
             limit = LatencyLimit(ms, lat.runtime, lat.threads, lat.batch, lat.seconds)
     return EdgeBudget(params, macs, limit)
 
