@@ -6,7 +6,15 @@ Adam, and the masks take a FISTA step on ``L + lambda1 ||m||_1 + lambda2
 one backward pass through the summed objective (the masks therefore also see the
 Lipschitz and adversarial terms), which costs about a third of three passes
 (``docs/measurements.md``, "Training overhead": fused 2.5x a plain step vs ~5x
-unfused).
+unfused). The surrogate attacker, which cost more per step than the edge it
+inverts, is computed faster without changing what it computes: each epoch's
+fixed attacker is :func:`~patrol_compress.models.inversion.frozen_inverter`
+(BNs folded, no weight gradients, CPU batch slices), the surrogate and the
+no-grad edge pass that feeds its training run channels-last on CPU, and the
+edge's eval-mode BNs take their masks inside one ``batch_norm``
+(``tests/test_training_speed_equivalence.py`` checks each against the plain
+computation). ``benchmarks/training_overhead.py``: a PATROL epoch at split 4
+costs 2.15x a plain one on one CPU thread (3.70x before, same day).
 
 The surrogate inversion network (Eq. 8) is trained on detached edge features
 before the first epoch and then every ``adversary_every`` epochs (Algorithm 1
