@@ -48,6 +48,7 @@ import torch_pruning as tp
 from torch import nn
 
 from patrol_compress.bench import bench, machine_info
+from patrol_compress.errors import PatrolError
 from patrol_compress.exporters import export_partitions, export_run
 from patrol_compress.io import package_versions, write_json, write_text
 from patrol_compress.models import BlockNet, build_model, split
@@ -329,6 +330,9 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for name, src in report["pruned_sources"].items():
             for runtime, q in src.get("int8", {}).items():
+                if "error" in q:
+                    lines.append(f"- `{name}` on {runtime}: not exported: {q['error']}")
+                    continue
                 par = q["parity"]
                 lines.append(
                     f"- `{name}` on {runtime} ({q['tool']}): {par['metric']} "
@@ -379,13 +383,18 @@ def main(argv: list[str] | None = None) -> int:
                     if runtime not in runtimes:
                         continue
                     out = Path(tmp) / f"{name}-int8-{target}"
-                    manifest = export_run(
-                        src["run"],
-                        target=target,
-                        precision="int8",
-                        out=out,
-                        calibration_images=args.calibration_images,
-                    )
+                    try:
+                        manifest = export_run(
+                            src["run"],
+                            target=target,
+                            precision="int8",
+                            out=out,
+                            calibration_images=args.calibration_images,
+                        )
+                    except PatrolError as exc:  # a failed parity is a result, not a crash
+                        failures.append(f"{name} int8 for {runtime}: {exc}")
+                        src.setdefault("int8", {})[runtime] = {"error": str(exc)}
+                        continue
                     int8_dirs[(f"{name}-int8", runtime)] = out
                     quant = manifest["quantization"]
                     costs[f"{name}-int8"] = {
