@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "NNCF IR for OpenVINO, accuracy parity enforced) and time it beside its fp32 edge",
     )
     p.add_argument("--calibration-images", type=int, default=300)
+    p.add_argument(
+        "--allow-parity-fail",
+        action="store_true",
+        help="time INT8 edges that failed the accuracy parity too (marked FAILED)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--runtimes", default=",".join(CPU_RUNTIMES))
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -390,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                             precision="int8",
                             out=out,
                             calibration_images=args.calibration_images,
+                            allow_parity_fail=args.allow_parity_fail,
                         )
                     except PatrolError as exc:  # a failed parity is a result, not a crash
                         failures.append(f"{name} int8 for {runtime}: {exc}")
