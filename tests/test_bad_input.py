@@ -279,9 +279,9 @@ def test_split_beyond_model_depth(tmp_path: Path, cache: Path, run_dir: Path, ca
 @pytest.mark.parametrize(
     ("budget", "granularity", "words"),
     [
-        ({"params": 50}, "channel", "patrol.budget: 50 parameters cannot be met at split 4"),
-        ({"bytes": 4}, "channel", "patrol.budget: 1 parameters cannot be met at split 4"),
-        ({"params": 50}, "block", "patrol.budget: 50 parameters cannot be met block-wise"),
+        ({"params": 50}, "channel", "patrol.budget cannot be met at split 4"),
+        ({"bytes": 4}, "channel", "patrol.budget cannot be met at split 4"),
+        ({"params": 50}, "block", "patrol.budget cannot be met block-wise at split 4"),
     ],
     ids=["params", "bytes", "params-block-wise"],
 )
@@ -294,6 +294,8 @@ def test_impossible_budget(
         cli("prune", write_recipe(tmp_path, data), "--out", out, "--force", "--quiet")
     )
     assert words in line
+    limit = budget.get("params", budget.get("bytes", 0) // 4)
+    assert f"parameters > {limit}" in line  # the limit that cannot hold, and by how much
     assert "the narrowest legal edge" in line or "the edge still has" in line
     assert not (out / "target").exists()  # fails before training
     assert (out / "notes.txt").read_bytes() == NOTES
