@@ -41,6 +41,7 @@ from patrol_compress.attacks.base import (
     torch_features,
 )
 from patrol_compress.attacks.blackbox import run_inversion
+from patrol_compress.contracts import MANIFEST
 from patrol_compress.errors import ArtifactError
 
 ORT_BATCH = 64
@@ -134,7 +135,7 @@ def split_code(manifest: dict[str, Any], artifact: Path) -> tuple[float, int] | 
     code = q.get("split_tensor")
     if not isinstance(code, dict):
         raise ArtifactError(
-            f"{artifact / 'manifest.json'}: the edge sends uint8 but quantization.split_tensor "
+            f"{artifact / MANIFEST}: the edge sends uint8 but quantization.split_tensor "
             "(scale, zero point) is missing"
         )
     return float(code["scale"]), int(code["zero_point"])
