@@ -43,6 +43,8 @@ SPLIT = 2
 SHAPE = (3, SIZE, SIZE)
 CALIBRATION = 64
 
+pytestmark = pytest.mark.own_process  # see the Makefile's pytest target
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
