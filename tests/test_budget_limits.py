@@ -92,12 +92,14 @@ def test_round_to_keeps_every_pruned_group_a_multiple(round_to: int) -> None:
     assert not any(isinstance(m, MaskedNorm) for m in model.modules())
 
 
-def test_latency_limit_is_measured_and_recorded() -> None:
+@pytest.mark.parametrize("granularity", ["channel", "block"])
+def test_latency_limit_is_measured_and_recorded(granularity: str) -> None:
     """A limit any edge meets keeps the static plan and records the measured latency."""
     ref = tiny()
-    p2 = count_params(edge_modules(ref, 2))
+    p2 = count_params(edge_modules(ref, 2 if granularity == "channel" else 4))
     model = tiny()
-    st = ChannelStructure(model, 4, 1.0, X)
+    st = (ChannelStructure if granularity == "channel" else BlockStructure)(model, 4, 1.0, X)
+    assert st.check(EdgeBudget(params=p2, latency=LatencyLimit(ms=1e6, seconds=0.05))).params
     random_masks(model)
     limit = LatencyLimit(ms=1e6, seconds=0.05)
     removal = st.remove(EdgeBudget(params=p2, latency=limit), 0.0, X)

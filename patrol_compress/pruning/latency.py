@@ -17,7 +17,6 @@ edge has twice the layers of a split-2 one.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,10 +59,3 @@ def measure_model_ms(
     finally:
         for m, was in modes.items():
             m.training = was
-
-
-def measure_plan(
-    build: Callable[[], BlockNet], split: int, input_shape: tuple[int, ...], limit: LatencyLimit
-) -> float:
-    """Latency of the model ``build`` returns (a pruned copy; the original is untouched)."""
-    return measure_model_ms(build(), split, input_shape, limit)

@@ -36,7 +36,7 @@ from patrol_compress.pruning.budget import (
     plan_at,
     plan_for_budget,
 )
-from patrol_compress.pruning.latency import measure_model_ms, measure_plan
+from patrol_compress.pruning.latency import measure_model_ms
 from patrol_compress.pruning.masks import (
     ChannelMask,
     MaskedNorm,
@@ -127,7 +127,7 @@ class ChannelStructure:
             fold_masks(twin)
             return twin
 
-        return lambda plan: measure_plan(lambda: build(plan), self.split, shape, limit)
+        return lambda plan: measure_model_ms(build(plan), self.split, shape, limit)
 
     def check(self, budget: EdgeBudget) -> Cost:
         return check_feasible(
@@ -211,8 +211,9 @@ class BlockStructure:
         self.blocks = insert_block_masks(model, split, init)
         self.spatial = layer_spatial(edge_modules(model, split), example)
 
-    def _mask(self, name: str) -> ChannelMask:
-        block = self.model.get_submodule(name)
+    def _mask(self, name: str, model: BlockNet | None = None) -> ChannelMask:
+        """The scalar mask of residual branch ``name`` (in ``model``, default this one's)."""
+        block = (model or self.model).get_submodule(name)
         return [m for m in block.children() if isinstance(m, MaskedNorm)][-1].mask
 
     def _branch_modules(self, name: str) -> list[nn.Module]:
@@ -233,17 +234,16 @@ class BlockStructure:
         return Cost(params, macs)
 
     def _latency_without(self, dead: list[str], limit: LatencyLimit) -> float:
+        @torch.no_grad()
         def build() -> BlockNet:
             twin = copy.deepcopy(self.model).cpu().eval()
             for b in dead:
-                [m for m in twin.get_submodule(b).children() if isinstance(m, MaskedNorm)][
-                    -1
-                ].mask.weight.zero_()
+                self._mask(b, twin).weight.zero_()
             fold_masks(twin)
             remove_residual_branches(twin, dead)
             return twin
 
-        return measure_plan(build, self.split, tuple(self.example.shape[1:]), limit)
+        return measure_model_ms(build(), self.split, tuple(self.example.shape[1:]), limit)
 
     def _fits(self, dead: list[str], budget: EdgeBudget) -> bool:
         if self._cost_without(dead).violations(budget):
