@@ -277,3 +277,8 @@ def int8_data_from_bundle(
         "test_images": test.images,
     }
     return Int8Data(calib, test, described, max_drop_points, allow_parity_fail)
+
+
+def fp32_edge_bytes(edge_ref: np.ndarray) -> int:
+    """Bytes one image's fp32 edge output takes (``edge_ref`` is a batch of them)."""
+    return int(np.prod(edge_ref.shape[1:])) * 4

@@ -44,6 +44,7 @@ from .int8 import (
     SplitQuant,
     calibration_batches,
     enforce_parity,
+    fp32_edge_bytes,
     judge_parity,
     quiet_tools,
     require_data,
@@ -249,15 +250,11 @@ def export_onnx_int8(job: ExportJob) -> list[str]:
         "weights": "int8, symmetric, per output channel",
         "activations": "uint8, per tensor, MinMax calibration",
         "calibration": data.source,
-        "split_tensor": split.record(_fp32_bytes(job)),
+        "split_tensor": split.record(fp32_edge_bytes(job.edge_ref)),
         "parity": parity,
     }
     enforce_parity(parity, data)
     return [EDGE_ONNX, CLOUD_ONNX]
-
-
-def _fp32_bytes(job: ExportJob) -> int:
-    return int(np.prod(job.edge_ref.shape[1:])) * 4
 
 
 def _check_sent(job: ExportJob, edge: Callable[[np.ndarray], np.ndarray]) -> None:

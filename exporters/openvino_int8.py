@@ -50,6 +50,7 @@ from .int8 import (
     Pipeline,
     SplitQuant,
     enforce_parity,
+    fp32_edge_bytes,
     judge_parity,
     quiet_tools,
     require_data,
@@ -210,7 +211,7 @@ def export_openvino_int8(job: ExportJob) -> list[str]:
         "weights": "int8, symmetric, per output channel (NNCF default preset)",
         "activations": "int8/uint8, per tensor, global min/max calibration, fast bias correction",
         "calibration": data.source,
-        "split_tensor": split.record(int(np.prod(job.edge_ref.shape[1:])) * 4),
+        "split_tensor": split.record(fp32_edge_bytes(job.edge_ref)),
         "parity": parity,
     }
     enforce_parity(parity, data)

@@ -397,14 +397,3 @@ def resolve_budget(
             ms *= cfg.fraction("latency")
             limit = LatencyLimit(ms, lat.runtime, lat.threads, lat.batch, lat.seconds)
     return EdgeBudget(params, macs, limit)
-
-
-def budget_params(cfg: BudgetConfig, unpruned: BlockNet) -> int:
-    """The budget's parameter limit (size-only budgets; kept for scripts that use it)."""
-    if cfg.params is not None:
-        return cfg.params
-    if cfg.bytes is not None:
-        return cfg.bytes // BYTES_PER_PARAM
-    if cfg.fit_split is None:
-        raise BudgetError("patrol.budget states no parameter limit (no fit_split, params, bytes)")
-    return count_params(edge_modules(unpruned, cfg.fit_split))
