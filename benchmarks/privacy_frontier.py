@@ -53,11 +53,26 @@ from patrol_compress.recipe import Recipe, load_recipe  # noqa: E402
 METHODS: dict[str, dict[str, Any]] = {
     "pruning-only": {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}},
     "patrol": {},
+    # The ablation's lead: the adversary plays a far weaker inverter than the
+    # suite that judges the edge. Here it plays the suite's own families, refit
+    # every epoch after a warm-up, without the Lipschitz term (which cost 13
+    # points of top-1 and added leakage on its own).
+    "adversarial-suite": {
+        "lipschitz": {"enabled": False},
+        "adversarial": {
+            "enabled": True,
+            "surrogate": "suite",
+            "adversary_every": 1,
+            "adversary_epochs": 1,
+            "warmup_epochs": 8,
+        },
+    },
 }
 DEFAULT_KNOB = "recovery_epochs=4,8,12"
 GRID = 50
 CONFIDENCE = 0.95
-GOAL = {"psnr_db": 1.5, "ssim": 0.05}
+GOAL = {"psnr": 1.5, "ssim": 0.05}
+"""Margins at matched accuracy the issue asks of PATROL over pruning-only (dB, SSIM)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--attacks", default="blackbox,whitebox")
+    parser.add_argument(
+        "--name", default=None, help="results stem and work folder (default: the dataset)"
+    )
+    parser.add_argument(
+        "--stage",
+        choices=("all", "targets", "points", "collect"),
+        default="all",
+        help="targets: train the targets only; points: prune and attack this --shard's "
+        "points only (no aggregation); collect: aggregate attacked points, pruning "
+        "nothing (fails on a missing point); all: everything",
+    )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="with --stage points: run the points whose index is I modulo N, so N "
+        "processes (e.g. on one GPU) share the work",
+    )
     return parser.parse_args(argv)
 
 
@@ -239,7 +272,7 @@ def record_of(report: dict[str, Any], method: str, value: float, seed: int, t: i
 
 def svg(result: dict[str, Any], metric: str, accuracy_name: str) -> str:
     """A small standalone plane: per-knob points and each method's frontier."""
-    colours = {"pruning-only": "#1f77b4", "patrol": "#d62728"}
+    colours = {"pruning-only": "#1f77b4", "patrol": "#d62728", "adversarial-suite": "#2ca02c"}
     pts = [p for ps in result["points"].values() for p in ps]
     xs, ys = [p[0] * 100 for p in pts], [p[1] for p in pts]
     x0, x1 = min(xs) - 1, max(xs) + 1
@@ -298,24 +331,50 @@ def main(argv: list[str] | None = None) -> int:
     target_seeds = [int(s) for s in args.target_seeds.split(",") if s] or [recipe.seed]
     cfg = tradeoff.attack_config(args, recipe.attack)
     attacks = [a for a in args.attacks.split(",") if a]
-    work = args.work / args.dataset
+    name_ = args.name or args.dataset
+    work = args.work / name_
+    shard, n_shards = (int(v) for v in args.shard.split("/"))
+    targets: dict[int, Path] = {}
+
+    def target_of(t: int) -> Path:
+        if t not in targets:
+            base = recipe.model_copy(update={"seed": t})
+            targets[t] = tradeoff.ensure_prune(base, work / f"base-t{t}", log) / "target"
+        return targets[t]
+
+    if args.stage == "targets":
+        for t in target_seeds:
+            target_of(t)
+        return 0
     records: list[Record] = []
+    index = -1
     for t in target_seeds:
-        base = recipe.model_copy(update={"seed": t})
-        target = tradeoff.ensure_prune(base, work / f"base-t{t}", log) / "target"
-        for m in methods:
-            path, values = plan[m]
-            for value in values:
-                for s in seeds:
+        for s in seeds:  # seed-major: a partial run still has every method at one seed
+            for m in methods:
+                path, values = plan[m]
+                for value in values:
+                    index += 1
+                    if args.stage == "points" and index % n_shards != shard:
+                        continue
                     name = f"{m}-{'.'.join(path)}{value:g}-s{s}-t{t}"
-                    r = point_recipe(recipe, m, path, value, s, target)
-                    run = tradeoff.ensure_prune(r, work / "runs" / name, log)
-                    rep = tradeoff.attack_point(
-                        run, recipe.patrol.split, cfg, attacks, work / "points" / name, log, name
-                    )
+                    done = work / "points" / name / "attack.json"
+                    if args.stage == "collect" and not done.is_file():
+                        raise SystemExit(f"--stage collect: {done} is missing")
+                    if done.is_file():
+                        rep = dict(tradeoff.read_json(done))
+                    else:
+                        r = point_recipe(recipe, m, path, value, s, target_of(t))
+                        run = tradeoff.ensure_prune(r, work / "runs" / name, log)
+                        rep = tradeoff.attack_point(
+                            run, recipe.patrol.split, cfg, attacks, done.parent, log, name
+                        )
                     records.append(record_of(rep, m, value, s, t))
+    if args.stage == "points":
+        return 0
     result: dict[str, Any] = {
         "dataset": args.dataset,
+        "name": name_,
+        "recipe": str(args.recipe or tradeoff.RECIPES[args.dataset]),
         "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *(argv or [])]),
         "attack_summary": tradeoff.attack_summary(cfg, attacks),
         "seeds": seeds,
@@ -328,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         "comparisons": {},
         "versions": package_versions(),
     }
-    stem = f"privacy_frontier_{args.dataset.replace('-', '_')}"
+    stem = f"privacy_frontier_{name_.replace('-', '_')}"
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Privacy frontier: {args.dataset}", "", f"Attack: {result['attack_summary']}.", ""]
+    lines = [f"# Privacy frontier: {name_}", "", f"Attack: {result['attack_summary']}.", ""]
     for m in methods:
         if m == "pruning-only":
             continue
@@ -349,9 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(args.out / f"{stem}.md", "\n".join(lines) + "\n")
     from patrol_compress.report import build_report
 
-    build_report(
-        [work / "points"], work / "report.html", title=f"Frontier: {args.dataset}", force=True
-    )
+    build_report([work / "points"], work / "report.html", title=f"Frontier: {name_}", force=True)
     log(f"wrote {args.out / stem}.json, .md, the planes and {work / 'report.html'}")
     return 0
 

@@ -51,7 +51,7 @@ from patrol_compress.pruning.masks import mask_summary
 from patrol_compress.pruning.patrol import (
     PatrolParts,
     StageSettings,
-    build_surrogate,
+    make_surrogate,
     patrol_finetune,
 )
 from patrol_compress.pruning.structure import make_structure
@@ -315,7 +315,6 @@ def _patrol_stages(
 ) -> BlockNet:
     ctx = distributed.current()
     cfg = recipe.patrol
-    input_shape = (data.channels, data.image_size, data.image_size)
     model = copy.deepcopy(target).cpu()
     structure = make_structure(
         cfg.granularity, model, cfg.split, cfg.mask_init, example, cfg.round_to
@@ -323,10 +322,7 @@ def _patrol_stages(
     # Seeded whether or not there is a surrogate to initialise: the stage's
     # random draws must not depend on what ran before it in this process.
     torch.manual_seed(recipe.seed + 2)
-    surrogate = None
-    if cfg.adversarial.enabled:
-        surrogate = build_surrogate(model, cfg.split, input_shape, cfg.adversarial.adversary_width)
-    parts = PatrolParts(model, structure, surrogate)
+    parts = PatrolParts(model, structure, make_surrogate(model, recipe, data))
 
     if not run.done("patrol"):
         with run.stage("patrol"):
@@ -429,11 +425,8 @@ def _recover(
         torch.manual_seed(recipe.seed + 3)
         train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet)
         return
-    surrogate = None
     torch.manual_seed(recipe.seed + 4)  # seeded with or without a surrogate, as in PATROL
-    if cfg.adversarial.enabled:
-        shape = (data.channels, data.image_size, data.image_size)
-        surrogate = build_surrogate(pruned, cfg.split, shape, cfg.adversarial.adversary_width)
+    surrogate = make_surrogate(pruned, recipe, data)
     settings = StageSettings("recover", cfg.recovery_epochs, lr)
     patrol_finetune(
         PatrolParts(pruned, None, surrogate), data, recipe, folder, None, resume, quiet, settings

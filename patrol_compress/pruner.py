@@ -186,6 +186,12 @@ class PatrolPruner:
                 f"config.lipschitz.alphas needs one weight per edge stage ({self.split}), "
                 f"found {len(self.cfg.lipschitz.alphas)}"
             )
+        if self.cfg.adversarial.enabled and self.cfg.adversarial.surrogate != "mirror":
+            raise RecipeError(
+                "config.adversarial.surrogate: the plugin trains the 'mirror' surrogate only "
+                "(the 'suite' one needs the recipe's data and attack settings; use "
+                "`patrol-compress prune` for it)"
+            )
         self.budget = self._budget(budget)
         if self.budget is not None and total_steps is None:
             raise UsageError(

@@ -19,7 +19,11 @@ costs 2.15x a plain one on one CPU thread (3.70x before, same day).
 The surrogate inversion network (Eq. 8) is trained on detached edge features
 before the first epoch and then every ``adversary_every`` epochs (Algorithm 1
 trains it at ``t % 10 == 0`` starting from t = 1, which would leave the first
-nine epochs fighting an untrained attacker).
+nine epochs fighting an untrained attacker). ``adversarial.surrogate: suite``
+replaces the paper's single mirror decoder by the attack suite's decoder
+families (:class:`SuiteSurrogate`); the edge then maximises the error of the
+strongest of them on each batch (see :class:`~patrol_compress.recipe.AdversarialConfig`
+for why).
 
 Budget steering: at the start of every epoch the masks' current ranking decides
 which channels the budget would remove; those masks are capped by a bound that
@@ -45,6 +49,8 @@ process would draw.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +64,7 @@ from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.inversion import InversionNet, frozen_inverter, reconstruction_l2
 from patrol_compress.models.split import StageBlock, edge_shapes, edge_stage_blocks
 from patrol_compress.models.split import split as split_model
+from patrol_compress.privacy_config import BlackboxConfig
 from patrol_compress.pruning.budget import EdgeBudget
 from patrol_compress.pruning.fista import FISTA
 from patrol_compress.pruning.masks import mask_parameters
@@ -75,11 +82,31 @@ from patrol_compress.train.target import (
 )
 
 
+class SuiteSurrogate(nn.Module):
+    """The attack suite's decoder families as one surrogate, trained side by side.
+
+    Each decoder is fitted on its own reconstruction loss (their sum, whose
+    gradients do not mix); the edge's adversarial term is the error of the
+    best decoder on the batch (:func:`fixed_attacker`).
+    """
+
+    def __init__(self, decoders: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.decoders = nn.ModuleDict(decoders)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstructions of every decoder, stacked (K x N x C x H x W)."""
+        return torch.stack([d(z) for d in self.decoders.values()])
+
+
+Surrogate = InversionNet | SuiteSurrogate
+
+
 @dataclass
 class PatrolParts:
     model: BlockNet
     structure: ChannelStructure | BlockStructure | None
-    surrogate: InversionNet | None
+    surrogate: Surrogate | None
 
 
 def build_surrogate(
@@ -88,6 +115,87 @@ def build_surrogate(
     # No refinement convs: the surrogate runs forward and backward in every
     # PATROL step, and the full-resolution refinements doubled its cost.
     return InversionNet(edge_shapes(model, split, input_shape), max_width=width, refine=0)
+
+
+SUITE_STATS_IMAGES = 1024
+"""Training images whose edge features set the suite decoders' standardisation."""
+
+
+@torch.no_grad()
+def build_suite_surrogate(
+    model: BlockNet, split: int, data: DataBundle, blackbox: BlackboxConfig
+) -> SuiteSurrogate:
+    """The suite's families for this edge, standardised on its features now.
+
+    The statistics come from the first ``SUITE_STATS_IMAGES`` training images
+    in the eval-mode edge (deterministic: no loader randomness is used). A
+    channel that dies later stays in the decoders' input as a constant, and
+    each decoder's first BatchNorm re-scales features that a Lipschitz term
+    shrinks, so the decoders need no rebuild during the stage.
+    """
+    from patrol_compress.attacks.decoders import DecoderSpec, build_decoders
+
+    input_shape = (data.channels, data.image_size, data.image_size)
+    was_training = model.training
+    model.eval()
+    edge = edge_stage_blocks(model, split)
+    dev = next(model.parameters()).device
+    feats = []
+    n = min(len(data.train), SUITE_STATS_IMAGES)
+    for start in range(0, n, 256):
+        x = torch.stack([data.train[i][0] for i in range(start, min(n, start + 256))]).to(dev)
+        z = x
+        for b in edge:
+            z = b(z)
+        feats.append(z.float().cpu())
+    model.train(was_training)
+    z = torch.cat(feats)
+    spec = DecoderSpec(
+        shapes=edge_shapes(model, split, input_shape),
+        feature_shape=(z.shape[1], z.shape[2], z.shape[3]),
+        image_shape=input_shape,
+        mean=z.mean(dim=(0, 2, 3)),
+        std=z.std(dim=(0, 2, 3)),
+    )
+    return SuiteSurrogate(build_decoders(spec, blackbox))
+
+
+def make_surrogate(model: BlockNet, recipe: Recipe, data: DataBundle) -> Surrogate | None:
+    """The surrogate ``recipe.patrol.adversarial`` asks for (None when the term is off)."""
+    cfg = recipe.patrol
+    adv = cfg.adversarial
+    if not adv.enabled:
+        return None
+    if adv.surrogate == "suite":
+        return build_suite_surrogate(model, cfg.split, data, recipe.attack.blackbox)
+    shape = (data.channels, data.image_size, data.image_size)
+    return build_surrogate(model, cfg.split, shape, adv.adversary_width)
+
+
+def surrogate_fit_loss(surrogate: Surrogate, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """What fitting the surrogate minimises: Eq. 8 (summed over a suite's decoders)."""
+    if isinstance(surrogate, SuiteSurrogate):
+        return sum(
+            (reconstruction_l2(x, d(z)) for d in surrogate.decoders.values()),
+            x.new_zeros(()),
+        )
+    return reconstruction_l2(x, surrogate(z))
+
+
+def fixed_attacker(surrogate: Surrogate) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The epoch's fixed attacker as ``(x, z) -> L_adv``, gradients flowing to ``z`` only.
+
+    Mirror: Eq. 8 of :func:`frozen_inverter` (the same function, faster). Suite:
+    the smallest Eq. 8 error among the decoders, i.e. the strongest attacker
+    on this batch.
+    """
+    if isinstance(surrogate, SuiteSurrogate):
+        frozen = [
+            copy.deepcopy(d).eval().requires_grad_(False) for d in surrogate.decoders.values()
+        ]
+        return lambda x, z: torch.stack([reconstruction_l2(x, d(z)) for d in frozen]).min()
+    inverter = frozen_inverter(surrogate)
+    return lambda x, z: reconstruction_l2(x, inverter(z))
 
 
 @torch.no_grad()
@@ -106,7 +214,7 @@ def edge_features(edge: list[StageBlock], x: torch.Tensor) -> torch.Tensor:
 
 
 def train_surrogate(
-    surrogate: InversionNet,
+    surrogate: Surrogate,
     edge: list[StageBlock],
     loader: DataLoader,
     opt: torch.optim.Optimizer,
@@ -121,7 +229,7 @@ def train_surrogate(
     for _ in range(epochs):
         for x, _, _ in ctx.batches(loader):
             x = x.to(dev)
-            loss = reconstruction_l2(x, surrogate(edge_features(edge, x)))
+            loss = surrogate_fit_loss(surrogate, x, edge_features(edge, x))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_grads(params)
@@ -132,7 +240,7 @@ def train_surrogate(
 
 @torch.no_grad()
 def surrogate_psnr(
-    surrogate: InversionNet,
+    surrogate: Surrogate,
     edge: list[StageBlock],
     loader: DataLoader,
     dev: torch.device,
@@ -140,21 +248,29 @@ def surrogate_psnr(
 ) -> float:
     """Mean per-image PSNR (data range 1) of the surrogate's reconstructions.
 
-    Distributed: each rank scores its share of the same batches and the
-    per-image values are gathered, so the mean is over the images one process
-    would score.
+    A suite reports its best decoder (highest mean PSNR), as the attack suite
+    reports its strongest family. Distributed: each rank scores its share of
+    the same batches and the per-image values are gathered, so the mean is
+    over the images one process would score.
     """
     ctx = distributed.current()
     surrogate.eval()
-    attacker = frozen_inverter(surrogate)  # the same function, faster
-    vals = []
+    if isinstance(surrogate, SuiteSurrogate):
+        decoders: list[nn.Module] = list(surrogate.decoders.values())
+    else:
+        decoders = [frozen_inverter(surrogate)]  # the same function, faster
+    vals: list[list[torch.Tensor]] = [[] for _ in decoders]
     for i, (x, _, _) in enumerate(ctx.batches(loader)):
         if i >= max_batches:
             break
         x = x.to(dev)
-        mse = (attacker(edge_features(edge, x)) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        vals.append(ctx.gather_rows(10 * torch.log10(1.0 / mse)).cpu())
-    return float(torch.cat(vals).mean()) if vals else float("nan")
+        z = edge_features(edge, x)
+        for k, d in enumerate(decoders):
+            mse = (d(z) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            vals[k].append(ctx.gather_rows(10 * torch.log10(1.0 / mse)).cpu())
+    if not vals[0]:
+        return float("nan")
+    return max(float(torch.cat(v).mean()) for v in vals)
 
 
 @dataclass
@@ -267,13 +383,14 @@ def patrol_finetune(
         if surrogate is not None and s_opt is not None:
             if epoch % cfg.adversarial.adversary_every == 0:
                 model.eval()
-                train_surrogate(
-                    surrogate, edge, loader, s_opt, cfg.adversarial.adversary_epochs, dev
-                )
+                fit_epochs = cfg.adversarial.adversary_epochs
+                if epoch == 0:
+                    fit_epochs += cfg.adversarial.warmup_epochs
+                train_surrogate(surrogate, edge, loader, s_opt, fit_epochs, dev)
             surrogate.eval()
             # The epoch's fixed attacker: the surrogate's eval-mode function with
-            # its BNs folded and no weight gradients (same values, faster).
-            attacker = frozen_inverter(surrogate)
+            # no weight gradients (a mirror's BNs folded: same values, faster).
+            attacker = fixed_attacker(surrogate)
         model.train()
         freeze_bn_stats(nn.ModuleList(edge))
         set_epoch(loader, epoch)
@@ -301,7 +418,7 @@ def patrol_finetune(
             log.update(parts_log)
             log["lip"] = float(lip.detach())
             if attacker is not None:
-                adv = reconstruction_l2(x, attacker(z))
+                adv = attacker(x, z)
                 total = total - cfg.adversarial.beta * adv
                 log["adv"] = float(adv.detach())
             opt.zero_grad(set_to_none=True)
