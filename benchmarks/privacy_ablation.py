@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import privacy_tradeoff as pt  # noqa: E402
 
-from patrol_compress.recipe import load_recipe  # noqa: E402
+from patrol_compress.recipe import load_recipe, with_privacy_terms  # noqa: E402
 
 PATCHES = {
     "lipschitz": {"adversarial": {"enabled": False}},
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f}s] {text}", flush=True)
 
-    recipe = load_recipe(args.recipe or pt.RECIPES[args.dataset])
+    recipe = with_privacy_terms(load_recipe(args.recipe or pt.RECIPES[args.dataset]))
     work = own.work / args.dataset
     target = work / "patrol" / "target"
     if not (target / "model.safetensors").is_file():

@@ -46,7 +46,7 @@ import torch
 
 from patrol_compress.io import package_versions, read_json, write_json, write_text
 from patrol_compress.privacy_config import AttackConfig
-from patrol_compress.recipe import Recipe, load_recipe
+from patrol_compress.recipe import Recipe, load_recipe, with_privacy_terms
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {text}", flush=True)
 
-    recipe = load_recipe(args.recipe or RECIPES[args.dataset])
+    # "patrol" is the paper's method: both privacy terms on, whatever the recipe ships.
+    recipe = with_privacy_terms(load_recipe(args.recipe or RECIPES[args.dataset]))
     budget = recipe.patrol.budget
     fit = budget.fit_split if budget is not None and budget.fit_split else 2
     work = args.work / args.dataset

@@ -25,9 +25,11 @@ from patrol_compress.config.recipe import (
     dump_recipe,
     load_recipe,
     parse_recipe,
+    with_privacy_terms,
 )
 
 __all__ = [
+    "with_privacy_terms",
     "SCHEMA_VERSION",
     "SEED_MAX",
     "AdversarialConfig",

@@ -82,3 +82,36 @@ def test_knob_specs_per_method(bench: ModuleType) -> None:
     assert plan["patrol"] == (["adversarial", "beta"], [0.1, 0.2])
     assert plan["pruning-only"] == (["recovery_epochs"], [4.0, 8.0])
     assert bench.knobs([], ["pruning-only", "patrol"])["patrol"][0] == ["recovery_epochs"]
+
+
+def test_dominated_margin_only_where_the_baseline_is_more_accurate(bench: ModuleType) -> None:
+    base = [(0.88, 16.3), (0.89, 16.7)]
+    method = [(0.70, 20.0), (0.80, 19.0)]
+    # No common range, baseline more accurate everywhere: held at 16.3 below 0.88;
+    # the method averages 19.5 over its own range.
+    assert bench.margin(base, method) is None
+    assert bench.dominated_margin(base, method) == pytest.approx(-3.2)
+    # The method more accurate than the baseline: nothing can be said this way.
+    assert bench.dominated_margin(method, base) is None
+
+
+def test_compare_says_which_basis_it_used(bench: ModuleType) -> None:
+    records = []
+    for seed in (0, 1):
+        for value, acc, po, pat in ((4, 0.88, 16.0, 20.0), (8, 0.89, 16.5, 19.0)):
+            records.append(rec(bench, "pruning-only", value, seed, acc + seed * 0.001, po))
+            records.append(rec(bench, "patrol", value, seed, acc - 0.2, pat + seed * 0.1))
+    c = bench.compare(records, "psnr", "pruning-only", "patrol", n_boot=100)
+    assert c["basis"].startswith("baseline more accurate everywhere")
+    assert c["margin"] < 0 and c["interval"][1] < 0
+
+
+def test_patrol_method_is_the_papers_on_a_recipe_that_ships_without_it(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    assert not recipe.patrol.lipschitz.enabled and not recipe.patrol.adversarial.enabled
+    r = bench.point_recipe(recipe, "patrol", ["recovery_epochs"], 8.0, 0, tmp_path)
+    assert r.patrol.lipschitz.enabled and r.patrol.adversarial.enabled
+    suite = bench.point_recipe(recipe, "adversarial-suite", ["recovery_epochs"], 8.0, 0, tmp_path)
+    assert suite.patrol.adversarial.surrogate == "suite" and not suite.patrol.lipschitz.enabled

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from patrol_compress.cli.app import app
 from patrol_compress.errors import RecipeError
-from patrol_compress.recipe import load_recipe
+from patrol_compress.recipe import load_recipe, with_privacy_terms
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
@@ -93,3 +93,17 @@ def test_attack_config_files_share_the_recipes_base_and_reader(tmp_path: Path) -
         load_attack_config(bad)
     bad.write_text("")
     assert load_attack_config(bad) == AttackConfig()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["quickstart", "fashion_mnist", "fashion_mnist_small", "veri_resnet18", "veriwild_resnet18"],
+)
+def test_shipped_recipes_default_to_the_best_measured_method(name: str) -> None:
+    """Plain budget-steered pruning (README, "Does PATROL beat plain pruning?"); the paper's
+    terms stay configured and one call (or enabled: true) turns them on."""
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / f"{name}.yaml")
+    assert not recipe.patrol.lipschitz.enabled and not recipe.patrol.adversarial.enabled
+    paper = with_privacy_terms(recipe)
+    assert paper.patrol.lipschitz.enabled and paper.patrol.adversarial.enabled
+    assert paper.patrol.lipschitz.alphas == recipe.patrol.lipschitz.alphas

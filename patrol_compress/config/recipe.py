@@ -351,5 +351,22 @@ def load_recipe(path: Path | str) -> Recipe:
     return parse_recipe(_resolve_extends(p), str(p))
 
 
+def with_privacy_terms(recipe: Recipe) -> Recipe:
+    """``recipe`` with PATROL's Lipschitz and adversarial terms on, at their configured weights.
+
+    The shipped recipes turn both off, because plain budget-steered pruning
+    measured best (README, "Does PATROL beat plain pruning?"); benchmarks that
+    study the paper's method, and users who want it, turn them back on here
+    or with ``enabled: true`` in the recipe.
+    """
+    patrol = recipe.patrol.model_copy(
+        update={
+            "lipschitz": recipe.patrol.lipschitz.model_copy(update={"enabled": True}),
+            "adversarial": recipe.patrol.adversarial.model_copy(update={"enabled": True}),
+        }
+    )
+    return recipe.model_copy(update={"patrol": patrol})
+
+
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
