@@ -294,6 +294,10 @@ def compare(
         "images_resampled": len(n_img) == 1,
         "frontiers": {m: fronts[m] for m in (baseline, method)},
         "points": pts,
+        "seed_points": {
+            m: [(r.accuracy, float(np.mean(getattr(r, metric)))) for r in records if r.method == m]
+            for m in (baseline, method)
+        },
     }
 
 
@@ -358,9 +362,11 @@ def record_of(report: dict[str, Any], method: str, value: float, seed: int, t: i
 
 
 def svg(result: dict[str, Any], metric: str, accuracy_name: str) -> str:
-    """A small standalone plane: per-knob points and each method's frontier."""
+    """A small standalone plane: per-seed points (hollow), per-knob means (filled), frontiers."""
     colours = {"pruning-only": "#1f77b4", "patrol": "#d62728", "adversarial-suite": "#2ca02c"}
-    pts = [p for ps in result["points"].values() for p in ps]
+    shown = list(result["frontiers"])
+    seeds = result.get("seed_points", {})
+    pts = [p for m in shown for p in [*result["points"][m], *seeds.get(m, [])]]
     xs, ys = [p[0] * 100 for p in pts], [p[1] for p in pts]
     x0, x1 = min(xs) - 1, max(xs) + 1
     y0, y1 = min(ys) - 0.05 * (max(ys) - min(ys) + 1e-9), max(ys) + 0.05 * (max(ys) - min(ys) + 1)
@@ -392,6 +398,10 @@ def svg(result: dict[str, Any], metric: str, accuracy_name: str) -> str:
         out += [
             f'<circle cx="{sx(a):.1f}" cy="{sy(v):.1f}" r="4" fill="{c}"/>'
             for a, v in result["points"][m]
+        ]
+        out += [
+            f'<circle cx="{sx(a):.1f}" cy="{sy(v):.1f}" r="3" fill="none" stroke="{c}"/>'
+            for a, v in seeds.get(m, [])
         ]
         out.append(f'<text x="470" y="{50 + 16 * i}" fill="{c}">{m}</text>')
     out.append("</svg>")
