@@ -46,13 +46,13 @@ def test_suite_has_the_attack_families_and_the_edge_fights_the_strongest(
     errors = [float(reconstruction_l2(x, d(z)).detach()) for d in surrogate.decoders.values()]
     attacker = fixed_attacker(surrogate)
     adv = attacker(x, z)
-    assert float(adv) == pytest.approx(min(errors), rel=1e-5)
+    assert float(adv.detach()) == pytest.approx(min(errors), rel=1e-5)
     adv.backward()
     assert z.grad is not None and float(z.grad.abs().sum()) > 0
     # The fixed attacker is a frozen copy: the surrogate's weights get no gradient.
     assert all(p.grad is None for p in surrogate.parameters())
     fit = surrogate_fit_loss(surrogate, x, z.detach())
-    assert float(fit) == pytest.approx(sum(errors), rel=1e-5)
+    assert float(fit.detach()) == pytest.approx(sum(errors), rel=1e-5)
 
 
 def test_prune_with_the_suite_surrogate_runs_and_reports_its_strength(tmp_path: Path) -> None:
