@@ -481,7 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         "target_seeds": target_seeds,
         "knobs": {m: {"path": ".".join(p), "values": v} for m, (p, v) in plan.items()},
         "records": [
-            r.__dict__ | {"psnr": float(np.mean(r.psnr)), "ssim": float(np.mean(r.ssim))}
+            r.__dict__
+            | {
+                "psnr": float(np.mean(r.psnr)),
+                "ssim": float(np.mean(r.ssim)),
+                # Per evaluation image, rounded: enough to redo the bootstrap from this file.
+                "psnr_per_image": [round(v, 3) for v in r.psnr],
+                "ssim_per_image": [round(v, 4) for v in r.ssim],
+            }
             for r in records
         ],
         "comparisons": {},

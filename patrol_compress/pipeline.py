@@ -337,7 +337,8 @@ def _patrol_stages(
                     run / PATROL_DIR / PATROL_SUMMARY_FILE,
                     {
                         "history": history,
-                        "surrogate_psnr": psnr,
+                        # null, not NaN, without a surrogate: NaN is not JSON.
+                        "surrogate_psnr": None if math.isnan(psnr) else psnr,
                         "mask_sparsity": mask_summary(model, cfg.tau),
                     },
                 )

@@ -53,7 +53,9 @@ def test_block_wise_and_ablation_switches_run(tmp_path: Path) -> None:
         epochs=1,
     )
     metrics = prune(recipe, quiet=True)
-    assert metrics["surrogate_psnr"] != metrics["surrogate_psnr"]  # NaN: no surrogate
+    assert metrics["surrogate_psnr"] is None  # no surrogate: null in metrics.json, not NaN
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    assert '"surrogate_psnr": null' in text and "NaN" not in text
 
 
 def test_impossible_budget_fails_before_training(tmp_path: Path) -> None:
