@@ -1,10 +1,11 @@
 """Run benchmarks/privacy_frontier.py as N processes: targets, then N shards at once, then collect.
 
 Each frontier point (prune + attack suite) is small next to a GPU, so one
-process leaves most of it idle; N processes on one GPU (with NVIDIA MPS where
-available, so their kernels overlap) finished all 36 points of the two
-Fashion-MNIST settings in about 13 minutes on an H200. This is the launcher
-behind that run:
+process leaves most of it idle. N processes on one GPU (with NVIDIA MPS,
+started by ``nvidia-cuda-mps-control -d``, so their kernels overlap) finished
+all 36 points of the two Fashion-MNIST settings in about 13 minutes on an
+H200. That run used a throwaway driver doing these same three stages; this
+launcher is the repository's version of it:
 
     python benchmarks/privacy_frontier_parallel.py --shards 9 -- \\
         --dataset fashion-mnist --recipe recipes/fashion_mnist_small_recovery12.yaml \\
