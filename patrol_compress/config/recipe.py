@@ -215,7 +215,10 @@ class AdversarialConfig(StrictModel):
     ``surrogate: suite`` trains the attack suite's own decoder families
     (``attack.blackbox``: the same families and widths) together. The edge's
     term is the error of the strongest of them on each batch, so it cannot
-    defeat one inverter and leave the others.
+    defeat one inverter and leave the others. Measured, it did not help
+    either: the in-loop decoders still ended at 8.9-11.6 dB, fresh ones
+    reached 18.9-25.5 dB, and the edge leaked 2.7 dB more than with no
+    adversary (README, "Does PATROL beat plain pruning?").
     ``warmup_epochs`` fits the surrogate that many extra epochs before the
     first; with the suite, set ``adversary_every: 1`` so it is refit each
     epoch.
