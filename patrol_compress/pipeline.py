@@ -168,7 +168,7 @@ def _preflight(recipe: Recipe, data: DataBundle) -> EdgeBudget | None:
             )
         budget = resolve_budget(cfg.budget, probe, shape)
         make_structure(
-            cfg.granularity, probe, cfg.split, cfg.mask_init, example, cfg.round_to
+            cfg.granularity, probe, cfg.split, cfg.mask_init, example, cfg.round_to, cfg.rank
         ).check(budget)
     return budget
 
@@ -317,7 +317,7 @@ def _patrol_stages(
     cfg = recipe.patrol
     model = copy.deepcopy(target).cpu()
     structure = make_structure(
-        cfg.granularity, model, cfg.split, cfg.mask_init, example, cfg.round_to
+        cfg.granularity, model, cfg.split, cfg.mask_init, example, cfg.round_to, cfg.rank
     )
     # Seeded whether or not there is a surrogate to initialise: the stage's
     # random draws must not depend on what ran before it in this process.

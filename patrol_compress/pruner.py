@@ -329,6 +329,7 @@ class PatrolPruner:
                 self.cfg.mask_init,
                 self.example.to(_device(self.model)),
                 self.cfg.round_to,
+                self.cfg.rank,
             )
         except ModelError:
             raise

@@ -156,3 +156,27 @@ def test_round_to_is_a_recipe_setting() -> None:
     assert r.patrol.round_to == 8
     with pytest.raises(RecipeError, match="round_to"):
         parse_recipe({"name": "r", "patrol": {"round_to": 0}})
+
+
+def test_rank_per_cost_removes_mac_heavy_channels_first_and_meets_the_limits() -> None:
+    """patrol.rank mask_per_cost: equal masks, a MAC limit: the budget's costliest go first.
+
+    With every mask equal, ranking by mask leaves the order to the weight tie-break;
+    ranking by mask per share of the limit removes the channels that free the
+    most MACs first, so it meets the same limit with fewer channels removed, and
+    the real removal still meets every limit.
+    """
+    from patrol_compress.pruning.budget import cost_shares
+
+    full = edge_macs(tiny(), 4)
+    budget = EdgeBudget(params=count_params(edge_modules(tiny(), 4)), macs=full * 6 // 10)
+    removed = {}
+    for per_cost in (False, True):
+        model = tiny()
+        st = ChannelStructure(model, 4, 1.0, X, per_cost=per_cost)
+        shares = cost_shares(model, 4, st.mg, budget, st.spatial)
+        assert max(shares) > min(shares) > 0  # early, high-resolution groups cost more
+        removal = st.remove(budget, 0.0, X)
+        assert removal.edge_macs <= budget.macs and removal.edge_params <= budget.params
+        removed[per_cost] = removal.removed  # channels removed
+    assert removed[True] < removed[False]

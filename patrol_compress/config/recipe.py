@@ -252,6 +252,11 @@ class PatrolConfig(StrictModel):
         default=1,
         description="keep every pruned channel group a multiple of this width (1: any width)",
     )
+    rank: Literal["mask", "mask_per_cost"] = Field(
+        default="mask",
+        description="how the budget ranks channels: by mask, or by mask per share of the "
+        "budget's parameter and MAC limits (removes MAC-heavy early channels sooner)",
+    )
     steer_until: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         default=0.6,
         description="fraction of the PATROL stage by which budget-planned masks reach 0",

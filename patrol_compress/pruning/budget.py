@@ -246,6 +246,45 @@ def ranking_scores(mg: MaskGroups) -> list[torch.Tensor]:
     return out
 
 
+def cost_shares(
+    model: BlockNet,
+    split: int,
+    mg: MaskGroups,
+    budget: EdgeBudget,
+    spatial: dict[int, int] | None,
+) -> list[float]:
+    """Per group, the share of the budget one of its channels uses (mean 1 over the groups).
+
+    A channel's share is the parameters it carries over the parameter limit
+    plus the MACs it costs over the MAC limit (the limits the budget has).
+    Dividing the ranking scores by it is the greedy knapsack rule: remove
+    first what gives least importance per unit of budget. At 224 px a
+    parameter limit alone ranks a 112x112 stem channel (few weights, many
+    MACs) as cheap to keep; with a MAC limit it is among the dearest.
+    """
+    none: Plan = [[] for _ in mg.groups]
+    full = estimate_cost(model, split, mg, none, spatial)
+    raw: list[float] = []
+    for i, s in enumerate(mg.scores()):
+        if torch.isinf(s).any() or len(s) < 2:
+            raw.append(0.0)
+            continue
+        one = [list(p) for p in none]
+        one[i] = [0]
+        c = estimate_cost(model, split, mg, one, spatial)
+        share = 0.0
+        if budget.params:
+            share += (full.params - c.params) / budget.params
+        if budget.macs:
+            share += (full.macs - c.macs) / budget.macs
+        raw.append(share)
+    positive = [r for r in raw if r > 0]
+    mean = sum(positive) / len(positive) if positive else 1.0
+    # A group whose channels free nothing is ranked as if it cost the least.
+    floor = min(positive) / mean if positive else 1.0
+    return [r / mean if r > 0 else floor for r in raw]
+
+
 def round_plan(scores: torch.Tensor, idxs: list[int], round_to: int) -> list[int]:
     """``idxs`` reduced so the group keeps a multiple of ``round_to`` channels (or all)."""
     n = len(scores)
@@ -312,9 +351,17 @@ def plan_for_budget(
     spatial: dict[int, int] | None = None,
     round_to: int = 1,
     measure: Measure | None = None,
+    per_cost: bool = False,
 ) -> PlanResult:
-    """Smallest removal (threshold >= tau on ranking scores) that meets every limit."""
+    """Smallest removal (threshold >= tau on ranking scores) that meets every limit.
+
+    ``per_cost``: rank by score per unit of budget (:func:`cost_shares`)
+    instead of by score alone (``patrol.rank: mask_per_cost``).
+    """
     scores = ranking_scores(mg)
+    if per_cost:
+        shares = cost_shares(model, split, mg, budget, spatial)
+        scores = [s if torch.isinf(s).any() else s / w for s, w in zip(scores, shares, strict=True)]
     measured: dict[float, float] = {}
 
     def latency_ok(t: float, plan: Plan) -> bool:

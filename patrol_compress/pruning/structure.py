@@ -104,8 +104,10 @@ class ChannelStructure:
         init: float,
         example: torch.Tensor,
         round_to: int = 1,
+        per_cost: bool = False,
     ) -> None:
         self.model, self.split, self.round_to = model, split, round_to
+        self.per_cost = per_cost
         self.example = example
         insert_channel_masks(model, split, init)
         self.mg = build_mask_groups(model, example)
@@ -154,6 +156,7 @@ class ChannelStructure:
             self.spatial,
             self.round_to,
             self._measure(budget),
+            self.per_cost,
         )
 
     def budget_caps(self, budget: EdgeBudget, tau: float) -> dict[nn.Parameter, torch.Tensor]:
@@ -308,8 +311,9 @@ def make_structure(
     init: float,
     example: torch.Tensor,
     round_to: int = 1,
+    rank: str = "mask",
 ) -> ChannelStructure | BlockStructure:
-    """The structure for ``granularity``; ``round_to`` applies to channel groups only."""
+    """The structure for ``granularity``; ``round_to`` and ``rank`` apply to channel groups only."""
     if granularity == "block":
         return BlockStructure(model, split, init, example)
-    return ChannelStructure(model, split, init, example, round_to)
+    return ChannelStructure(model, split, init, example, round_to, rank == "mask_per_cost")
