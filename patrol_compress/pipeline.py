@@ -337,8 +337,7 @@ def _patrol_stages(
                     run / PATROL_DIR / PATROL_SUMMARY_FILE,
                     {
                         "history": history,
-                        # null, not NaN, without a surrogate: NaN is not JSON.
-                        "surrogate_psnr": None if math.isnan(psnr) else psnr,
+                        "surrogate_psnr": psnr,
                         "mask_sparsity": mask_summary(model, cfg.tau),
                     },
                 )

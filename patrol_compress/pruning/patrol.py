@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
@@ -128,34 +128,39 @@ def build_suite_surrogate(
     """The suite's families for this edge, standardised on its features now.
 
     The statistics come from the first ``SUITE_STATS_IMAGES`` training images
-    in the eval-mode edge (deterministic: no loader randomness is used). A
-    channel that dies later stays in the decoders' input as a constant, and
-    each decoder's first BatchNorm re-scales features that a Lipschitz term
-    shrinks, so the decoders need no rebuild during the stage.
+    in the eval-mode edge, computed as the attack suite computes its own
+    (:meth:`~patrol_compress.attacks.fit.Pairs.channel_stats`; deterministic,
+    no loader randomness). A channel that dies later stays in the decoders'
+    input as a constant, and each decoder's first BatchNorm re-scales features
+    that a Lipschitz term shrinks, so the decoders need no rebuild during the
+    stage.
     """
     from patrol_compress.attacks.decoders import DecoderSpec, build_decoders
+    from patrol_compress.attacks.fit import Pairs
 
     input_shape = (data.channels, data.image_size, data.image_size)
     was_training = model.training
     model.eval()
     edge = edge_stage_blocks(model, split)
     dev = next(model.parameters()).device
-    feats = []
-    n = min(len(data.train), SUITE_STATS_IMAGES)
-    for start in range(0, n, 256):
-        x = torch.stack([data.train[i][0] for i in range(start, min(n, start + 256))]).to(dev)
-        z = x
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        z = x.to(dev)
         for b in edge:
             z = b(z)
-        feats.append(z.float().cpu())
+        return z.float().cpu()
+
+    n = min(len(data.train), SUITE_STATS_IMAGES)
+    pairs = Pairs(Subset(data.train, range(n)), features, memory=True, cache=False)
+    mean, std = pairs.channel_stats()
+    z = next(pairs.batches(1))[0]
     model.train(was_training)
-    z = torch.cat(feats)
     spec = DecoderSpec(
         shapes=edge_shapes(model, split, input_shape),
         feature_shape=(z.shape[1], z.shape[2], z.shape[3]),
         image_shape=input_shape,
-        mean=z.mean(dim=(0, 2, 3)),
-        std=z.std(dim=(0, 2, 3)),
+        mean=mean,
+        std=std,
     )
     return SuiteSurrogate(build_decoders(spec, blackbox))
 
@@ -339,13 +344,14 @@ def patrol_finetune(
     resume: bool,
     quiet: bool = False,
     settings: StageSettings | None = None,
-) -> tuple[list[dict[str, float]], float]:
+) -> tuple[list[dict[str, float]], float | None]:
     """Run Algorithm 1's loop on ``parts.model``.
 
     With masks inserted this is PATROL fine-tuning; on a pruned model without
     masks (``parts.structure`` None) the same objective, minus the mask terms,
     is the recovery fine-tune. Weights follow a cosine decay from ``lr``.
-    Returns the per-epoch history and the surrogate's final reconstruction PSNR.
+    Returns the per-epoch history and the surrogate's final reconstruction PSNR
+    (None without a surrogate: ``metrics.json`` records null, since NaN is not JSON).
     """
     cfg, tcfg = recipe.patrol, recipe.train
     st = settings or StageSettings("patrol", cfg.epochs, cfg.lr, budget)
@@ -457,7 +463,7 @@ def patrol_finetune(
             quiet=quiet,
         )
     steering.finish(st.epochs > 0)
-    psnr = float("nan")
+    psnr = None
     if surrogate is not None:
         model.eval()
         psnr = surrogate_psnr(surrogate, edge, loader, dev)
