@@ -460,7 +460,6 @@ class PatrolPruner:
         """
         if self.steering is None or self.steering.fista is None:
             return
-        self.steering.observe()
         self.steering.fista.step()
         self.steering.fista.zero_grad(set_to_none=True)
         self.steps += 1

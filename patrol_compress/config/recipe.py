@@ -252,13 +252,11 @@ class PatrolConfig(StrictModel):
         default=1,
         description="keep every pruned channel group a multiple of this width (1: any width)",
     )
-    rank: Literal["mask", "mask_per_cost", "taylor", "taylor_per_cost"] = Field(
+    rank: Literal["mask", "mask_per_cost"] = Field(
         default="mask",
-        description="how the budget ranks channels: by mask, or by gate-Taylor importance "
-        "(the loss change the masks' gradients predict for removing the channel, averaged over "
-        "the previous epoch; the first epoch is not steered); _per_cost divides by the "
-        "channel's share of the budget's parameter and MAC limits (mask_per_cost stripped every "
-        "residual stream at 224 px and cost 57 points of rank-1, see README)",
+        description="how the budget ranks channels: by mask, or by mask per share of the "
+        "budget's parameter and MAC limits (removes MAC-heavy early channels sooner; at 224 px "
+        "it stripped the stem and cost 50 points of rank-1, see README)",
     )
     steer_until: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         default=0.6,

@@ -285,30 +285,6 @@ def cost_shares(
     return [r / mean if r > 0 else floor for r in raw]
 
 
-def above_tau(
-    values: list[torch.Tensor], masks: list[torch.Tensor], tau: float
-) -> list[torch.Tensor]:
-    """Ranking scores from ``values`` that keep the threshold rule of the masks.
-
-    A channel whose mask is <= tau keeps its mask as its score (the removal
-    takes it whatever the budget); every other channel scores
-    ``tau + eps + value / max value``, above all of those and in the order of
-    ``values``. Unprunable groups (inf masks) stay inf. In float64: the values
-    span many orders of magnitude, and float32 would tie the smallest.
-    """
-    live = [v[torch.isfinite(m) & (m > tau)] for v, m in zip(values, masks, strict=True)]
-    top = max((float(v.max()) for v in live if v.numel()), default=0.0)
-    scale = top if top > 0 else 1.0
-    out = []
-    for v, m in zip(values, masks, strict=True):
-        if torch.isinf(m).any():
-            out.append(m)
-            continue
-        ranked = tau + TIE_BREAK + v.double().clamp_min(0.0) / scale
-        out.append(torch.where(m > tau, ranked, m.double()))
-    return out
-
-
 def round_plan(scores: torch.Tensor, idxs: list[int], round_to: int) -> list[int]:
     """``idxs`` reduced so the group keeps a multiple of ``round_to`` channels (or all)."""
     n = len(scores)
@@ -376,22 +352,16 @@ def plan_for_budget(
     round_to: int = 1,
     measure: Measure | None = None,
     per_cost: bool = False,
-    importance: list[torch.Tensor] | None = None,
 ) -> PlanResult:
     """Smallest removal (threshold >= tau on ranking scores) that meets every limit.
 
     ``per_cost``: rank by score per unit of budget (:func:`cost_shares`)
     instead of by score alone (``patrol.rank: mask_per_cost``).
-    ``importance``: rank live channels by these per-channel values (e.g. the
-    gate-Taylor importance of :mod:`~patrol_compress.pruning.taylor`) instead
-    of by mask; channels whose mask is already <= tau still go first.
     """
-    scores = ranking_scores(mg) if importance is None else importance
+    scores = ranking_scores(mg)
     if per_cost:
         shares = cost_shares(model, split, mg, budget, spatial)
         scores = [s if torch.isinf(s).any() else s / w for s, w in zip(scores, shares, strict=True)]
-    if importance is not None:
-        scores = above_tau(scores, mg.scores(), tau)
     measured: dict[float, float] = {}
 
     def latency_ok(t: float, plan: Plan) -> bool:

@@ -306,21 +306,9 @@ class MaskSteering:
             return
         self.fista.finalize()
         self.epoch_start = first_step
-        structure = self.parts.structure
-        if self.budget is not None and structure is not None:
-            if not structure.ready():
-                # A Taylor ranking has observed no step yet: this epoch observes
-                # and is not steered; the next plans from what it saw.
-                self.marks, self.start = {}, {}
-                return
-            self.marks = structure.budget_caps(self.budget, self.cfg.tau)
+        if self.budget is not None and self.parts.structure is not None:
+            self.marks = self.parts.structure.budget_caps(self.budget, self.cfg.tau)
             self.start = {id(p): p.detach().abs().clone() for p in self.marks}
-            structure.fresh_window()
-
-    def observe(self) -> None:
-        """After the backward of a step, before :attr:`fista` moves the masks."""
-        if self.parts.structure is not None:
-            self.parts.structure.observe()
 
     def before_step(self, step: int) -> None:
         if self.fista is None or not self.marks:
@@ -446,7 +434,6 @@ def patrol_finetune(
             ctx.average_grads(synced)
             opt.step()
             if steering.fista is not None:
-                steering.observe()
                 steering.fista.step()
             log["loss"] = float(total.detach())
             rep.step(len(x) * ctx.world, ctx.mean_scalars(log))
@@ -471,8 +458,8 @@ def patrol_finetune(
             modules,
             optimizers,
             resume,
-            extra_state=lambda: {**loader_state(loader), **meter_state(parts)},
-            restore_extra=lambda state: restore_extra(parts, loader, state),
+            extra_state=lambda: loader_state(loader),
+            restore_extra=lambda state: restore_loader(loader, state),
             quiet=quiet,
         )
     steering.finish(st.epochs > 0)
@@ -481,19 +468,6 @@ def patrol_finetune(
         model.eval()
         psnr = surrogate_psnr(surrogate, edge, loader, dev)
     return history, psnr
-
-
-def meter_state(parts: PatrolParts) -> dict[str, torch.Tensor]:
-    """The Taylor meter's window (``patrol.rank: taylor*``), so a resumed stage plans the same."""
-    meter = getattr(parts.structure, "meter", None)
-    return meter.state() if meter is not None else {}
-
-
-def restore_extra(parts: PatrolParts, loader: DataLoader, state: dict[str, torch.Tensor]) -> None:
-    restore_loader(loader, state)
-    meter = getattr(parts.structure, "meter", None)
-    if meter is not None:
-        meter.restore(state)
 
 
 def perturbed_count(batch: int, fraction: float) -> int:

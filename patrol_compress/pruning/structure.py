@@ -52,7 +52,6 @@ from patrol_compress.pruning.remove import (
     restore_frozen,
     zero_planned,
 )
-from patrol_compress.pruning.taylor import TaylorMeter
 
 
 @dataclass
@@ -106,16 +105,12 @@ class ChannelStructure:
         example: torch.Tensor,
         round_to: int = 1,
         per_cost: bool = False,
-        importance: str = "mask",
     ) -> None:
         self.model, self.split, self.round_to = model, split, round_to
         self.per_cost = per_cost
         self.example = example
         insert_channel_masks(model, split, init)
         self.mg = build_mask_groups(model, example)
-        # ``importance: taylor`` ranks by the gate-Taylor importance the training
-        # steps report through observe() (pruning/taylor.py), not by mask.
-        self.meter = TaylorMeter(self.mg) if importance == "taylor" else None
         self.spatial = layer_spatial(edge_modules(model, split), example)
 
     def _measure(self, budget: EdgeBudget) -> Measure | None:
@@ -151,20 +146,6 @@ class ChannelStructure:
         plan = plan_at(self.mg.scores(), tau, self.round_to)
         return estimate_cost(self.model, self.split, self.mg, plan).params
 
-    def observe(self) -> None:
-        """After a training step's backward: feed the Taylor meter (no-op when ranking by mask)."""
-        if self.meter is not None:
-            self.meter.observe()
-
-    def ready(self) -> bool:
-        """Whether a plan can be made: a Taylor ranking needs at least one observed step."""
-        return self.meter is None or self.meter.steps > 0
-
-    def fresh_window(self) -> None:
-        """Start a new window of observed steps (the next plan uses only those)."""
-        if self.meter is not None:
-            self.meter.reset()
-
     def plan(self, budget: EdgeBudget, tau: float) -> PlanResult:
         return plan_for_budget(
             self.model,
@@ -176,8 +157,6 @@ class ChannelStructure:
             self.round_to,
             self._measure(budget),
             self.per_cost,
-            # Nothing observed (a stage of 0 epochs): fall back to the masks.
-            self.meter.scores() if self.meter is not None and self.meter.steps else None,
         )
 
     def budget_caps(self, budget: EdgeBudget, tau: float) -> dict[nn.Parameter, torch.Tensor]:
@@ -199,8 +178,6 @@ class ChannelStructure:
     def remove(self, budget: EdgeBudget | None, tau: float, example: torch.Tensor) -> Removal:
         hard_zero(self.model, tau)
         self.mg = build_mask_groups(self.model, example)
-        if self.meter is not None:
-            self.meter.bind(self.mg)
         kind, latency = "threshold", None
         if budget is not None:
             # plan_for_budget returns the threshold plan itself when it already fits.
@@ -292,15 +269,6 @@ class BlockStructure:
     def projected_params(self, tau: float) -> int:
         return self._cost_without(blockops.dead_blocks(self.model, self.blocks, tau)).params
 
-    def observe(self) -> None:
-        """Branches are ranked by mask; nothing to observe."""
-
-    def ready(self) -> bool:
-        return True
-
-    def fresh_window(self) -> None:
-        """Nothing observed, nothing to reset."""
-
     def _budget_plan(self, budget: EdgeBudget, tau: float) -> list[str]:
         dead = blockops.dead_blocks(self.model, self.blocks, tau)
         alive = sorted(
@@ -345,12 +313,7 @@ def make_structure(
     round_to: int = 1,
     rank: str = "mask",
 ) -> ChannelStructure | BlockStructure:
-    """The structure for ``granularity``; ``round_to`` and ``rank`` apply to channel groups only.
-
-    ``rank`` is ``<importance>`` or ``<importance>_per_cost`` with importance
-    ``mask`` or ``taylor`` (see ``patrol.rank`` in the recipe).
-    """
+    """The structure for ``granularity``; ``round_to`` and ``rank`` apply to channel groups only."""
     if granularity == "block":
         return BlockStructure(model, split, init, example)
-    importance, _, per = rank.partition("_per_")
-    return ChannelStructure(model, split, init, example, round_to, per == "cost", importance)
+    return ChannelStructure(model, split, init, example, round_to, rank == "mask_per_cost")
