@@ -255,8 +255,9 @@ class PatrolConfig(StrictModel):
     rank: Literal["mask", "mask_per_cost"] = Field(
         default="mask",
         description="how the budget ranks channels: by mask, or by mask per share of the "
-        "budget's parameter and MAC limits (removes MAC-heavy early channels sooner; at 224 px "
-        "it stripped the stem and cost 50 points of rank-1, see README)",
+        "budget's parameter and MAC limits (removes the dearest channels sooner; at 224 px, "
+        "with the masks still equal when the budget plans, it cut every residual stream to 8 "
+        "channels: rank-1 41.4% against 91.7% by mask, see README)",
     )
     steer_until: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         default=0.6,

@@ -261,6 +261,15 @@ def cost_shares(
     first what gives least importance per unit of budget. At 224 px a
     parameter limit alone ranks a 112x112 stem channel (few weights, many
     MACs) as cheap to keep; with a MAC limit it is among the dearest.
+
+    Caveat (measured): the rule is only as good as the importance. When the
+    budget plans, at the start of the stage, the masks are still equal, so
+    the order is the cost order, and the dearest channels are the residual
+    streams (one stream channel feeds every convolution of its stage). On the
+    224 px half-width ResNet-18 it cut three streams to 8 channels: rank-1
+    41.4% against 91.7% by mask. A gate-Taylor importance in its place (the
+    first-order loss change of zeroing the channel) was tried and gave 59.7%
+    at 0.94 of split 2's MACs, so neither is a default.
     """
     none: Plan = [[] for _ in mg.groups]
     full = estimate_cost(model, split, mg, none, spatial)
