@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import shlex
 import statistics
 import sys
@@ -100,17 +101,27 @@ def main(argv: list[str] | None = None) -> int:
     epochs = max(recipe.patrol.adversarial.adversary_every, 1)
     plain: list[float] = []
     patrol: dict[int, list[float]] = {k: [] for k in splits}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
             plain.append(time_plain(recipe, data, epochs, Path(tmp) / f"plain{rep}"))
             for k in splits:
                 patrol[k].append(time_patrol(recipe, data, k, epochs, Path(tmp) / f"p{k}-{rep}"))
     base = statistics.median(plain)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for k in splits:
         sec = statistics.median(patrol[k])
+        # Each repeat's PATROL time over the plain time measured just before it:
+        # how far the ratio moves with the machine's state within this run.
+        paired = [p / q for p, q in zip(patrol[k], plain, strict=True)]
         rows.append(
-            {"split": k, "patrol_s_per_epoch": sec, "plain_s_per_epoch": base, "ratio": sec / base}
+            {
+                "split": k,
+                "patrol_s_per_epoch": sec,
+                "plain_s_per_epoch": base,
+                "ratio": sec / base,
+                "ratio_per_repeat": paired,
+            }
         )
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
     report = {
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": package_versions(),
         "rows": rows,
         "target_ratio_split4": 2.0,
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", report)
@@ -136,17 +149,24 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{report['command']}` ({args.threads} threads, median of {args.repeats}, "
         f"{epochs} epochs each so surrogate retraining is amortised).",
         "",
-        "| split | PATROL s/epoch | plain s/epoch | ratio |",
-        "|---|---|---|---|",
+        f"Load average (1/5/15 min) at start {_load(load_start)}, at end "
+        f"{_load(report['load_average_end'])}.",
+        "",
+        "| split | PATROL s/epoch | plain s/epoch | ratio | ratio per repeat (min-max) |",
+        "|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['split']} | {r['patrol_s_per_epoch']:.2f} | {r['plain_s_per_epoch']:.2f} | "
-        f"{r['ratio']:.2f}x |"
+        f"{r['ratio']:.2f}x | {min(r['ratio_per_repeat']):.2f}-{max(r['ratio_per_repeat']):.2f}x |"
         for r in rows
     ]
     write_text(args.out / f"{args.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{a:.2f}" for a in avg)
 
 
 if __name__ == "__main__":

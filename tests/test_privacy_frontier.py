@@ -1,4 +1,4 @@
-"""The frontier arithmetic of benchmarks/privacy_frontier.py on hand-made records."""
+"""Benchmarks end to end: privacy_frontier (arithmetic, launcher) and schedule_noise."""
 
 from __future__ import annotations
 
@@ -161,3 +161,65 @@ def test_parallel_launcher_runs_targets_shards_and_collect(tmp_path: Path) -> No
         text=True,
     )
     assert bad.returncode == 2 and "--stage" in bad.stderr
+
+
+def test_schedule_noise_prunes_each_value_and_seed_and_reports_spread(tmp_path: Path) -> None:
+    """benchmarks/schedule_noise.py on a tiny recipe: real prunes and attacks, then the table."""
+    import json
+    import subprocess
+
+    import yaml
+
+    from patrol_compress import api
+
+    from .helpers import tiny_recipe_dict
+
+    data = tiny_recipe_dict(tmp_path, recovery_epochs=1)
+    data.pop("output_dir")
+    data["attack"] = {"max_eval_images": 8}
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    api.train(recipe, out=tmp_path / "t", quiet=True)
+    work, out = tmp_path / "w", tmp_path / "res"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "schedule_noise.py"),
+            "--recipe",
+            str(recipe),
+            "--target",
+            str(tmp_path / "t" / "target"),
+            "--values",
+            "1,2",
+            "--seeds",
+            "0,1",
+            "--work",
+            str(work),
+            "--out",
+            str(out),
+            "--name",
+            "tiny",
+            "--attacks",
+            "blackbox",
+            "--attack-args",
+            "--attack-epochs 1 --attack-images 64 --eval-images 8",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "tiny.json").read_text())
+    assert [(p["value"], p["seed"]) for p in report["points"]] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for p in report["points"]:  # each run pruned with its value and seed, the paper's terms on
+        resolved = load_recipe(
+            work / f"adversary_every{p['value']}-seed{p['seed']}" / "run" / "recipe.resolved.yaml"
+        )
+        assert resolved.patrol.adversarial.adversary_every == p["value"]
+        assert resolved.seed == p["seed"] and resolved.patrol.lipschitz.enabled
+    first, second = report["summary"]
+    assert first["psnr_diff"] == 0.0
+    psnr = {v: [p["psnr"] for p in report["points"] if p["value"] == v] for v in (1, 2)}
+    assert second["psnr_diff"] == pytest.approx(sum(psnr[2]) / 2 - sum(psnr[1]) / 2)
+    assert first["psnr_spread"] == pytest.approx(max(psnr[1]) - min(psnr[1]))
+    assert "Mean over seeds (seed-to-seed spread)" in (out / "tiny.md").read_text()
