@@ -6,7 +6,10 @@ supervised step) and ``patrol_finetune`` (masks + FISTA, fused Lipschitz pass,
 surrogate attacker with its periodic retraining, budget steering). A PATROL
 "epoch" is averaged over ``adversary_every`` epochs so the surrogate's
 retraining is amortised as it is in a real run. Each configuration is timed
-``--repeats`` times, interleaved, and the median is kept.
+``--repeats`` times, interleaved, and the median is kept; each repeat's
+PATROL time over the plain time measured just before it (the paired ratio) is
+printed too, with the load average, since a busy or drifting machine moves
+the ratio by about 10% between repeats here.
 
 Target (issue): <= 2.0x at split 4.
 
