@@ -153,11 +153,11 @@ def build_suite_surrogate(
     n = min(len(data.train), SUITE_STATS_IMAGES)
     pairs = Pairs(Subset(data.train, range(n)), features, memory=True, cache=False)
     mean, std = pairs.channel_stats()
-    z = next(pairs.batches(1))[0]
     model.train(was_training)
+    shapes = edge_shapes(model, split, input_shape)
     spec = DecoderSpec(
-        shapes=edge_shapes(model, split, input_shape),
-        feature_shape=(z.shape[1], z.shape[2], z.shape[3]),
+        shapes=shapes,
+        feature_shape=shapes[-1][1],  # the last edge block's output
         image_shape=input_shape,
         mean=mean,
         std=std,
