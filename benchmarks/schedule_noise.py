@@ -85,7 +85,11 @@ def point(
 
 
 def _number(text: str) -> int | float:
-    return float(text) if "." in text else int(text)
+    """A setting's value as written: ``10`` stays an int, ``0.125`` and ``1e-3`` are floats."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def main(argv: list[str] | None = None) -> int:
