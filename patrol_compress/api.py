@@ -240,6 +240,7 @@ def attack(
     label: str | None = None,
     force: bool = False,
     artifact: Path | str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Model inversion attacks on the run's edge; writes attack.json and attack_grid.png.
 
@@ -248,6 +249,8 @@ def attack(
 
     An existing ``attack.json`` in the output folder is refused unless ``force``,
     before the (minutes-long) attack starts, and the run folder is locked meanwhile.
+    ``resume`` continues an interrupted attack into the same output folder from
+    the parts it finished (every trained decoder family, every white-box start).
     Returns what ``attack.json`` holds.
 
     Example::
@@ -264,8 +267,79 @@ def attack(
         attack_output_free(out_dir, force)  # again, now that no other job can write it
         names = list(attacks) if attacks else list(DEFAULT_ATTACKS)
         return run_attacks(
-            Path(run_dir), names, split, _path(config), _path(out), label, artifact=_path(artifact)
+            Path(run_dir),
+            names,
+            split,
+            _path(config),
+            _path(out),
+            label,
+            artifact=_path(artifact),
+            resume=resume,
         )
+
+
+def frontier(
+    recipe: Path | str,
+    methods: list[str] | None = None,
+    knobs: list[str] | None = None,
+    seeds: list[int] | None = None,
+    target_seeds: list[int] | None = None,
+    references: list[int] | None = None,
+    attacks: list[str] | None = None,
+    config: Path | str | None = None,
+    work: Path | str | None = None,
+    out: Path | str | None = None,
+    name: str | None = None,
+    stage: str = "all",
+    shard: tuple[int, int] = (0, 1),
+    bootstrap: int | None = None,
+    command: str | None = None,
+    stem: str | None = None,
+    quiet: bool = False,
+) -> dict[str, Any] | None:
+    """A privacy frontier of ``recipe``: methods against plain pruning at matched accuracy.
+
+    Every argument left None comes from the recipe's ``frontier:`` section;
+    ``config`` is an attack settings YAML (default: the recipe's ``attack:``).
+    Work goes to ``work`` (default ``runs/frontier/<name>``) and is resumed;
+    the results (JSON, markdown, SVG planes) to ``out`` (default: ``work``).
+    Returns what the results JSON holds (None for the ``targets``/``points`` stages).
+
+    Example::
+
+        api.frontier("recipes/quickstart.yaml", methods=["pruning-only", "patrol"],
+                     knobs=["recovery_epochs=8,16"], seeds=[0, 1], target_seeds=[0, 1])
+    """
+    from patrol_compress.frontier import make_plan, run_frontier
+    from patrol_compress.privacy_config import load_attack_config
+    from patrol_compress.provenance import command_line
+    from patrol_compress.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    plan = make_plan(
+        loaded,
+        str(recipe),
+        methods=methods,
+        knobs=knobs,
+        seeds=seeds,
+        target_seeds=target_seeds,
+        references=references,
+        attacks=attacks,
+        attack=None if config is None else load_attack_config(config),
+        bootstrap=bootstrap,
+        name=name,
+    )
+    folder = Path(work) if work is not None else Path("runs") / "frontier" / plan.name
+    return run_frontier(
+        plan,
+        folder,
+        _path(out),
+        stage,
+        shard,
+        command if command is not None else command_line(),
+        None if quiet else print,
+        stem,
+    )
 
 
 def defend(run_dir: Path | str, out: Path | str | None = None, **kwargs: Any) -> dict[str, Any]:

@@ -53,7 +53,7 @@ TINY_ATTACK: dict[str, Any] = {
     "grid_images": 4,
     "blackbox": {"epochs": 12, "batch_size": 16, "min_width": 16, "refine": 1, "lr": 5e-3},
     "adaptive": {"epochs": 2, "batch_size": 16, "min_width": 8, "refine": 0},
-    "whitebox": {"steps": 20, "max_images": 3},
+    "whitebox": {"steps": 20, "check_every": 5, "val_images": 8},
     "recogniser": {"steps": 4, "width": 8},
 }
 
@@ -281,12 +281,16 @@ def test_cli_writes_attack_json_and_grid(run_copy: Path, tmp_path: Path) -> None
     assert report["label"] == "my edge" and report["series"] == "none"
     assert report["accuracy"]["metric"] == "rank1" and 0 <= report["accuracy"]["value"] <= 1
     assert report["edge"]["params"] > 0 and report["edge"]["bytes_sent"] > 0
-    best = max(report["attacks"], key=lambda n: report["attacks"][n]["psnr"])
+    # The strongest attack is the attacker's choice on its own validation images, and
+    # every attack is scored on the same evaluation images.
+    best = max(report["attacks"], key=lambda n: report["attacks"][n]["val_psnr"])
     assert report["strongest"]["attack"] == best
+    sets = {json.dumps(a["image_set"], sort_keys=True) for a in report["attacks"].values()}
+    assert len(sets) == 1 and report["strongest"]["image_set"]["images"] == 12
     for name in ("blackbox", "whitebox", "adaptive"):
         for key in ("psnr", "ssim", "mse", "attack_accuracy"):
             assert math.isfinite(report["attacks"][name][key])
-    assert report["attacks"]["whitebox"]["images"] == 3
+        assert report["attacks"][name]["images"] == 12
     assert report["attacks"]["adaptive"]["info"]["exported_now"] is True
     assert set(report["mean_image"]) >= {"psnr", "ssim"}
     assert "per image" in report["metric_note"]

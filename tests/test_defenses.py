@@ -166,7 +166,9 @@ def test_defend_writes_one_attacked_point_per_strength_and_resumes(
     assert quiet["accuracy"]["value"] == pytest.approx(none["accuracy"]["value"])
     assert noisy["edge"] == none["edge"]
     assert (out / "noise-0.9" / "attack_grid.png").is_file()
-    assert set(noisy["strongest"]) == {"attack", "family", "psnr", "ssim", "converged"}
+    assert {"attack", "family", "psnr", "ssim", "converged", "val_psnr", "image_set"} <= set(
+        noisy["strongest"]
+    )
     assert noisy["attacks"]["blackbox"]["info"]["data"]["edge_deterministic"] is False
     # Resume: existing points are kept byte for byte.
     stamp = (out / "noise-0.9" / "attack.json").read_bytes()

@@ -19,6 +19,16 @@ the runtime are the ones that were hashed: an artifact changed on disk raises
 not exist it is exported first (optional), into the same place
 ``patrol-compress export RUN --split K --target onnx`` would. The runtimes and
 the exporters are imported only here.
+
+Where the artifact computes the same function as the torch edge (an fp32
+export whose features match within :data:`SAME_FUNCTION_RTOL` on the probe
+images) and the adaptive decoders would be built and trained exactly as the
+black-box ones, the black-box attack's trained decoders are reused: training
+them again on features equal to 1e-6 would cost as long as the black-box
+attack and measure the same thing. The family is still re-chosen on the
+artifact's own validation features, and ``info["reused_blackbox_decoders"]``
+says which path ran. An INT8 or fp16 artifact is always attacked by decoders
+trained on its own outputs.
 """
 
 from __future__ import annotations
@@ -40,9 +50,19 @@ from patrol_compress.attacks.base import (
     Reconstruction,
     torch_features,
 )
-from patrol_compress.attacks.blackbox import run_inversion
+from patrol_compress.attacks.blackbox import (
+    SHARED_INVERSION,
+    Inversion,
+    estimate_inversion,
+    evaluation_pairs,
+    inversion_result,
+    run_inversion,
+)
+from patrol_compress.attacks.fit import AttackerData, Pairs, attacker_pairs
+from patrol_compress.attacks.progress import PartEstimate
 from patrol_compress.contracts import MANIFEST
 from patrol_compress.errors import ArtifactError
+from patrol_compress.metrics.image import psnr_per_image
 
 ORT_BATCH = 64
 
@@ -200,37 +220,145 @@ def artifact_features(edge: EdgeFiles, code: tuple[float, int] | None, threads: 
     return features
 
 
+SAME_FUNCTION_RTOL = 1e-4
+"""An fp32 artifact whose features differ from the torch edge's by at most this fraction
+of their largest magnitude (on the attacker's validation images) computes the same
+function: decoders trained on the torch edge's features are then reused instead of
+trained again (ONNX Runtime and torch agree to ~1e-6 in fp32; ``FACTS``-style checks
+in ``tests/test_attacks.py``)."""
+SHARED_ARTIFACT = "adaptive_artifact"
+
+
+@dataclass
+class ArtifactSource:
+    """The verified artifact, its feature function and how it relates to the torch edge."""
+
+    path: Path
+    exported_now: bool
+    edge: EdgeFiles
+    manifest: dict[str, Any]
+    features: FeatureFn
+    max_abs_diff: float
+    """Largest |artifact - torch| feature difference on the probe images."""
+    scale: float
+    """Largest |torch| feature on the probe images."""
+
+    @property
+    def same_function(self) -> bool:
+        float_edge = self.manifest.get("edge_output_dtype") in (None, "float32")
+        return float_edge and self.max_abs_diff <= SAME_FUNCTION_RTOL * max(self.scale, 1e-12)
+
+
+def artifact_source(ctx: AttackContext) -> ArtifactSource:
+    """Resolve, verify and probe the artifact once per attack (estimate and run share it)."""
+    if SHARED_ARTIFACT in ctx.shared:
+        found: ArtifactSource = ctx.shared[SHARED_ARTIFACT]
+        return found
+    cfg = ctx.config.adaptive
+    artifact, exported = resolve_artifact(ctx)
+    edge, manifest = verified_edge(artifact, ctx.split)
+    features = artifact_features(edge, split_code(manifest, artifact), cfg.threads)
+    probe = ctx.eval_images[: min(len(ctx.eval_images), ORT_BATCH)]
+    from_artifact = features(probe)
+    from_torch = torch_features(ctx.edge, ctx.device)(probe)
+    if from_artifact.shape != from_torch.shape:
+        raise ArtifactError(
+            f"{artifact}: edge output {list(from_artifact.shape[1:])} differs from the run's "
+            f"model at split {ctx.split} ({list(from_torch.shape[1:])}); wrong artifact?"
+        )
+    source = ArtifactSource(
+        artifact,
+        exported,
+        edge,
+        manifest,
+        features,
+        float((from_artifact - from_torch).abs().max()),
+        float(from_torch.abs().max()),
+    )
+    ctx.shared[SHARED_ARTIFACT] = source
+    return source
+
+
+def reusable(ctx: AttackContext, source: ArtifactSource, will_run_blackbox: bool) -> bool:
+    """Whether the black-box decoders can stand in for training on the artifact's features.
+
+    Only when the artifact computes the same function (fp32, within
+    :data:`SAME_FUNCTION_RTOL`), the adaptive decoders would be built and
+    trained exactly as the black-box ones (same decoder settings), and the
+    black-box attack runs (or ran) in this attack.
+    """
+    if not source.same_function:
+        return False
+    from patrol_compress.privacy_config import BlackboxConfig
+
+    own = BlackboxConfig.model_fields.keys()
+    mine = {k: v for k, v in ctx.config.adaptive.model_dump().items() if k in own}
+    return mine == ctx.config.blackbox.model_dump() and (
+        will_run_blackbox or SHARED_INVERSION in ctx.shared
+    )
+
+
+def _reuse(ctx: AttackContext, source: ArtifactSource) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The black-box decoders on the artifact's features, the family re-chosen on them."""
+    inversion: Inversion = ctx.shared[SHARED_INVERSION]
+    val = Pairs(inversion.data.val.data, source.features, memory=True, cache=True)
+    x_val = val.images if val.images is not None else torch.empty(0)
+    records = {}
+    for family in inversion.decoders:
+        recon = inversion.decode(val, family)
+        record = dict(inversion.records[family])
+        record["best_val_psnr"] = float(psnr_per_image(x_val, recon).mean())
+        records[family] = record
+    chosen = max(records, key=lambda f: records[f]["best_val_psnr"])
+    again = Inversion(inversion.data, inversion.decoders, records, chosen)
+    recon, info = inversion_result(ctx, again, evaluation_pairs(ctx, source.features))
+    info["reused_blackbox_decoders"] = True
+    return recon, info
+
+
 @ATTACKS.register("adaptive")
 class AdaptiveAttack(Attack):
     """Black-box inversion trained and run on the exported edge's own outputs."""
 
     name = "adaptive"
 
-    def run(self, ctx: AttackContext) -> Reconstruction:
-        cfg = ctx.config.adaptive
-        artifact, exported = resolve_artifact(ctx)
-        edge, manifest = verified_edge(artifact, ctx.split)
-        features = artifact_features(edge, split_code(manifest, artifact), cfg.threads)
-        probe = ctx.eval_images[:2]
-        from_ort = features(probe)
-        from_torch = torch_features(ctx.edge, ctx.device)(probe)
-        if from_ort.shape != from_torch.shape:
-            raise ArtifactError(
-                f"{artifact}: edge output {list(from_ort.shape[1:])} differs from the run's "
-                f"model at split {ctx.split} ({list(from_torch.shape[1:])}); wrong artifact?"
+    def _data(self, ctx: AttackContext, source: ArtifactSource) -> AttackerData:
+        key = "adaptive_data"
+        if key not in ctx.shared:
+            ctx.shared[key] = attacker_pairs(
+                ctx.attacker_data, source.features, ctx.config.adaptive, ctx.config.seed
             )
-        recon, info = run_inversion(ctx, features, cfg, "adaptive")
+        data: AttackerData = ctx.shared[key]
+        return data
+
+    def estimate(self, ctx: AttackContext, done: set[str]) -> list[PartEstimate]:
+        source = artifact_source(ctx)
+        if reusable(ctx, source, ctx.shared.get("will_run_blackbox", False)):
+            return []
+        return estimate_inversion(
+            ctx, self._data(ctx, source), ctx.config.adaptive, self.name, done
+        )
+
+    def run(self, ctx: AttackContext) -> Reconstruction:
+        source = artifact_source(ctx)
+        if reusable(ctx, source, False):
+            recon, info = _reuse(ctx, source)
+        else:
+            inversion = run_inversion(ctx, self._data(ctx, source), ctx.config.adaptive, "adaptive")
+            recon, info = inversion_result(ctx, inversion, evaluation_pairs(ctx, source.features))
+            info["reused_blackbox_decoders"] = False
         info.update(
             {
-                "artifact": str(artifact),
-                "exported_now": exported,
-                "precision": manifest.get("precision"),
-                "target": manifest.get("target"),
-                "runtime": edge.runtime,
-                "sent_dtype": manifest.get("edge_output_dtype"),
-                "bytes_sent": manifest.get("edge", {}).get("bytes_sent"),
-                "edge_sha256": edge.sha256,
-                "max_abs_diff_vs_torch": float((from_ort - from_torch).abs().max()),
+                "artifact": str(source.path),
+                "exported_now": source.exported_now,
+                "precision": source.manifest.get("precision"),
+                "target": source.manifest.get("target"),
+                "runtime": source.edge.runtime,
+                "sent_dtype": source.manifest.get("edge_output_dtype"),
+                "bytes_sent": source.manifest.get("edge", {}).get("bytes_sent"),
+                "edge_sha256": source.edge.sha256,
+                "max_abs_diff_vs_torch": source.max_abs_diff,
+                "max_abs_torch": source.scale,
             }
         )
         return Reconstruction(recon, info)

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from patrol_compress.attacks.parts import PartStore
+from patrol_compress.attacks.progress import AttackProgress, PartEstimate
 from patrol_compress.data.base import Item
 from patrol_compress.errors import PatrolError
 from patrol_compress.models.blocknet import BlockNet
@@ -59,7 +61,11 @@ class AttackContext:
     device: torch.device
     run_dir: Path | None = None
     quiet: bool = False
-    """No progress bars or per-family lines."""
+    """No progress lines."""
+    progress: AttackProgress | None = None
+    """Where parts report their progress (None: silent)."""
+    parts: PartStore | None = None
+    """Finished parts kept for ``attack --resume`` (None: nothing kept)."""
     shared: dict[str, Any] = field(default_factory=dict)
     """Results one attack leaves for a later one in the same run (e.g. the
     strongest black-box reconstruction, the white-box attack's ``decoder`` start)."""
@@ -67,7 +73,11 @@ class AttackContext:
 
 @dataclass
 class Reconstruction:
-    """Reconstructions of ``eval_images[:len(images)]`` and attack-specific facts."""
+    """Reconstructions of every evaluation image and attack-specific facts.
+
+    ``info["val_psnr"]`` is the attack's score on the attacker's own
+    validation images (the suite chooses its strongest attack by it).
+    """
 
     images: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +90,11 @@ class Attack(ABC):
 
     @abstractmethod
     def run(self, ctx: AttackContext) -> Reconstruction:
-        """Reconstruct (a prefix of) ``ctx.eval_images``."""
+        """Reconstruct every image of ``ctx.eval_images``, in order."""
+
+    def estimate(self, ctx: AttackContext, done: set[str]) -> list[PartEstimate]:
+        """The parts this attack will run (those not in ``done``) and their measured cost."""
+        return []
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")

@@ -30,6 +30,12 @@ LABEL = typer.Option(
     None, "--label", help="Name of this point in reports (default: e.g. 'PATROL split 4')."
 )
 FORCE = typer.Option(False, "--force", help="Replace an existing attack.json in the output folder.")
+RESUME = typer.Option(
+    False,
+    "--resume",
+    help="Continue an interrupted attack into the same output folder: the decoder families "
+    "and white-box starts it finished are kept.",
+)
 ARTIFACT = typer.Option(
     None,
     "--artifact",
@@ -50,6 +56,7 @@ def register(app: typer.Typer) -> None:
         label: str | None = LABEL,
         force: bool = FORCE,
         artifact: Path | None = ARTIFACT,
+        resume: bool = RESUME,
         threads: int | None = threads_option(),
     ) -> None:
         """Reconstruct images from the edge's features; report PSNR, SSIM and attack accuracy."""
@@ -58,7 +65,9 @@ def register(app: typer.Typer) -> None:
         from patrol_compress.api import attack as run_attacks
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]
-        report = run_attacks(run, names, split, config, out, label, force=force, artifact=artifact)
+        report = run_attacks(
+            run, names, split, config, out, label, force=force, artifact=artifact, resume=resume
+        )
         _print(report, out if out is not None else run)
 
 
@@ -76,7 +85,7 @@ def _print(report: dict[str, Any], folder: Path) -> None:
         region = m.get("region", {}).get("psnr")
         table.add_row(
             name,
-            str(m.get("images", report["data"]["eval_images"])),
+            str(m.get("image_set", {}).get("images", report["data"]["eval_images"])),
             f"{m['psnr']:.2f}",
             f"{m['ssim']:.3f}",
             f"{m['mse']:.4f}",

@@ -62,6 +62,11 @@ class BlackboxConfig(StrictModel):
         default=60, description="maximum epochs per family (training stops earlier on a plateau)"
     )
     patience: Annotated[int, Field(ge=1, le=1000)] = 5
+    schedule: Literal["plateau", "cosine"] = Field(
+        default="plateau",
+        description="plateau: halve the rate after patience//2 epochs without improvement and "
+        "stop after patience; cosine: decay the rate to 0 over all epochs (a known duration)",
+    )
     min_delta_db: Annotated[float, Field(ge=0.0, le=10.0)] = 0.05
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     max_val_images: Annotated[int, Field(ge=1)] = 1000
@@ -96,41 +101,68 @@ class WhiteboxConfig(StrictModel):
     ``tv_weight`` multiplies the mean absolute difference of neighbouring
     pixels, while the feature term is the squared error normalised by the
     features' energy, so the weight does not depend on the edge's feature
-    scale (which pruning and BN folding change). Measured on the quickstart
-    target at split 1 (8 images, 600 steps from grey, ~30 s): tv_weight 0
-    converges to high-frequency noise (14.0 dB / SSIM 0.28, no better than
-    the mean image); 0.1 gives 27.1 / 0.85; 0.5 gives
-    30.0 / 0.90 with faces and parts of the plates legible; 1.0 gives
-    27.9 / 0.86 (washed out: TV costs contrast).
+    scale (which pruning and BN folding change); ``docs/measurements.md``
+    records how it was chosen.
 
-    ``inits`` are the starting points tried, each a family whose result is
-    scored; the strongest is reported. ``gray`` uses no data (the pure
+    ``inits`` are the starting points tried: ``gray`` uses no data (the pure
     white-box threat model), ``mean`` the attacker data's mean image, and
-    ``decoder`` the strongest black-box decoder's reconstruction (the
-    attacker knows the weights *and* has data: rMLE then refines a learned
-    guess, which is never weaker than that guess's feature match).
+    ``decoder`` the chosen black-box decoder's reconstruction (the attacker
+    knows the weights *and* has data), once per ``prior_weights`` entry: the
+    weight of a squared pull back towards that reconstruction (0: none).
+
+    Every candidate runs on ``val_images`` of the attacker's validation
+    images, scored every ``check_every`` steps and stopped after ``patience``
+    checks without improvement; the best candidate and step count (0, the
+    start itself, included) are then run on every evaluation image. Nothing
+    is chosen on the evaluation images.
     """
 
-    steps: Annotated[int, Field(ge=1, le=100_000)] = 600
+    steps: Annotated[int, Field(ge=0, le=100_000)] = 600
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.05
     tv_weight: Annotated[float, Field(ge=0.0)] = 0.5
     parametrization: Literal["sigmoid", "clamp"] = "sigmoid"
     inits: list[WhiteboxInit] = Field(default_factory=_default_inits, min_length=1)
+    prior_weights: list[Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: [0.0, 1.0],
+        min_length=1,
+        description="decoder-prior weights tried with the decoder start (0: no prior)",
+    )
+    val_images: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=32, description="attacker validation images the start and step count are chosen on"
+    )
+    check_every: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=25, description="steps between validation scores"
+    )
+    patience: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=4, description="validation checks without improvement before a candidate stops"
+    )
 
     @model_validator(mode="before")
     @classmethod
-    def _legacy_init(cls, data: Any) -> Any:
-        """Runs made before ``inits`` resolved ``init: X`` into their recipe; it reads as
-        ``inits: [X, decoder]`` so their recipes still load and get today's strength."""
-        if isinstance(data, dict) and "init" in data and "inits" not in data:
-            data = dict(data)
+    def _legacy(cls, data: Any) -> Any:
+        """Older resolved recipes still load and get today's strength.
+
+        ``init: X`` reads as ``inits: [X, decoder]``. ``max_images`` (the white-box
+        once inverted only the first N evaluation images) is dropped: every
+        attack now scores every evaluation image, so a suite compares like with
+        like (``AttackConfig.max_eval_images`` sets how many for all of them).
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "init" in data and "inits" not in data:
             first = data.pop("init")
             data["inits"] = [first] if first == "decoder" else [first, "decoder"]
+        data.pop("max_images", None)
         return data
 
-    max_images: Annotated[int, Field(ge=1)] = Field(
-        default=32, description="evaluation images inverted (each costs `steps` edge passes)"
-    )
+    @model_validator(mode="after")
+    def _unique(self) -> WhiteboxConfig:
+        if len(set(self.inits)) != len(self.inits):
+            raise ValueError(f"whitebox.inits lists a start twice: {self.inits}")
+        if len(set(self.prior_weights)) != len(self.prior_weights):
+            raise ValueError(f"whitebox.prior_weights lists a weight twice: {self.prior_weights}")
+        return self
 
 
 class AdaptiveConfig(BlackboxConfig):
@@ -273,3 +305,31 @@ class DefensesConfig(StrictModel):
     sweeps: list[DefenseSweep] = Field(
         default_factory=lambda: [DefenseSweep(name=n) for n in ("noise", "dropout", "skip", "app")]
     )
+
+
+def _default_frontier_methods() -> list[str]:
+    return ["pruning-only", "patrol"]
+
+
+def _default_frontier_attacks() -> list[AttackName]:
+    return ["blackbox", "whitebox"]
+
+
+class FrontierConfig(StrictModel):
+    """What ``patrol-compress frontier`` measures for this recipe (command-line options win).
+
+    ``methods`` are compared with ``pruning-only`` (plain budget-steered
+    pruning); ``knobs`` vary one ``patrol:`` setting per method to span
+    accuracy (``[METHOD:]PATH=V1,V2,...``); every point is repeated over
+    ``target_seeds`` (one trained target each) x ``seeds`` (the pruning's
+    seed). ``references`` are splits of each undefended target attacked the
+    same way (default: the budget's ``fit_split`` and the pruned split).
+    """
+
+    methods: list[str] = Field(default_factory=_default_frontier_methods, min_length=2)
+    knobs: list[str] = Field(default_factory=lambda: ["recovery_epochs=4,8,12"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    target_seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    references: list[Annotated[int, Field(ge=1, le=8)]] | None = None
+    attacks: list[AttackName] = Field(default_factory=_default_frontier_attacks, min_length=1)
+    bootstrap: Annotated[int, Field(ge=0, le=100_000)] = 1000
