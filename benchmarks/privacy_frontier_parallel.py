@@ -1,4 +1,4 @@
-"""Run benchmarks/privacy_frontier.py as N processes: targets, then N shards at once, then collect.
+"""Run a frontier as N processes: targets, then N shards at once, then collect.
 
 Each frontier point (prune + attack suite) is small next to a GPU, so one
 process leaves most of it idle. N processes on one GPU (with NVIDIA MPS,
@@ -8,11 +8,11 @@ H200. That run used a throwaway driver doing these same three stages; this
 launcher is the repository's version of it:
 
     python benchmarks/privacy_frontier_parallel.py --shards 9 -- \\
-        --dataset fashion-mnist --recipe recipes/fashion_mnist_small_recovery12.yaml \\
-        --name fashion32 --methods pruning-only,patrol,adversarial-suite --seeds 0,1 \\
-        --attack-images 12000 --base-width 64 --min-width 16 --eval-images 500
+        --dataset fashion-mnist --name fashion32 --methods pruning-only,patrol \\
+        --knob recovery_epochs=4,8,12 --seeds 0,1 --target-seeds 0,1
 
-Everything after ``--`` goes to every privacy_frontier.py call unchanged (it
+Everything after ``--`` goes to every ``benchmarks/privacy_frontier.py`` call
+(``patrol-compress frontier`` with the benchmark's output folder) unchanged (it
 must not contain ``--stage`` or ``--shard``). The targets are trained first,
 in one process, so shards never race to create them; every shard writes its
 log to ``--logs``; the aggregation runs only when every shard succeeded, and

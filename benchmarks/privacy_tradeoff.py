@@ -44,9 +44,17 @@ from typing import Any
 
 import torch
 
-from patrol_compress.io import package_versions, read_json, write_json, write_text
-from patrol_compress.privacy_config import AttackConfig
-from patrol_compress.recipe import Recipe, load_recipe, with_privacy_terms
+from patrol_compress.frontier.points import (
+    add_attack_options,
+    attack_point,
+    attack_settings,
+    attack_summary,
+    ensure_prune,
+    from_target,
+)
+from patrol_compress.io import read_json, write_json, write_text
+from patrol_compress.provenance import provenance
+from patrol_compress.recipe import load_recipe, with_privacy_terms
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,14 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", type=Path, default=None, help="override the dataset's recipe")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "tradeoff")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--attack-epochs", type=int, default=60, help="maximum epochs per family")
-    p.add_argument("--attack-images", type=int, default=0, help="cap on attacker images (0 = all)")
-    p.add_argument("--base-width", type=int, default=None, help="decoder base width")
-    p.add_argument("--min-width", type=int, default=None, help="decoder minimum width")
-    p.add_argument("--patience", type=int, default=None, help="epochs without improvement")
-    p.add_argument("--whitebox-steps", type=int, default=600)
-    p.add_argument("--whitebox-images", type=int, default=32)
-    p.add_argument("--eval-images", type=int, default=180)
+    add_attack_options(p)
     p.add_argument("--attacks", default="blackbox,whitebox")
     p.add_argument("--defenses", default="noise,dropout,skip,app")
     p.add_argument("--no-sweeps", action="store_true", help="skip the baseline sweeps")
@@ -98,82 +99,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "to privacy_tradeoff_<dataset>_<tag>.* (the runs themselves are shared)",
     )
     return p.parse_args(argv)
-
-
-def attack_config(args: argparse.Namespace, base: AttackConfig) -> AttackConfig:
-    data = base.model_dump()
-    data["max_eval_images"] = args.eval_images
-    bb = {"epochs": args.attack_epochs, "max_images": args.attack_images}
-    for key in ("base_width", "min_width", "patience"):
-        if getattr(args, key) is not None:
-            bb[key] = getattr(args, key)
-    data["blackbox"].update(bb)
-    data["whitebox"].update({"steps": args.whitebox_steps, "max_images": args.whitebox_images})
-    return AttackConfig.model_validate(data)
-
-
-def attack_summary(cfg: AttackConfig, attacks: list[str]) -> str:
-    """How strong the attacker is, in the words a reader needs to judge the numbers."""
-    b, w = cfg.blackbox, cfg.whitebox
-    images = "all training-distribution images" if not b.max_images else f"{b.max_images:,} images"
-    parts = [
-        f"black-box: families {', '.join(b.families)} (base width {b.base_width}, min width "
-        f"{b.min_width}), {images} minus a {b.val_fraction:.0%} validation slice, each trained "
-        f"until validation PSNR stops improving by {b.min_delta_db} dB for {b.patience} "
-        f"epochs (at most {b.epochs})"
-    ]
-    if "whitebox" in attacks:
-        parts.append(
-            f"white-box rMLE {w.steps} steps on {w.max_images} images from {', '.join(w.inits)}"
-        )
-    return "; ".join(parts) + f"; {cfg.max_eval_images} evaluation images"
-
-
-def derived(recipe: Recipe, name: str, target: Path, **patrol: Any) -> Recipe:
-    """The recipe with other PATROL settings, starting from the same trained target."""
-    data = recipe.model_dump(mode="json")
-    data["name"] = f"{recipe.name}_{name}"
-    data["train"]["checkpoint"] = str(target / "model.safetensors")
-    for key, value in patrol.items():
-        data["patrol"][key] = {**data["patrol"][key], **value} if isinstance(value, dict) else value
-    return Recipe.model_validate(data)
-
-
-def ensure_prune(recipe: Recipe, out: Path, log: Any) -> Path:
-    from patrol_compress.api import prune
-
-    if (out / "metrics.json").is_file():
-        log(f"{out}: finished run kept")
-        return out
-    start = time.perf_counter()
-    prune(recipe, out=out, resume=(out / "stages.json").is_file(), quiet=True)
-    log(f"{out}: pruned in {time.perf_counter() - start:.0f} s")
-    return out
-
-
-def attack_point(
-    run: Path,
-    split: int,
-    cfg: AttackConfig,
-    attacks: list[str],
-    out: Path,
-    log: Any,
-    label: str | None = None,
-) -> dict[str, Any]:
-    from patrol_compress.attacks import attack
-
-    if (out / "attack.json").is_file():
-        return dict(read_json(out / "attack.json"))
-    start = time.perf_counter()
-    report = attack(run, attacks, split, cfg, out, label, quiet=True)
-    s = report["strongest"]
-    log(
-        f"{out.name}: acc {report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']}/"
-        f"{s.get('family')} {s['psnr']:.2f} dB / {s['ssim']:.3f}"
-        f"{'' if s.get('converged', True) else ' ATTACK FAILED'} "
-        f"({time.perf_counter() - start:.0f} s)"
-    )
-    return report
 
 
 def below_curve(point: dict[str, Any], series: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -378,13 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     budget = recipe.patrol.budget
     fit = budget.fit_split if budget is not None and budget.fit_split else 2
     work = args.work / args.dataset
-    cfg = attack_config(args, recipe.attack)
+    cfg = attack_settings(recipe.attack, args)
     attacks = [a for a in args.attacks.split(",") if a]
 
     patrol = ensure_prune(recipe, work / "patrol", log)
     target = patrol / "target"
     pruning_only = ensure_prune(
-        derived(
+        from_target(
             recipe,
             "pruning_only",
             target,
@@ -410,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         if not name or not path:
             raise SystemExit(f"--variant: expected NAME=RECIPE, found '{spec}'")
-        v_recipe = derived(load_recipe(path), name, target)
+        v_recipe = from_target(load_recipe(path), name, target)
         v_run = ensure_prune(v_recipe, work / f"variant-{name}", log)
         key = f"patrol-{name}"
         points[key] = attack_point(
@@ -420,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.low_ratio and recipe.patrol.split - 1 > fit:
         k = recipe.patrol.split - 1
         low = ensure_prune(
-            derived(
+            from_target(
                 recipe,
                 "low_ratio",
                 target,
@@ -460,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": summarise(points, fit),
         "variant_goals": {v: summarise(points, fit, v) for v in variants},
         "points": points,
-        "versions": package_versions(),
+        "provenance": provenance(f"python benchmarks/{command}"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"privacy_tradeoff_{args.dataset.replace('-', '_')}" + (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -66,7 +65,6 @@ def test_pruned_widths_are_multiples_of_round_to(run: Path) -> None:
 
 
 def _latency_script() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("latency_bench", ROOT / "benchmarks/latency.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,225 +1,214 @@
-"""Benchmarks end to end: privacy_frontier (arithmetic, launcher) and schedule_noise."""
+"""``patrol-compress frontier``: plans checked before work, comparisons that say what they are.
+
+The arithmetic (envelope, margin on the common range, the hierarchical
+bootstrap) on hand-made records; the plan's one-line refusals; and one real
+frontier on a tiny recipe, run as the benchmark launcher runs it (targets,
+two shards at once, collect), whose results carry per-point provenance and a
+command that reproduces them.
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import shlex
+import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from patrol_compress.cli.app import app
+from patrol_compress.frontier import FrontierError, Knob, Point, Record, compare, point_recipe
+from patrol_compress.frontier.compare import frontier, margin
+from patrol_compress.frontier.plan import parse_knobs
 from patrol_compress.recipe import load_recipe
+
+from .helpers import tiny_recipe_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    path = ROOT / "benchmarks" / "privacy_frontier.py"
-    spec = importlib.util.spec_from_file_location("privacy_frontier", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["privacy_frontier"] = module
-    spec.loader.exec_module(module)
-    return module
+def rec(method: str, value: float, seed: int, target: int, acc: float, psnr: float) -> Record:
+    rng = np.random.default_rng(seed * 10 + target)
+    per_image = list(psnr + rng.normal(0, 0.1, 20))
+    return Record(method, value, seed, target, acc, per_image, [psnr / 40] * 20)
 
 
-def test_frontier_keeps_the_lower_envelope(bench: ModuleType) -> None:
-    pts = [(0.80, 15.0), (0.85, 16.0), (0.84, 17.0), (0.90, 18.0), (0.70, 16.0)]
-    # (0.84, 17) is beaten by (0.85, 16); (0.70, 16) by (0.80, 15).
-    assert bench.frontier(pts) == [(0.80, 15.0), (0.85, 16.0), (0.90, 18.0)]
-    assert bench.interpolate(bench.frontier(pts), 0.825) == pytest.approx(15.5)
+def test_frontier_keeps_the_lower_envelope() -> None:
+    pts = [(0.80, 18.0), (0.85, 19.0), (0.84, 21.0), (0.90, 22.0)]
+    assert frontier(pts) == [(0.80, 18.0), (0.85, 19.0), (0.90, 22.0)]
 
 
-def test_margin_over_the_common_range_only(bench: ModuleType) -> None:
-    base = [(0.80, 18.0), (0.90, 20.0)]
-    method = [(0.85, 16.0), (0.95, 18.0)]
-    # Common range 0.85..0.90: base 19..20, method 16..17 -> margin 3 everywhere.
-    assert bench.margin(base, method) == pytest.approx(3.0)
-    assert bench.margin(base, [(0.91, 10.0), (0.99, 11.0)]) is None
+def test_margin_over_the_common_range_only() -> None:
+    base = [(0.80, 20.0), (0.90, 22.0)]
+    assert margin(base, [(0.85, 19.0), (0.95, 19.0)]) == pytest.approx(2.5, abs=0.01)
+    assert margin(base, [(0.95, 18.0), (0.97, 18.0)]) is None
 
 
-def rec(bench: ModuleType, method: str, value: float, seed: int, acc: float, psnr: float) -> Any:
-    scores = [psnr - 1.0, psnr + 1.0] * 5  # mean psnr, spread over 10 images
-    return bench.Record(method, value, seed, 0, acc, scores, [s / 40 for s in scores])
+def _replicated(shift_acc: float, shift_psnr: float) -> list[Record]:
+    out = []
+    for t in (0, 1):
+        for s in (0, 1):
+            for value, acc, psnr in ((4, 0.88, 16.0), (8, 0.90, 17.0)):
+                a = acc + 0.002 * s + 0.003 * t
+                out.append(rec("pruning-only", value, s, t, a, psnr + 0.1 * t))
+                out.append(rec("uplink", value, s, t, a + shift_acc, psnr + shift_psnr))
+    return out
 
 
-def test_compare_gives_a_margin_and_an_interval_that_excludes_zero(bench: ModuleType) -> None:
-    records = []
-    for seed, jitter in ((0, 0.0), (1, 0.2)):
-        for value, acc, po, pat in (
-            (4, 0.80, 18.0, 15.0),
-            (8, 0.85, 19.0, 16.0),
-            (12, 0.9, 20.0, 17.0),
-        ):
-            records.append(rec(bench, "pruning-only", value, seed, acc, po + jitter))
-            records.append(rec(bench, "patrol", value, seed, acc + 0.001, pat + jitter))
-    c = bench.compare(records, "psnr", "pruning-only", "patrol", n_boot=200)
-    assert c["margin"] == pytest.approx(3.0, abs=0.1)
+def test_matched_accuracy_margin_with_an_interval_over_targets_seeds_and_images() -> None:
+    c = compare(_replicated(0.0, -2.0), "psnr", "pruning-only", "uplink", n_boot=200)
+    assert c["matched_accuracy"] and c["margin"] == pytest.approx(2.05, abs=0.1)
     lo, hi = c["interval"]
     assert 0 < lo <= c["margin"] <= hi
-    assert c["images_resampled"] is True
+    assert "target seeds" in c["resamples"] and "evaluation images" in c["resamples"]
+    assert c["basis"].startswith("common accuracy range")
+    assert len(c["replicates"]["uplink"]) == 8
 
 
-def test_point_recipe_sets_method_knob_seed_and_target(bench: ModuleType, tmp_path: Path) -> None:
-    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
-    r = bench.point_recipe(recipe, "pruning-only", ["recovery_epochs"], 8.0, 3, tmp_path)
-    assert r.patrol.recovery_epochs == 8 and isinstance(r.patrol.recovery_epochs, int)
-    assert not r.patrol.lipschitz.enabled and not r.patrol.adversarial.enabled
-    assert r.seed == 3 and r.train.checkpoint == tmp_path / "model.safetensors"
-    beta = bench.point_recipe(recipe, "patrol", ["adversarial", "beta"], 0.002, 0, tmp_path)
-    assert beta.patrol.adversarial.beta == 0.002 and beta.patrol.adversarial.enabled
+def test_no_margin_where_accuracy_ranges_do_not_overlap() -> None:
+    """A method 20 points less accurate is not 'at matched accuracy': it is called what it is."""
+    c = compare(_replicated(-0.2, 3.0), "psnr", "pruning-only", "uplink", n_boot=50)
+    assert c["margin"] is None and c["interval"] is None and not c["matched_accuracy"]
+    assert c["basis"].startswith("no matched accuracy: pruning-only is more accurate")
+    assert "leaks less" in c["basis"]
 
 
-def test_knob_specs_per_method(bench: ModuleType) -> None:
-    plan = bench.knobs(
-        ["patrol:adversarial.beta=0.1,0.2", "pruning-only:recovery_epochs=4,8"],
-        ["pruning-only", "patrol"],
-    )
-    assert plan["patrol"] == (["adversarial", "beta"], [0.1, 0.2])
-    assert plan["pruning-only"] == (["recovery_epochs"], [4.0, 8.0])
-    assert bench.knobs([], ["pruning-only", "patrol"])["patrol"][0] == ["recovery_epochs"]
-
-
-def test_dominated_margin_only_where_the_baseline_is_more_accurate(bench: ModuleType) -> None:
-    base = [(0.88, 16.3), (0.89, 16.7)]
-    method = [(0.70, 20.0), (0.80, 19.0)]
-    # No common range, baseline more accurate everywhere: held at 16.3 below 0.88;
-    # the method averages 19.5 over its own range.
-    assert bench.margin(base, method) is None
-    assert bench.dominated_margin(base, method) == pytest.approx(-3.2)
-    # The method more accurate than the baseline: nothing can be said this way.
-    assert bench.dominated_margin(method, base) is None
-
-
-def test_compare_says_which_basis_it_used(bench: ModuleType) -> None:
-    records = []
-    for seed in (0, 1):
-        for value, acc, po, pat in ((4, 0.88, 16.0, 20.0), (8, 0.89, 16.5, 19.0)):
-            records.append(rec(bench, "pruning-only", value, seed, acc + seed * 0.001, po))
-            records.append(rec(bench, "patrol", value, seed, acc - 0.2, pat + seed * 0.1))
-    c = bench.compare(records, "psnr", "pruning-only", "patrol", n_boot=100)
-    assert c["basis"].startswith("baseline more accurate everywhere")
-    assert c["margin"] < 0 and c["interval"][1] < 0
-
-
-def test_patrol_method_is_the_papers_on_a_recipe_that_ships_without_it(
-    bench: ModuleType, tmp_path: Path
-) -> None:
+def test_point_recipe_sets_method_knob_seed_and_target(tmp_path: Path) -> None:
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     assert not recipe.patrol.lipschitz.enabled and not recipe.patrol.adversarial.enabled
-    r = bench.point_recipe(recipe, "patrol", ["recovery_epochs"], 8.0, 0, tmp_path)
+    knob = Knob(("recovery_epochs",), (8.0,))
+    r = point_recipe(recipe, Point("patrol", knob, 8.0, 3, 1), tmp_path / "w.safetensors")
     assert r.patrol.lipschitz.enabled and r.patrol.adversarial.enabled
-    suite = bench.point_recipe(recipe, "adversarial-suite", ["recovery_epochs"], 8.0, 0, tmp_path)
-    assert suite.patrol.adversarial.surrogate == "suite" and not suite.patrol.lipschitz.enabled
+    assert r.patrol.recovery_epochs == 8 and r.seed == 3
+    assert r.train.checkpoint == tmp_path / "w.safetensors"
+    with pytest.raises(FrontierError, match="integer"):
+        point_recipe(recipe, Point("patrol", knob, 8.5, 0, 0), None)
+
+
+def test_knob_specs_per_method() -> None:
+    knobs = parse_knobs(
+        ["recovery_epochs=4,8", "patrol:adversarial.beta=1e-4,4e-4"], ["pruning-only", "patrol"]
+    )
+    assert knobs["pruning-only"].values == (4.0, 8.0)
+    assert knobs["patrol"].path == ("adversarial", "beta")
+    with pytest.raises(FrontierError, match="no knob for patrol"):
+        parse_knobs(["pruning-only:recovery_epochs=4"], ["pruning-only", "patrol"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "pruning-only,patrl"], "did you mean 'patrol'"),
+        (["--methods", "patrol"], "needs pruning-only"),
+        (["--knob", "recovery_epoch=4,8"], "patrol has no 'recovery_epoch'"),
+        (["--knob", "recovery_epochs=-1"], "recovery_epochs"),
+        (["--seeds", "0"], "at least 2"),
+        (["--target-seeds", "1,1"], "lists a seed twice"),
+        (["--attacks", "blackbox,whitebx"], "unknown attack 'whitebx'"),
+        (["--seeds", "0,x"], "expected comma-separated integers"),
+    ],
+)
+def test_bad_plans_are_one_line_exit_2_before_any_work(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    work = tmp_path / "work"
+    result = CliRunner().invoke(
+        app, ["frontier", str(ROOT / "recipes" / "quickstart.yaml"), "--work", str(work), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1
+    assert not work.exists()
+
+
+def _tiny_frontier_recipe(tmp_path: Path) -> Path:
+    data = tiny_recipe_dict(tmp_path)
+    data.pop("output_dir")
+    data["train"]["epochs"] = 1
+    data["patrol"].update({"epochs": 1, "recovery_epochs": 1})
+    data["attack"] = {
+        "max_eval_images": 8,
+        "blackbox": {"families": ["upsample"], "epochs": 1, "max_images": 48, "base_width": 8},
+        "recogniser": {"steps": 2, "width": 4},
+    }
+    data["frontier"] = {
+        "methods": ["pruning-only", "patrol"],
+        "knobs": ["recovery_epochs=1"],
+        "seeds": [0, 1],
+        "target_seeds": [0, 1],
+        "references": [2],
+        "attacks": ["blackbox"],
+        "bootstrap": 20,
+    }
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    return recipe
 
 
 @pytest.mark.slow
-def test_parallel_launcher_runs_targets_shards_and_collect(tmp_path: Path) -> None:
-    """Real prunes and attacks on a tiny recipe, two shards at once, then the aggregation."""
-    import subprocess
-
-    import yaml
-
-    from .helpers import tiny_recipe_dict
-
-    data = tiny_recipe_dict(tmp_path)
-    data.pop("output_dir")
-    data["patrol"]["recovery_epochs"] = 1
-    data["attack"] = {"max_eval_images": 8}
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(data))
+def test_tiny_frontier_through_the_launcher_with_provenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real targets, prunes and attacks: two shards at once, then the comparison."""
+    recipe = _tiny_frontier_recipe(tmp_path)
     work, out, logs = tmp_path / "w", tmp_path / "res", tmp_path / "logs"
-    frontier_args = [
-        "--dataset", "quickstart", "--recipe", str(recipe), "--name", "tiny",
-        "--work", str(work), "--out", str(out), "--methods", "pruning-only,patrol",
-        "--seeds", "0", "--knob", "recovery_epochs=1", "--attack-epochs", "1",
-        "--attack-images", "64", "--whitebox-steps", "2", "--whitebox-images", "2",
-        "--eval-images", "8", "--bootstrap", "20", "--attacks", "blackbox",
-    ]  # fmt: skip
+    args = ["--recipe", str(recipe), "--name", "tiny", "--work", str(work), "--out", str(out)]
     launcher = ROOT / "benchmarks" / "privacy_frontier_parallel.py"
     done = subprocess.run(
-        [sys.executable, str(launcher), "--shards", "2", "--logs", str(logs), "--", *frontier_args],
+        [sys.executable, str(launcher), "--shards", "2", "--logs", str(logs), "--", *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    # Each shard ran its own point (index modulo 2), and the aggregation saw both.
-    assert "pruning-only-recovery_epochs1" in (logs / "shard-0.log").read_text()
-    assert "patrol-recovery_epochs1" in (logs / "shard-1.log").read_text()
-    assert len(list((work / "tiny" / "points").glob("*/attack.json"))) == 2
+    assert done.returncode == 0, done.stdout + done.stderr + (logs / "collect.log").read_text()
+    # 8 points (2 methods x 2 seeds x 2 targets) and 2 references, split over the shards.
+    assert len(list((work / "points").glob("*/attack.json"))) == 10
+    assert "point" in (logs / "shard-0.log").read_text()
+    assert "point" in (logs / "shard-1.log").read_text()
+    result = json.loads((out / "privacy_frontier_tiny.json").read_text())
+    assert (out / result["recipe"]).read_text() == (work / "frontier.recipe.yaml").read_text()
+    for r in result["records"]:
+        prov = r["provenance"]
+        assert {"device", "versions", "commit", "command", "recipe_sha256"} <= set(prov)
+        assert prov["weights_sha256"]["target"] and prov["weights_sha256"]["pruned"]
+    assert len({r["provenance"]["weights_sha256"]["target"] for r in result["records"]}) == 2
     md = (out / "privacy_frontier_tiny.md").read_text()
-    assert "| pruning-only | 1 | 1 |" in md and "| patrol | 1 | 1 |" in md
-    # A launcher argument that would break the sharding is refused.
+    assert "| pruning-only | 1 | 0/0, 0/1, 1/0, 1/1 |" in md and "split2 (reference)" in md
+    assert "patrol/psnr" in result["comparisons"]
+
+    # The recorded command parses and, at the collect stage, reproduces the comparison
+    # from the finished points without making anything again.
+    import patrol_compress.frontier.points as points
+
+    def no_work(*a: Any, **k: Any) -> Any:
+        raise AssertionError("a finished point was made again")
+
+    monkeypatch.setattr(points, "ensure_prune", no_work)
+    argv = shlex.split(result["command"])
+    assert argv[0] == "patrol-compress" and argv[1] == "frontier"
+    again = CliRunner().invoke(app, [*argv[1:], "--stage", "collect"])
+    assert again.exit_code == 0, again.output
+    redone = json.loads((out / "privacy_frontier_tiny.json").read_text())
+    assert (
+        redone["comparisons"]["patrol/psnr"]["margin"]
+        == result["comparisons"]["patrol/psnr"]["margin"]
+    )
+
+    # A work folder remembers its recipe: points made under another are not mixed in.
+    data = yaml.safe_load(recipe.read_text())
+    data["patrol"]["mask_lr"] = 0.004
+    recipe.write_text(yaml.safe_dump(data))
+    changed = CliRunner().invoke(app, [*argv[1:], "--stage", "collect"])
+    assert changed.exit_code == 2 and "another recipe" in changed.output
+
+
+def test_launcher_refuses_its_own_options(tmp_path: Path) -> None:
+    launcher = ROOT / "benchmarks" / "privacy_frontier_parallel.py"
     bad = subprocess.run(
-        [sys.executable, str(launcher), "--", *frontier_args, "--stage", "all"],
-        capture_output=True,
-        text=True,
+        [sys.executable, str(launcher), "--", "--stage", "all"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "--stage" in bad.stderr
-
-
-def test_schedule_noise_prunes_each_value_and_seed_and_reports_spread(tmp_path: Path) -> None:
-    """benchmarks/schedule_noise.py on a tiny recipe: real prunes and attacks, then the table."""
-    import json
-    import subprocess
-
-    import yaml
-
-    from patrol_compress import api
-
-    from .helpers import tiny_recipe_dict
-
-    data = tiny_recipe_dict(tmp_path, recovery_epochs=1)
-    data.pop("output_dir")
-    data["attack"] = {"max_eval_images": 8}
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(data))
-    api.train(recipe, out=tmp_path / "t", quiet=True)
-    work, out = tmp_path / "w", tmp_path / "res"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "schedule_noise.py"),
-            "--recipe",
-            str(recipe),
-            "--target",
-            str(tmp_path / "t" / "target"),
-            "--values",
-            "1,2",
-            "--seeds",
-            "0,1",
-            "--work",
-            str(work),
-            "--out",
-            str(out),
-            "--name",
-            "tiny",
-            "--attacks",
-            "blackbox",
-            "--attack-args",
-            "--attack-epochs 1 --attack-images 64 --eval-images 8",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((out / "tiny.json").read_text())
-    assert [(p["value"], p["seed"]) for p in report["points"]] == [(1, 0), (1, 1), (2, 0), (2, 1)]
-    for p in report["points"]:  # each run pruned with its value and seed, the paper's terms on
-        resolved = load_recipe(
-            work / f"adversary_every{p['value']}-seed{p['seed']}" / "run" / "recipe.resolved.yaml"
-        )
-        assert resolved.patrol.adversarial.adversary_every == p["value"]
-        assert resolved.seed == p["seed"] and resolved.patrol.lipschitz.enabled
-    first, second = report["summary"]
-    assert first["psnr_diff"] == 0.0
-    psnr = {v: [p["psnr"] for p in report["points"] if p["value"] == v] for v in (1, 2)}
-    assert second["psnr_diff"] == pytest.approx(sum(psnr[2]) / 2 - sum(psnr[1]) / 2)
-    assert first["psnr_spread"] == pytest.approx(max(psnr[1]) - min(psnr[1]))
-    assert "Mean over seeds (seed-to-seed spread)" in (out / "tiny.md").read_text()

@@ -11,7 +11,17 @@ import os
 
 import typer
 
-from patrol_compress.cli import attack, bench, defend, export, prune, report, train, validate
+from patrol_compress.cli import (
+    attack,
+    bench,
+    defend,
+    export,
+    frontier,
+    prune,
+    report,
+    train,
+    validate,
+)
 from patrol_compress.cli.common import PlainFlagsCommand, PlainFlagsGroup, install_sigterm_handler
 
 app = typer.Typer(
@@ -52,7 +62,7 @@ def _root(
     install_sigterm_handler()
 
 
-for _module in (train, prune, export, bench, attack, defend, report, validate):
+for _module in (train, prune, export, bench, attack, defend, frontier, report, validate):
     _module.register(app)
 for _info in app.registered_commands:
     _info.cls = PlainFlagsCommand  # flags shown as --force, not --force <bool>

@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from patrol_compress.config.base import StrictModel, read_yaml, short, validate
-from patrol_compress.config.privacy import AttackConfig, DefensesConfig
+from patrol_compress.config.privacy import AttackConfig, DefensesConfig, FrontierConfig
 from patrol_compress.errors import RecipeError
 
 SCHEMA_VERSION = 1
@@ -298,6 +298,7 @@ class Recipe(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     defenses: DefensesConfig = Field(default_factory=DefensesConfig)
+    frontier: FrontierConfig = Field(default_factory=FrontierConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:

@@ -1,0 +1,88 @@
+"""The methods a frontier compares: named changes to a recipe's ``patrol:`` section.
+
+A method is what differs between two ways of making a split-4 edge from the
+same target and budget. They live in a registry (:data:`METHODS`) that refuses
+duplicate names and answers a typo with the known names, so a user's own
+method is one :func:`register_method` call away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from patrol_compress.registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    """``patrol`` is deep-merged into the recipe's ``patrol:`` section for every point."""
+
+    name: str
+    description: str
+    patrol: dict[str, Any] = field(default_factory=dict)
+
+
+METHODS: Registry[Method] = Registry("frontier method")
+BASELINE = "pruning-only"
+"""The method every other is compared with: plain budget-steered pruning."""
+
+
+def register_method(method: Method) -> Method:
+    METHODS.add(method.name, method)
+    return method
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = deep_merge(out[k], v) if both else v
+    return out
+
+
+register_method(
+    Method(
+        BASELINE,
+        "plain budget-steered pruning: masks, steering and removal, no privacy terms",
+        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}},
+    )
+)
+register_method(
+    Method(
+        "patrol",
+        "the paper's method: Lipschitz and adversarial terms on, at the recipe's weights",
+        {"lipschitz": {"enabled": True}, "adversarial": {"enabled": True}},
+    )
+)
+register_method(
+    Method(
+        "pruning+lipschitz",
+        "the paper's Lipschitz term alone (Table II's second row's counterpart)",
+        {"lipschitz": {"enabled": True}, "adversarial": {"enabled": False}},
+    )
+)
+register_method(
+    Method(
+        "pruning+adversarial",
+        "the paper's adversarial term alone, against its mirror surrogate",
+        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": True}},
+    )
+)
+register_method(
+    Method(
+        "adversarial-suite",
+        "the adversary plays the attack suite's own decoder families, refit every epoch after "
+        "a warm-up, without the Lipschitz term",
+        {
+            "lipschitz": {"enabled": False},
+            "adversarial": {
+                "enabled": True,
+                "surrogate": "suite",
+                "adversary_every": 1,
+                "adversary_epochs": 1,
+                "warmup_epochs": 8,
+            },
+        },
+    )
+)
