@@ -38,12 +38,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy patrol_compress exporters
 
-# INT8 exports run in their own process: after them, in the same process as the
-# rest of the suite, a later subprocess spawn died with SIGSEGV on this machine
-# (root cause not found; each half passes on its own). Nothing is skipped.
+# The whole suite in one process (the INT8 exports included: see issue 24 and
+# docs/measurements.md, "OpenVINO and the signal stack").
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not own_process"
-	$(BIN)/python -m pytest -q -m own_process
+	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
 

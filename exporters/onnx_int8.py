@@ -8,7 +8,11 @@ with ``onnxruntime.quantization.quantize_static``:
   the form every runtime reads (ORT, OpenVINO, TensorRT), rather than ORT's
   QOperator ops;
 * weights int8, symmetric, per output channel (a pruned CNN's channels differ in
-  scale by orders of magnitude: one scale per tensor would crush the small ones);
+  scale by orders of magnitude: one scale per tensor would crush the small ones),
+  in a 7-bit range (``reduce_range``): on x86 CPUs without VNNI, ORT's uint8 x
+  int8 kernels add pairs of products in int16 and saturate (measured in
+  ``docs/measurements.md``, "INT8 on CPUs without VNNI"). A deployed edge may
+  be such a CPU; NNCF's overflow fix does the same for OpenVINO;
 * activations uint8 per tensor, MinMax ranges from the calibration images.
 
 Then the graphs are cut at the split: the edge's final DequantizeLinear is
@@ -155,6 +159,7 @@ def _quantize(src: Path, dst: Path, batches: list[np.ndarray], extra: dict[str, 
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
+                reduce_range=True,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options=extra,
             )
@@ -247,7 +252,7 @@ def export_onnx_int8(job: ExportJob) -> list[str]:
     job.quantization = {
         "tool": f"onnxruntime.quantization {version} quantize_static",
         "format": "QDQ",
-        "weights": "int8, symmetric, per output channel",
+        "weights": "int8 in a 7-bit range (reduce_range), symmetric, per output channel",
         "activations": "uint8, per tensor, MinMax calibration",
         "calibration": data.source,
         "split_tensor": split.record(fp32_edge_bytes(job.edge_ref)),

@@ -19,6 +19,7 @@ import numpy as np
 
 from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
 from patrol_compress.errors import ExportError, import_optional
+from patrol_compress.signal_stack import keep_signal_stack
 
 from .base import EXPORTERS, ExportJob, Target
 from .onnx import export_onnx
@@ -47,7 +48,18 @@ def run_openvino(path: Path, x: np.ndarray, config: dict[str, Any] | None = None
 
 
 def export_openvino(job: ExportJob) -> list[str]:
-    """Write the ONNX pair, convert each to IR, and check the IR against torch."""
+    """Write the ONNX pair, convert each to IR, and check the IR against torch.
+
+    The calling thread gets its alternate signal stack back afterwards: the CPU
+    plugins the export creates may otherwise leave it unmapped, and the next
+    Python signal handler (a SIGCHLD after a subprocess, Ctrl-C) would crash
+    the process (:mod:`patrol_compress.signal_stack`).
+    """
+    with keep_signal_stack():
+        return _export_openvino(job)
+
+
+def _export_openvino(job: ExportJob) -> list[str]:
     if job.precision == "int8":
         from .openvino_int8 import export_openvino_int8
 

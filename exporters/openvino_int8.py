@@ -19,6 +19,10 @@ cloud is then calibrated by NNCF on the very uint8 tensors the edge sends.
 The artifact holds the IR only (``edge.xml/.bin``, ``cloud.xml/.bin``): the
 FP32 ONNX it came from is not INT8, and a file that runs differently from the
 IR would misstate what is deployed.
+
+Every model the export runs is compiled on one ``ov.Core``: each Core carries
+its own CPU plugin, and plugins released in the order they were created leave
+the thread's alternate signal stack unmapped (:mod:`patrol_compress.signal_stack`).
 """
 
 from __future__ import annotations
@@ -64,13 +68,13 @@ def import_nncf() -> ModuleType:
     return import_optional("nncf", "openvino", "INT8 export for OpenVINO")
 
 
-def _compiled(ov: ModuleType, model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """A model (object or IR path) compiled for CPU with the f32 hint, as the bench runs it.
+def _compiled(core: Any, model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A model (object or IR path) compiled on ``core``'s CPU with the f32 hint, as bench runs it.
 
     The hint only keeps the *non*-quantized parts in f32 (this CPU would run
     them in bf16); FakeQuantize-marked ops still run as int8.
     """
-    compiled = ov.Core().compile_model(
+    compiled = core.compile_model(
         model if not isinstance(model, Path) else str(model), "CPU", dict(F32_CONFIG)
     )
     request = compiled.create_infer_request()
@@ -163,6 +167,7 @@ def _pipeline(
 def export_openvino_int8(job: ExportJob) -> list[str]:
     """Write INT8 edge/cloud IR (edge outputs u8, cloud takes u8), judged by task accuracy."""
     ov, nncf = import_openvino(), import_nncf()
+    core = ov.Core()
     data: Int8Data = require_data(job.int8)
     ref = Path(tempfile.mkdtemp(prefix=".fp32-reference.", dir=job.work_dir))
     items = [data.calibration[i : i + 1] for i in range(len(data.calibration))]
@@ -175,13 +180,13 @@ def export_openvino_int8(job: ExportJob) -> list[str]:
                 compress_to_fp16=False,
             )
         edge_q = _quantize(nncf, ov.convert_model(str(ref / EDGE_ONNX)), items, "edge")
-        run_q = _compiled(ov, edge_q)
+        run_q = _compiled(core, edge_q)
         feats = np.concatenate([run_q(x) for x in items])
         split = SplitQuant.from_range(float(feats.min()), float(feats.max()))
         edge_u8 = _send_uint8(ov, edge_q, split)
         edge_xml = job.work_dir / EDGE_XML
         ov.save_model(edge_u8, str(edge_xml), compress_to_fp16=False)
-        send = _compiled(ov, edge_xml)
+        send = _compiled(core, edge_xml)
         sent = [send(x) for x in items]
         if sent[0].dtype != np.uint8 or sent[0].shape[1:] != job.edge_ref.shape[1:]:
             raise ExportError(
@@ -194,8 +199,8 @@ def export_openvino_int8(job: ExportJob) -> list[str]:
         ov.save_model(cloud_q, str(cloud_xml), compress_to_fp16=False)
         parity = judge_parity(
             data,
-            _pipeline(_compiled(ov, ref / EDGE_XML), _compiled(ov, ref / CLOUD_XML), None),
-            _pipeline(send, _compiled(ov, cloud_xml), split),
+            _pipeline(_compiled(core, ref / EDGE_XML), _compiled(core, ref / CLOUD_XML), None),
+            _pipeline(send, _compiled(core, cloud_xml), split),
             f"OpenVINO {ov.__version__.split('-')[0]} CPU, f32 hint",
         )
     except ExportError:

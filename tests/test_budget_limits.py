@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +13,16 @@ from patrol_compress.errors import BudgetError, RecipeError
 from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models import BlockNet, build_model
 from patrol_compress.models.split import edge_modules
-from patrol_compress.pruning.budget import EdgeBudget, LatencyLimit, resolve_budget
+from patrol_compress.pruning.budget import (
+    EdgeBudget,
+    LatencyLimit,
+    Plan,
+    estimate_cost,
+    plan_at,
+    ranking_scores,
+    resolve_budget,
+)
+from patrol_compress.pruning.latency import EdgeTimer, measure_model_ms
 from patrol_compress.pruning.masks import MaskedNorm, iter_masks
 from patrol_compress.pruning.remove import EQUIVALENCE_ATOL
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
@@ -180,3 +192,107 @@ def test_rank_per_cost_removes_mac_heavy_channels_first_and_meets_the_limits() -
         assert removal.edge_macs <= budget.macs and removal.edge_params <= budget.params
         removed[per_cost] = removal.removed  # channels removed
     assert removed[True] < removed[False]
+
+
+# ------------------------------------------------- a latency limit that binds (issue 24 item 5)
+
+MS_PER_MAC = 1e-6
+"""The fake timer's latency: 1 ms per million MACs of the candidate edge."""
+
+
+class MacTimer:
+    """A fake :data:`EdgeTimer`: latency is a fixed function of the candidate edge (its MACs).
+
+    Monotone in the removal, as real latency is only up to noise, so the search's
+    choice is fully determined; records every candidate it times, in order.
+    """
+
+    def __init__(self) -> None:
+        self.timed: list[float] = []
+
+    def __call__(
+        self, model: BlockNet, split: int, shape: tuple[int, ...], limit: LatencyLimit
+    ) -> float:
+        ms = count_macs(nn.Sequential(*edge_modules(model, split)), shape) * MS_PER_MAC
+        self.timed.append(ms)
+        return ms
+
+
+def _masked(timer: EdgeTimer, width: float = 0.125, x: torch.Tensor = X) -> ChannelStructure:
+    model = tiny(width)
+    st = ChannelStructure(model, 4, 1.0, x, timer=timer)
+    random_masks(model)
+    return st
+
+
+def _lowest_fitting_plan(st: ChannelStructure, limit_ms: float) -> tuple[Plan, int]:
+    """By brute force: the plan at the lowest candidate threshold whose edge fits, and how
+    many candidates there are (what the search must find without timing them all)."""
+    scores = ranking_scores(st.mg)
+    finite = torch.cat([s[torch.isfinite(s)] for s in scores])
+    cands = [float(c) for c in torch.unique(finite[finite > 0.0]).sort().values]
+    for c in cands:
+        plan = plan_at(scores, c, 1)
+        if estimate_cost(st.model, 4, st.mg, plan, st.spatial).macs * MS_PER_MAC <= limit_ms:
+            return plan, len(cands)
+    raise AssertionError("no candidate fits; the limit is below the narrowest edge")
+
+
+def test_a_binding_latency_limit_is_met_as_timed_by_the_smallest_removal() -> None:
+    """A limit between the unpruned and the narrowest edge: the search removes exactly as
+    much as it must, times O(log n) candidates, and the edge it leaves is the one it timed."""
+    unpruned_ms = edge_macs(tiny(), 4) * MS_PER_MAC
+    timer = MacTimer()
+    st = _masked(timer)
+    narrowest = st.check(EdgeBudget(latency=LatencyLimit(ms=1e6)))
+    assert timer.timed == [narrowest.macs * MS_PER_MAC]  # it timed the narrowest edge, as built
+    limit_ms = (unpruned_ms + timer.timed[0]) / 2
+    budget = EdgeBudget(latency=LatencyLimit(ms=limit_ms))
+    expected, candidates = _lowest_fitting_plan(st, limit_ms)
+
+    timer.timed.clear()
+    planned = st.plan(budget, 0.0)
+    assert planned.plan == expected
+    assert planned.latency_ms is not None
+    assert narrowest.macs * MS_PER_MAC < planned.latency_ms <= limit_ms  # binds, not maximal
+    assert timer.timed[0] == unpruned_ms > limit_ms  # nothing removed: too slow, so it searched
+    assert len(timer.timed) <= 2 + math.ceil(math.log2(candidates))  # binary, not a scan
+
+    removal = st.remove(budget, 0.0, X)
+    assert removal.plan_kind == "budget"
+    assert removal.latency_ms == planned.latency_ms <= limit_ms  # met as measured while planning
+    assert removal.edge_macs * MS_PER_MAC == removal.latency_ms  # ... on the edge it left
+    assert removal.equivalence_rel_diff <= EQUIVALENCE_ATOL
+
+
+def test_the_latency_search_is_deterministic_given_the_timings() -> None:
+    """Same model, masks and timer function: the same candidates timed, the same plan."""
+    runs = []
+    for _ in range(2):
+        timer = MacTimer()
+        st = _masked(timer)
+        limit_ms = (edge_macs(tiny(), 4) + st.check(EdgeBudget()).macs) * MS_PER_MAC / 2
+        planned = st.plan(EdgeBudget(latency=LatencyLimit(ms=limit_ms)), 0.0)
+        runs.append((planned.plan, planned.latency_ms, timer.timed))
+    assert runs[0] == runs[1]
+    assert any(runs[0][0])  # the limit made it remove channels
+
+
+def test_a_binding_latency_limit_is_met_with_the_real_timer() -> None:
+    """The default timer (export + bench): a limit halfway between the unpruned edge's and
+    the narrowest edge's measured latency. Asserts only what the search itself measured."""
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    settings = LatencyLimit(ms=1e6, seconds=0.1)
+    timed: list[float] = []
+
+    def timer(model: BlockNet, split: int, shape: tuple[int, ...], limit: LatencyLimit) -> float:
+        timed.append(measure_model_ms(model, split, shape, limit))
+        return timed[-1]
+
+    unpruned_ms = measure_model_ms(tiny(0.25), 4, (3, 64, 64), settings)
+    st = _masked(timer, 0.25, x)
+    st.check(EdgeBudget(latency=settings))
+    limit = dataclasses.replace(settings, ms=(unpruned_ms + timed[-1]) / 2)
+    removal = st.remove(EdgeBudget(latency=limit), 0.0, x)
+    assert removal.latency_ms is not None and removal.latency_ms <= limit.ms
+    assert removal.latency_ms in timed[1:]  # the search's own measurement, not a new one

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from patrol_compress.exporters.int8 import (
 from patrol_compress.exporters.onnx_int8 import ort_pipeline
 from patrol_compress.models import BlockNet
 from patrol_compress.run import load_run_model
+from patrol_compress.signal_stack import current_signal_stack
 
 from .helpers import tiny_attack_run
 
@@ -42,8 +46,6 @@ SIZE = 32
 SPLIT = 2
 SHAPE = (3, SIZE, SIZE)
 CALIBRATION = 64
-
-pytestmark = pytest.mark.own_process  # see the Makefile's pytest target
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +279,41 @@ def test_openvino_int8_ir_sends_uint8_and_records_parity(
     parity = manifest["quantization"]["parity"]
     assert parity["int8"] == data.test.score(np.concatenate(outputs))["rank1"]
     assert parity["runtime"].startswith("OpenVINO")
+
+
+# ------------------------------------------------------------ processes spawned afterwards
+
+
+def _on_child(signum: int, frame: object) -> None:
+    """A Python SIGCHLD handler, as torch's DataLoader leaves one after worker processes."""
+
+
+@pytest.mark.parametrize("target", ["onnx", pytest.param("openvino", marks=pytest.mark.openvino)])
+def test_a_process_spawned_after_an_int8_export_runs(
+    target: str, model: BlockNet, data: Int8Data, tmp_path: Path
+) -> None:
+    """Issue 24: after an OpenVINO INT8 export the main thread's alternate signal stack
+    was unmapped memory, so the SIGCHLD of the next child killed *this* process (SIGSEGV).
+
+    The handler makes the crash certain: Python installs every handler with SA_ONSTACK
+    (see patrol_compress.signal_stack); the stack check fails before the spawn would.
+    """
+    if target == "openvino":
+        pytest.importorskip("openvino")
+        pytest.importorskip("nncf")
+    before = current_signal_stack()
+    previous = signal.signal(signal.SIGCHLD, _on_child)
+    try:
+        export_partitions(
+            model, SPLIT, tmp_path / "int8", target, "int8", SHAPE, int8=allowing(data, 100.0)
+        )
+        assert current_signal_stack() == before  # whatever the export changed, it gave back
+        done = subprocess.run(
+            [sys.executable, "-c", "print('spawned')"], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert (done.returncode, done.stdout) == (0, "spawned\n")
 
 
 # ------------------------------------------------------------ the adaptive attack on INT8

@@ -95,7 +95,6 @@ def test_latency_benchmark_times_the_runs_own_edges(run: Path, tmp_path: Path) -
     assert "round_to 4" in md and "latency measured while planning" in md
 
 
-@pytest.mark.own_process  # an INT8 export (NNCF); see the Makefile's pytest target
 def test_latency_benchmark_times_int8_beside_fp32(run: Path, tmp_path: Path) -> None:
     """--int8 exports the run as users do (parity enforced) and prints INT8 / fp32 per runtime."""
     script = _latency_script()

@@ -12,11 +12,17 @@ warm-up; the result is bench's p50. The folder is always removed.
 Why measured: at these sizes (sub-millisecond edges, tens of layers) per-layer
 overhead and kernel choice decide latency as much as MACs do, and a split-4
 edge has twice the layers of a split-2 one.
+
+The structures that plan removals take the timer as a parameter
+(:data:`EdgeTimer`, default :func:`measure_model_ms`), so the search above a
+latency limit can be run on latencies that are a known function of the
+candidate, where a real measurement would make the chosen plan vary with noise.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +33,10 @@ from patrol_compress.pruning.budget import LatencyLimit
 
 RUNTIMES = ("onnxruntime", "openvino")
 WARMUP_FRACTION = 0.25
+
+EdgeTimer = Callable[[BlockNet, int, tuple[int, ...], LatencyLimit], float]
+"""(model, split, one input's shape, limit) -> the edge's median latency in ms at
+the limit's runtime, threads and batch; :func:`measure_model_ms` is the real one."""
 
 
 def measure_model_ms(

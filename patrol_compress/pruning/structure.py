@@ -36,7 +36,7 @@ from patrol_compress.pruning.budget import (
     plan_at,
     plan_for_budget,
 )
-from patrol_compress.pruning.latency import measure_model_ms
+from patrol_compress.pruning.latency import EdgeTimer, measure_model_ms
 from patrol_compress.pruning.masks import (
     ChannelMask,
     MaskedNorm,
@@ -105,9 +105,11 @@ class ChannelStructure:
         example: torch.Tensor,
         round_to: int = 1,
         per_cost: bool = False,
+        timer: EdgeTimer = measure_model_ms,
     ) -> None:
         self.model, self.split, self.round_to = model, split, round_to
         self.per_cost = per_cost
+        self.timer = timer
         self.example = example
         insert_channel_masks(model, split, init)
         self.mg = build_mask_groups(model, example)
@@ -129,7 +131,7 @@ class ChannelStructure:
             fold_masks(twin)
             return twin
 
-        return lambda plan: measure_model_ms(build(plan), self.split, shape, limit)
+        return lambda plan: self.timer(build(plan), self.split, shape, limit)
 
     def check(self, budget: EdgeBudget) -> Cost:
         return check_feasible(
@@ -195,9 +197,7 @@ class ChannelStructure:
         diff = check_equivalence(reference, self.model, example)
         params, macs = _edge_cost(self.model, self.split, example)
         if budget is not None and budget.latency is not None and latency is None:
-            latency = measure_model_ms(
-                self.model, self.split, tuple(example.shape[1:]), budget.latency
-            )
+            latency = self.timer(self.model, self.split, tuple(example.shape[1:]), budget.latency)
         return Removal(
             kind, removed, [], diff, params, macs, latency, _latency_record(budget), self.round_to
         )
@@ -207,10 +207,17 @@ class BlockStructure:
     """One scalar mask per residual branch; removal drops whole branches (Table III)."""
 
     def __init__(
-        self, model: BlockNet, split: int, init: float, example: torch.Tensor, round_to: int = 1
+        self,
+        model: BlockNet,
+        split: int,
+        init: float,
+        example: torch.Tensor,
+        round_to: int = 1,
+        timer: EdgeTimer = measure_model_ms,
     ) -> None:
         self.model, self.split = model, split
         self.example = example
+        self.timer = timer
         self.blocks = insert_block_masks(model, split, init)
         self.spatial = layer_spatial(edge_modules(model, split), example)
 
@@ -246,7 +253,7 @@ class BlockStructure:
             remove_residual_branches(twin, dead)
             return twin
 
-        return measure_model_ms(build(), self.split, tuple(self.example.shape[1:]), limit)
+        return self.timer(build(), self.split, tuple(self.example.shape[1:]), limit)
 
     def _fits(self, dead: list[str], budget: EdgeBudget) -> bool:
         if self._cost_without(dead).violations(budget):
@@ -298,9 +305,7 @@ class BlockStructure:
         params, macs = _edge_cost(self.model, self.split, example)
         latency = None
         if budget is not None and budget.latency is not None:
-            latency = measure_model_ms(
-                self.model, self.split, tuple(example.shape[1:]), budget.latency
-            )
+            latency = self.timer(self.model, self.split, tuple(example.shape[1:]), budget.latency)
         return Removal(kind, len(dead), dead, diff, params, macs, latency, _latency_record(budget))
 
 
@@ -312,8 +317,14 @@ def make_structure(
     example: torch.Tensor,
     round_to: int = 1,
     rank: str = "mask",
+    timer: EdgeTimer = measure_model_ms,
 ) -> ChannelStructure | BlockStructure:
-    """The structure for ``granularity``; ``round_to`` and ``rank`` apply to channel groups only."""
+    """The structure for ``granularity``; ``round_to`` and ``rank`` apply to channel groups only.
+
+    ``timer`` times candidate edges for a latency limit (the real export + bench by default).
+    """
     if granularity == "block":
-        return BlockStructure(model, split, init, example)
-    return ChannelStructure(model, split, init, example, round_to, rank == "mask_per_cost")
+        return BlockStructure(model, split, init, example, timer=timer)
+    return ChannelStructure(
+        model, split, init, example, round_to, rank == "mask_per_cost", timer=timer
+    )
