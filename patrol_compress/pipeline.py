@@ -66,6 +66,7 @@ from patrol_compress.run import (
 from patrol_compress.rundir import RunDir, open_run
 from patrol_compress.train.checkpoint import drop_checkpoints
 from patrol_compress.train.evaluate import evaluate, headline
+from patrol_compress.train.faults import fault_from_env
 from patrol_compress.train.target import check_batches, train_target
 
 console = Console()
@@ -106,15 +107,17 @@ def _open_with_data(
 ) -> tuple[RunDir, DataBundle]:
     """Load the data, run ``preflight`` on it, then open the run directory.
 
-    The order matters: a missing dataset, an impossible budget or a wrong
-    checkpoint must fail before ``--force`` empties an old run or a new output
-    folder is created. The "data" stage then writes the sample grid. The
-    returned run holds the folder's lock: the caller releases it when the job ends.
+    The order matters: a malformed ``PATROL_FAULT``, a missing dataset, an
+    impossible budget or a wrong checkpoint must fail before ``--force``
+    empties an old run or a new output folder is created. The "data" stage
+    then writes the sample grid. The returned run holds the folder's lock: the
+    caller releases it when the job ends.
 
     Distributed: rank 0 loads first (it may generate and cache the data), the
     others read the cache after it.
     """
     ctx = distributed.current()
+    fault_from_env()  # a malformed PATROL_FAULT must fail before --force clears anything
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
     data = ctx.run_on_main(lambda: build_data(recipe.data))
@@ -423,7 +426,7 @@ def _recover(
             update={"epochs": cfg.recovery_epochs, "lr": lr, "warmup_epochs": 0}
         )
         torch.manual_seed(recipe.seed + 3)
-        train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet)
+        train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet, stage="recover")
         return
     torch.manual_seed(recipe.seed + 4)  # seeded with or without a surrogate, as in PATROL
     surrogate = make_surrogate(pruned, recipe, data)

@@ -183,8 +183,13 @@ def train_target(
     seed: int,
     resume: bool = False,
     quiet: bool = False,
+    stage: str = "train",
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place; checkpoints go to ``folder``."""
+    """Train ``model`` in place; checkpoints go to ``folder``.
+
+    ``stage`` names the stage in progress lines and for ``PATROL_FAULT``
+    (``recover`` when the plain recovery fine-tune runs through here).
+    """
     ctx = distributed.current()
     dev = device()
     model.to(dev)
@@ -232,7 +237,7 @@ def train_target(
 
     with ctx.sync_batchnorm(model):
         return run_stage(
-            "train",
+            stage,
             folder,
             cfg.epochs,
             steps,

