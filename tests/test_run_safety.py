@@ -25,7 +25,7 @@ from typer.testing import CliRunner, Result
 from patrol_compress.cli.app import app
 from patrol_compress.recipe import parse_recipe
 
-from .helpers import tiny_recipe_dict
+from .helpers import tiny_recipe_dict, write_recipe
 
 runner = CliRunner()
 NOTES = b"my own notes\n"
@@ -133,3 +133,57 @@ def test_recover_fault_fires_in_the_plain_recovery(
         prune(recipe, quiet=True)
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "remove" in stages and "recover" not in stages
+
+
+# --------------------------------------------------------------------------- item 2: YAML bytes
+
+
+def _aliased_string(copies: int, size: int = 100_000) -> str:
+    """``copies`` aliases of one ``size``-byte string in model.factory_kwargs (~``size`` B file)."""
+    lines = ["name: big", "model:", "  arch: custom", '  factory: "pkg.nets:build"']
+    lines += ["  factory_kwargs:", f"    k0: &s {'x' * size}"]
+    lines += [f"    k{i}: *s" for i in range(1, copies)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("command", ["validate", "prune"])
+def test_aliases_of_a_large_string_are_bounded_in_bytes(tmp_path: Path, command: str) -> None:
+    """300 aliases of 100 KB: a 100 KB file that stands for 30 MB; refused before validation."""
+    path = tmp_path / "big.yaml"
+    path.write_text(_aliased_string(300))
+    assert path.stat().st_size < 110_000
+    out = tmp_path / "out"
+    args = ("validate", path) if command == "validate" else ("prune", path, "--out", out)
+    result = cli(*args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output[:300]
+    assert str(path) in lines[0] and "expands to more than 1,048,576 bytes" in lines[0]
+    assert not out.exists()
+
+
+def test_a_few_aliases_of_a_short_value_still_load(tmp_path: Path) -> None:
+    from patrol_compress.yamlio import load_yaml_text
+
+    data = load_yaml_text(_aliased_string(5, 1000), "ok.yaml")
+    assert isinstance(data, dict) and len(data["model"]["factory_kwargs"]) == 5
+
+
+@pytest.mark.parametrize("field", ["factory_kwargs", "factory"])
+def test_factory_fields_need_arch_custom(tmp_path: Path, cache: Path, field: str) -> None:
+    data = recipe_dict(tmp_path, cache)
+    data["model"][field] = {"depth": 3} if field == "factory_kwargs" else "pkg.nets:build"
+    out = tmp_path / "out"
+    line = error_line(cli("prune", write_recipe(tmp_path, data), "--out", out, "--quiet"))
+    assert f"model.{field} is only for arch 'custom'; arch is 'resnet18'" in line
+    assert not out.exists()
+
+
+def test_factory_kwargs_from_a_dict_must_be_json_values(tmp_path: Path, cache: Path) -> None:
+    """A dict recipe could carry any Python object, which no recipe file can write back."""
+    from patrol_compress import api
+    from patrol_compress.errors import RecipeError
+
+    data = recipe_dict(tmp_path, cache)
+    data["model"] = {"arch": "custom", "factory": "pkg.nets:build", "factory_kwargs": {"a": {1, 2}}}
+    with pytest.raises(RecipeError, match=r"model\.factory_kwargs\.a"):
+        api.as_recipe(data)
