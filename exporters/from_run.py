@@ -111,6 +111,7 @@ def export_run(
     opset: int | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     allow_parity_fail: bool = False,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Export the model saved in ``run_dir``; returns the manifest (with ``out_dir`` added).
 
@@ -119,12 +120,14 @@ def export_run(
     ``precision="int8"`` calibrates on ``calibration_images`` of the recipe's
     training images and must keep task accuracy within 1 point of FP32 on its
     test set, else nothing is written (unless ``allow_parity_fail``).
+    ``trust_model_code`` allows importing a custom ``model.factory`` the run
+    names (:func:`patrol_compress.run.load_run_model`).
     """
     from patrol_compress.run import load_run_model
 
     check_target(target, precision)  # before loading the model: fail fast
     run_dir = Path(run_dir)
-    model, info = load_run_model(run_dir)
+    model, info = load_run_model(run_dir, trust_model_code=trust_model_code)
     settings = recipe_export_settings(run_dir)
     k = resolve_split(split if split is not None else settings.split, info)
     stages = len(model.stage_names)

@@ -19,7 +19,7 @@ function so that ``import patrol_compress`` stays cheap and torch-free.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,11 +113,18 @@ def run_folder(recipe: RecipeLike, out: Path | str | None = None) -> Path:
     return as_recipe(recipe).run_dir(_path(out))
 
 
-def load_model(run_dir: Path | str) -> BlockNet:
+def load_model(
+    run_dir: Path | str,
+    trust_model_code: bool = False,
+    factory: str | Callable[..., Any] | None = None,
+) -> BlockNet:
     """The network a finished ``prune`` or ``train`` saved in ``run_dir`` (eval mode, CPU).
 
     The weights are checked against their recorded sha256 and loaded without
-    unpickling anything.
+    unpickling anything. A custom architecture (``model.arch: custom``) is
+    built by code, which a run folder only names: pass ``factory`` (its
+    ``'pkg.module:function'``, which must be the one the run records, or the
+    function itself) or ``trust_model_code=True`` to import the one it records.
 
     Example::
 
@@ -127,13 +134,19 @@ def load_model(run_dir: Path | str) -> BlockNet:
     """
     from patrol_compress.run import load_run_model
 
-    return load_run_model(Path(run_dir))[0]
+    return load_run_model(Path(run_dir), factory, trust_model_code)[0]
 
 
-def partitions(run_dir: Path | str, split: int | None = None) -> tuple[BlockNet, BlockNet]:
+def partitions(
+    run_dir: Path | str,
+    split: int | None = None,
+    trust_model_code: bool = False,
+    factory: str | Callable[..., Any] | None = None,
+) -> tuple[BlockNet, BlockNet]:
     """The edge and cloud partitions of a run's model (``cloud(edge(x)) == model(x)``).
 
-    ``split`` defaults to the split the run saved (its recipe's ``patrol.split``).
+    ``split`` defaults to the split the run saved (its recipe's ``patrol.split``);
+    ``trust_model_code`` and ``factory`` as in :func:`load_model`.
 
     Example::
 
@@ -144,7 +157,7 @@ def partitions(run_dir: Path | str, split: int | None = None) -> tuple[BlockNet,
     from patrol_compress.models.split import split as split_model
     from patrol_compress.run import load_run_model
 
-    model, meta = load_run_model(Path(run_dir))
+    model, meta = load_run_model(Path(run_dir), factory, trust_model_code)
     k = split if split is not None else meta.get("split")
     if not isinstance(k, int):
         from patrol_compress.errors import ModelError
@@ -162,12 +175,14 @@ def export(
     force: bool = False,
     calibration_images: int = 300,
     allow_parity_fail: bool = False,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Export the run's model as edge/cloud partitions (parity-checked); returns the manifest.
 
     ``precision="int8"`` calibrates on ``calibration_images`` training images and
     must keep rank-1 / top-1 within 1 point of fp32 (else ExportError, unless
     ``allow_parity_fail``); the manifest's ``quantization`` records both.
+    ``trust_model_code`` as in :func:`load_model`.
 
     Example::
 
@@ -184,6 +199,7 @@ def export(
         force,
         calibration_images=calibration_images,
         allow_parity_fail=allow_parity_fail,
+        trust_model_code=trust_model_code,
     )
 
 
@@ -240,11 +256,13 @@ def attack(
     label: str | None = None,
     force: bool = False,
     artifact: Path | str | None = None,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Model inversion attacks on the run's edge; writes attack.json and attack_grid.png.
 
     ``artifact``: the export folder the adaptive attack queries (e.g. an INT8
     export; default: the recipe's ``adaptive.artifact``, else the fp32 ONNX export).
+    ``trust_model_code`` as in :func:`load_model`.
 
     An existing ``attack.json`` in the output folder is refused unless ``force``,
     before the (minutes-long) attack starts, and the run folder is locked meanwhile.
@@ -264,12 +282,21 @@ def attack(
         attack_output_free(out_dir, force)  # again, now that no other job can write it
         names = list(attacks) if attacks else list(DEFAULT_ATTACKS)
         return run_attacks(
-            Path(run_dir), names, split, _path(config), _path(out), label, artifact=_path(artifact)
+            Path(run_dir),
+            names,
+            split,
+            _path(config),
+            _path(out),
+            label,
+            artifact=_path(artifact),
+            trust_model_code=trust_model_code,
         )
 
 
 def defend(run_dir: Path | str, out: Path | str | None = None, **kwargs: Any) -> dict[str, Any]:
     """The baseline defenses' sweeps (see :func:`patrol_compress.defenses.defend`), run locked.
+
+    ``trust_model_code=True`` (a keyword) as in :func:`load_model`.
 
     Returns what ``defenses.json`` holds.
 

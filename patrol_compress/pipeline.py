@@ -181,7 +181,7 @@ def _load_or_train_target(
 ) -> BlockNet:
     target_dir = run / TARGET_DIR
     if run.done("target"):
-        model, _ = load_run_model(target_dir)
+        model, _ = load_run_model(target_dir, recipe.model.factory)
         return model
     start = time.perf_counter()
     if recipe.train.checkpoint is not None:
@@ -375,7 +375,7 @@ def _patrol_stages(
 
             ctx.run_on_main(remove)
     # Every rank continues from rank 0's pruned network.
-    pruned, pinfo = load_run_model(run / PRUNED_DIR)
+    pruned, pinfo = load_run_model(run / PRUNED_DIR, recipe.model.factory)
     metrics["removal"] = pinfo["removal"]
 
     if not run.done("recover"):
@@ -394,7 +394,7 @@ def _patrol_stages(
                     },
                 )
             )
-    final, _ = load_run_model(run.path)
+    final, _ = load_run_model(run.path, recipe.model.factory)
     if not run.done("evaluate"):
         with run.stage("evaluate"):
             ctx.run_on_main(

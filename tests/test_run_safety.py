@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner, Result
 
 from patrol_compress.cli.app import app
-from patrol_compress.recipe import parse_recipe
+from patrol_compress.recipe import dump_recipe, parse_recipe
 
 from .helpers import tiny_recipe_dict, write_recipe
 
@@ -48,11 +48,12 @@ def error_line(result: Result) -> str:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``root`` (links not followed)."""
+    """Relative path -> sha256 of every file under ``root`` (links not followed; the lock
+    file, which holds nothing, left out)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink()
+        if p.is_file() and not p.is_symlink() and p.name != ".patrol-compress.lock"
     }
 
 
@@ -187,3 +188,122 @@ def test_factory_kwargs_from_a_dict_must_be_json_values(tmp_path: Path, cache: P
     data["model"] = {"arch": "custom", "factory": "pkg.nets:build", "factory_kwargs": {"a": {1, 2}}}
     with pytest.raises(RecipeError, match=r"model\.factory_kwargs\.a"):
         api.as_recipe(data)
+
+
+# --------------------------------------------------------------------------- item 1: no code
+
+
+EVIL = """
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+
+def build(**kwargs):
+    Path({marker!r}).write_text("called")
+"""
+
+
+@pytest.fixture
+def custom_run(tmp_path: Path) -> Path:
+    """A saved custom-architecture model (the MobileNet-style test CNN), split 2."""
+    from patrol_compress.run import save_run_model
+
+    from .helpers import tiny_mobilenet_net
+
+    model = tiny_mobilenet_net()
+    info = {
+        "model": {
+            "arch": "custom",
+            "factory": "patrol_compress.testing.tiny:tiny_mobilenet",
+            "blocks": {
+                "stem": ["stem_conv", "stem_bn", "stem_act"],
+                "stages": [["s1"], ["s2"], ["s3"]],
+            },
+        },
+        "num_classes": 6,
+        "in_channels": 3,
+        "task": "reid",
+        "image_size": 32,
+        "split": 2,
+    }
+    save_run_model(tmp_path / "custom", model, info)
+    recipe = tiny_recipe_dict(tmp_path, split=2, budget=None, lipschitz={"enabled": False})
+    recipe["model"] = info["model"]
+    (tmp_path / "custom" / "recipe.resolved.yaml").write_text(dump_recipe(parse_recipe(recipe)))
+    return tmp_path / "custom"
+
+
+def _name_factory(run: Path, spec: str) -> None:
+    meta = json.loads((run / "model.json").read_text())
+    meta["model"]["factory"] = spec
+    (run / "model.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def evil_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A module on sys.path whose import (or call) writes a marker file: code that ran."""
+    import sys
+
+    marker = tmp_path / "marker"
+    name = "evil_nets_issue25"
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / f"{name}.py").write_text(EVIL.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return f"{name}:build", marker
+
+
+@pytest.mark.parametrize("command", ["export", "attack", "defend"])
+def test_a_run_folder_naming_a_factory_runs_no_code(
+    custom_run: Path, evil_module: tuple[str, Path], command: str
+) -> None:
+    spec, marker = evil_module
+    _name_factory(custom_run, spec)
+    before = snapshot(custom_run)
+    extra = ("--target", "onnx") if command == "export" else ()
+    line = error_line(cli(command, custom_run, *extra))
+    assert f"{custom_run / 'model.json'}: the saved model is built by code" in line
+    assert "--trust-model-code" in line and spec in line
+    assert not marker.exists()
+    assert snapshot(custom_run) == before
+
+
+def test_load_model_runs_no_code_unless_allowed(
+    custom_run: Path, evil_module: tuple[str, Path]
+) -> None:
+    from patrol_compress import api
+    from patrol_compress.errors import ModelError
+
+    spec, marker = evil_module
+    _name_factory(custom_run, spec)
+    with pytest.raises(ModelError, match="trust_model_code=True"):
+        api.load_model(custom_run)
+    with pytest.raises(ModelError, match="not the factory this job uses"):
+        api.load_model(custom_run, factory="patrol_compress.testing.tiny:tiny_mobilenet")
+    with pytest.raises(ModelError):
+        api.partitions(custom_run)
+    assert not marker.exists()
+    with pytest.raises(ModelError, match="returned NoneType"):  # allowed: now it runs
+        api.load_model(custom_run, trust_model_code=True)
+    assert marker.read_text() == "called"
+
+
+@pytest.mark.parametrize(
+    "spec", ["torch.hub:load", "os:system", "subprocess:run", "builtins:exec", "mods._x:f"]
+)
+def test_code_running_modules_are_refused_even_when_trusted(custom_run: Path, spec: str) -> None:
+    _name_factory(custom_run, spec)
+    line = error_line(cli("export", custom_run, "--target", "onnx", "--trust-model-code"))
+    assert line.startswith(f"error: {custom_run / 'model.json'}: model.factory")
+    assert "refused" in line or "public names" in line
+    assert not (custom_run / "export").exists()
+
+
+def test_a_trusted_or_matching_factory_still_loads(custom_run: Path) -> None:
+    from patrol_compress import api
+    from patrol_compress.testing.tiny import tiny_mobilenet
+
+    assert api.load_model(custom_run, factory="patrol_compress.testing.tiny:tiny_mobilenet")
+    assert api.load_model(custom_run, factory=tiny_mobilenet)
+    result = cli("export", custom_run, "--target", "onnx", "--trust-model-code")
+    assert result.exit_code == 0, result.output
+    assert (custom_run / "export" / "onnx-split2-fp32" / "manifest.json").is_file()

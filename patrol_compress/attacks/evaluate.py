@@ -228,6 +228,7 @@ def attack(
     label: str | None = None,
     quiet: bool = False,
     artifact: Path | str | None = None,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Run ``attacks`` on the run's edge; write ``attack.json`` and ``attack_grid.png``.
 
@@ -236,7 +237,9 @@ def attack(
     folder). ``label`` names the point in reports (default: series and split,
     plus the precision of a non-fp32 ``artifact``). ``artifact`` is the export
     folder the adaptive attack queries (overrides ``adaptive.artifact``), e.g.
-    an INT8 export, to measure what its uint8 uplink leaks.
+    an INT8 export, to measure what its uint8 uplink leaks. ``trust_model_code``
+    allows importing a custom ``model.factory`` the run names
+    (:func:`patrol_compress.run.load_run_model`).
     Returns what ``attack.json`` holds.
     """
     from patrol_compress.run import load_run_model
@@ -244,7 +247,7 @@ def attack(
     names = _names(attacks)
     precision = _artifact_precision(artifact, names)
     run = Path(run_dir)
-    model, meta = load_run_model(run)
+    model, meta = load_run_model(run, trust_model_code=trust_model_code)
     recipe = find_recipe(run)
     cfg = _config(config, recipe)
     if artifact is not None:

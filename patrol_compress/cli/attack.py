@@ -37,6 +37,13 @@ ARTIFACT = typer.Option(
     "(default: the config's adaptive.artifact, else RUN/export/onnx-split<K>-fp32).",
 )
 
+TRUST = typer.Option(
+    False,
+    "--trust-model-code",
+    help="Import and call the model.factory the run's model.json names (a custom "
+    "architecture); without it a run folder never runs code. Only for runs you trust.",
+)
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -50,6 +57,7 @@ def register(app: typer.Typer) -> None:
         label: str | None = LABEL,
         force: bool = FORCE,
         artifact: Path | None = ARTIFACT,
+        trust_model_code: bool = TRUST,
         threads: int | None = threads_option(),
     ) -> None:
         """Reconstruct images from the edge's features; report PSNR, SSIM and attack accuracy."""
@@ -58,7 +66,17 @@ def register(app: typer.Typer) -> None:
         from patrol_compress.api import attack as run_attacks
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]
-        report = run_attacks(run, names, split, config, out, label, force=force, artifact=artifact)
+        report = run_attacks(
+            run,
+            names,
+            split,
+            config,
+            out,
+            label,
+            force=force,
+            artifact=artifact,
+            trust_model_code=trust_model_code,
+        )
         _print(report, out if out is not None else run)
 
 

@@ -38,6 +38,13 @@ NO_BASELINE = typer.Option(
     False, "--no-undefended", help="Skip the undefended point at the same split."
 )
 
+TRUST = typer.Option(
+    False,
+    "--trust-model-code",
+    help="Import and call the model.factory the run's model.json names (a custom "
+    "architecture); without it a run folder never runs code. Only for runs you trust.",
+)
+
 
 def _floats(text: str | None) -> list[float] | None:
     if not text:
@@ -61,6 +68,7 @@ def register(app: typer.Typer) -> None:
         force: bool = FORCE,
         no_undefended: bool = NO_BASELINE,
         config: Path | None = CONFIG,
+        trust_model_code: bool = TRUST,
         threads: int | None = threads_option(),
     ) -> None:
         """Evaluate noise/dropout/skip/APP strength sweeps: accuracy and attack PSNR/SSIM."""
@@ -82,6 +90,7 @@ def register(app: typer.Typer) -> None:
             force=force,
             include_undefended=not no_undefended,
             config=settings,
+            trust_model_code=trust_model_code,
             log=lambda line: console.print(line, highlight=False, markup=False),
         )
         folder = out if out is not None else run / "defenses"

@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, JsonValue, model_validator
 
 from patrol_compress.config.base import StrictModel, read_yaml, short, validate
+from patrol_compress.config.factory import check_factory_spec
 from patrol_compress.config.privacy import AttackConfig, DefensesConfig
 from patrol_compress.errors import RecipeError
 
@@ -108,10 +109,8 @@ class ModelConfig(StrictModel):
             raise ValueError(f"{given} is only for arch 'custom'; arch is '{self.arch}'")
         if self.arch == "custom" and not self.factory:
             raise ValueError("model.factory ('pkg.module:function') is required for arch 'custom'")
-        if self.factory and ":" not in self.factory:
-            raise ValueError(
-                f"model.factory must look like 'pkg.module:function', found {self.factory!r}"
-            )
+        if self.factory:
+            check_factory_spec(self.factory)  # before anything could import it
         return self
 
 
