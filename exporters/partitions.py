@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from patrol_compress.errors import ExportError, OutputExistsError
-from patrol_compress.io import record_written, write_json
+from patrol_compress.io import record_written, temp_name_prefix, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
 
@@ -184,7 +184,11 @@ def export_partitions(
 
     created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    work = Path(
+        tempfile.mkdtemp(
+            prefix=temp_name_prefix(out_dir.name), suffix=".partial", dir=out_dir.parent
+        )
+    )
     work.chmod(0o755)  # mkdtemp makes it private; it becomes the artifact folder when renamed
     try:
         job = ExportJob(

@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +37,38 @@ _VERSIONED = (
 )
 
 
+TEMP_PREFIX = ".patrol-compress-tmp."
+"""Every temporary file or work folder we create starts with this: a killed process's
+leftovers are found by it, and no user's file (``.notes.12345678.tmp``) looks like one."""
+_LEFTOVER = re.compile(r"^\.patrol-compress-tmp\..*\.[A-Za-z0-9_]{8}\.(tmp|partial)$")
+
+
+def temp_name_prefix(name: str) -> str:
+    """The ``prefix`` for mkstemp/mkdtemp of a temporary stand-in for ``name``.
+
+    The name is shortened so that prefix, name, random part and suffix stay
+    within a file name's 255 bytes.
+    """
+    return f"{TEMP_PREFIX}{name[:120]}."
+
+
+def is_leftover(path: Path) -> bool:
+    """Whether ``path`` is one of our temporary files (``.tmp``) or work folders (``.partial``)."""
+    match = _LEFTOVER.match(path.name)
+    if match is None:
+        return False
+    kind = match.group(1)
+    return path.is_symlink() or (path.is_dir() if kind == "partial" else path.is_file())
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=temp_name_prefix(target.name), suffix=".tmp", dir=target.parent
+    )
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     tmp_path = Path(tmp)

@@ -21,7 +21,6 @@ with rank 0's error if there is one.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -50,6 +49,8 @@ from patrol_compress.contracts import (
 from patrol_compress.errors import ArtifactError, OutputExistsError, RecipeError
 from patrol_compress.io import (
     LEDGER,
+    TEMP_PREFIX,
+    is_leftover,
     package_versions,
     read_json,
     read_ledger,
@@ -167,20 +168,18 @@ def remove_written(folder: Path) -> None:
         folder.rmdir()
 
 
-# Our leftovers from a killed process: atomic_path's temporary files
-# (".NAME.<8 random>.tmp") and an export's work folder (".NAME.<8 random>.partial").
-_LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|partial)$")
-
-
 def remove_leftovers(root: Path) -> set[Path]:
     """Delete our temporary leftovers below ``root`` (a killed process's ``.tmp`` files and
     export ``.partial`` folders); returns the folders they were in.
 
+    Ours are named with :data:`~patrol_compress.io.TEMP_PREFIX`
+    (``.patrol-compress-tmp.NAME.<8 random>.tmp|partial``): a user's
+    ``.notes.12345678.tmp`` or ``.backup.keep.partial/`` is not ours and stays.
     Only safe while the run's lock is held: no live job of ours is writing them.
     """
     parents: set[Path] = set()
-    for leftover in sorted(root.rglob(".*"), key=lambda q: len(q.parts), reverse=True):
-        if _LEFTOVER.match(leftover.name):
+    for leftover in sorted(root.rglob(f"{TEMP_PREFIX}*"), key=lambda q: len(q.parts), reverse=True):
+        if is_leftover(leftover):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
             else:

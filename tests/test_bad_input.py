@@ -715,7 +715,7 @@ def test_force_removes_only_the_files_we_recorded(
     for path in mine:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(NOTES)
-    stale = run / "target" / ".model.json.abcd1234.tmp"  # a killed writer's leftover
+    stale = run / "target" / ".patrol-compress-tmp.model.json.abcd1234.tmp"  # a killed writer's
     stale.write_bytes(b"half")
     recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
     result = cli("prune", recipe, "--out", run, "--force", "--quiet")
