@@ -307,3 +307,53 @@ def test_a_trusted_or_matching_factory_still_loads(custom_run: Path) -> None:
     result = cli("export", custom_run, "--target", "onnx", "--trust-model-code")
     assert result.exit_code == 0, result.output
     assert (custom_run / "export" / "onnx-split2-fp32" / "manifest.json").is_file()
+
+
+# --------------------------------------------------------------------------- item 4: symlinks
+
+
+def test_force_never_deletes_through_a_symlinked_folder(tmp_path: Path, run_dir: Path) -> None:
+    """A ledger entry ``link/victim.txt`` with ``link -> outside/`` is not the run's file."""
+    from patrol_compress.rundir import clear_run
+
+    run = copy_run(run_dir, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_bytes(NOTES)
+    (run / "link").symlink_to(outside)
+    with open(run / ".patrol-compress.written", "a") as ledger:
+        ledger.write("link/victim.txt\nlink/../outside/victim.txt\n.patrol-compress.lock\n")
+    clear_run(run)
+    assert victim.read_bytes() == NOTES
+    assert (run / "link").is_symlink()
+    assert not (run / "model.safetensors").exists()  # the run's own files did go
+
+
+def test_force_with_checkpoints_on_another_disk_finishes(tmp_path: Path, run_dir: Path) -> None:
+    """checkpoints/ linked elsewhere: --force must not die half-way (it did, on the rmdir walk)."""
+    run = copy_run(run_dir, tmp_path)
+    disk = tmp_path / "disk2" / "ckpts"
+    disk.parent.mkdir()
+    shutil.move(run / "checkpoints", disk)
+    (run / "checkpoints").symlink_to(disk)
+    outside = snapshot(disk)
+    assert outside  # the earlier run's checkpoints lie there
+    result = cli("prune", same_recipe(run, tmp_path), "--out", run, "--force", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (run / "checkpoints").is_symlink() and disk.is_dir()
+    assert (run / "metrics.json").is_file()
+
+
+def test_force_of_a_legacy_run_keeps_a_linked_folder(tmp_path: Path, run_dir: Path) -> None:
+    """A run from before the ledger: its linked checkpoints/ stays a link, its target intact."""
+    from patrol_compress.rundir import clear_run
+
+    run = copy_run(run_dir, tmp_path)
+    (run / ".patrol-compress.written").unlink()
+    disk = tmp_path / "disk2"
+    shutil.move(run / "checkpoints", disk)
+    (run / "checkpoints").symlink_to(disk)
+    outside = snapshot(disk)
+    clear_run(run)
+    assert (run / "checkpoints").is_symlink() and snapshot(disk) == outside
