@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from patrol_compress.contracts import EXPORT_DIR, RECIPE_FILE
 from patrol_compress.errors import ExportError, ModelError
-from patrol_compress.locking import folder_lock
+from patrol_compress.locking import enclosing_run, folder_lock
 from patrol_compress.rundir import remove_leftovers
 
 from .int8 import DEFAULT_CALIBRATION_IMAGES, MAX_DROP_POINTS
@@ -149,10 +149,13 @@ def export_run(
         else None
     )
     out_dir = Path(out) if out is not None else default_out(run_dir, target, k, precision)
-    # Writing inside the run (the default): a prune of the same run must not run meanwhile.
-    inside = out_dir.resolve().is_relative_to(run_dir.resolve())
-    with folder_lock(run_dir) if inside else contextlib.nullcontext():
-        if inside and out_dir.parent.is_dir():
+    # Writing inside a run (this one by default, or another through --out): a prune of
+    # that run must not run meanwhile.
+    root = enclosing_run(out_dir)
+    if root is None and out_dir.resolve().is_relative_to(run_dir.resolve()):
+        root = run_dir.resolve()  # a bare saved-model folder: lock it all the same
+    with folder_lock(root) if root is not None else contextlib.nullcontext():
+        if root is not None and out_dir.parent.is_dir():
             remove_leftovers(out_dir.parent)  # a killed export's .partial (we hold the lock)
         manifest = export_partitions(
             model,

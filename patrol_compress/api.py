@@ -20,7 +20,7 @@ function so that ``import patrol_compress`` stays cheap and torch-free.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,16 +216,15 @@ def bench(artifact_dir: Path | str, **kwargs: Any) -> dict[str, Any]:
 
 
 def _locked(folder: Path) -> AbstractContextManager[object]:
-    """The lock of the run ``folder`` belongs to, if that run folder exists yet.
+    """The lock of the run ``folder`` lies in (however deep), or of ``folder`` if it exists.
 
     A job that writes into a run (attack, defend) must not run while a prune of
     it does; a folder that does not exist yet is new and has nothing to mix up
     (and creating it here would leave an empty folder behind a failed job).
     """
-    from patrol_compress.locking import folder_lock, run_root
+    from patrol_compress.locking import output_lock
 
-    root = run_root(folder)
-    return folder_lock(root) if root.is_dir() else nullcontext()
+    return output_lock(folder)
 
 
 def attack_output_free(out_dir: Path | str, force: bool) -> None:

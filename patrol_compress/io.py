@@ -94,11 +94,15 @@ _LEDGER_DEPTH = 6
 
 
 def find_ledger(path: Path) -> Path | None:
-    """The ledger of the run folder ``path`` lies in (the nearest one above it), if any."""
+    """The ledger of the run folder ``path`` lies in (the nearest one above it), if any.
+
+    A ledger that is a symlink is not ours (we create it as a plain file) and is
+    never written through: it is reported by :func:`_append` instead.
+    """
     folder = Path(path).absolute().parent
     for _ in range(_LEDGER_DEPTH):
         candidate = folder / LEDGER
-        if candidate.is_file():
+        if candidate.is_file() or candidate.is_symlink():
             return candidate
         if folder.parent == folder:
             break
@@ -112,13 +116,42 @@ def record_written(path: Path | str) -> None:
     ledger = find_ledger(target)
     if ledger is None or "\n" in str(target):
         return
-    with open(ledger, "a", encoding="utf-8") as fh:
-        fh.write(f"{target.relative_to(ledger.parent).as_posix()}\n")
+    _append(ledger, f"{target.relative_to(ledger.parent).as_posix()}\n")
+
+
+def _append(ledger: Path, text: str) -> None:
+    """Append to (or create) ``ledger`` without following a symlink in its place.
+
+    A run folder received from someone else could hold a link there to a file
+    of the user's (``~/.bashrc``): appending through it would write outside the run.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(ledger, flags, 0o644)
+    except OSError as exc:
+        if ledger.is_symlink():
+            raise ArtifactError(
+                f"{ledger}: is a symbolic link; the record of written files must be a plain "
+                "file (a run folder must not point us at files elsewhere): remove the link"
+            ) from None
+        raise ArtifactError(f"{ledger}: cannot write it ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def start_ledger(folder: Path) -> None:
+    """Create ``folder``'s ledger if it is missing (never through a symlink)."""
+    _append(Path(folder) / LEDGER, "")
 
 
 def read_ledger(root: Path) -> list[str] | None:
     """The relative paths the ledger of ``root`` records (first-written first), or None."""
     ledger = root / LEDGER
+    if ledger.is_symlink():
+        raise ArtifactError(
+            f"{ledger}: is a symbolic link; the record of written files must be a plain file "
+            "(a run folder must not point us at files elsewhere): remove the link"
+        )
     if not ledger.is_file():
         return None
     try:

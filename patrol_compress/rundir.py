@@ -54,6 +54,7 @@ from patrol_compress.io import (
     package_versions,
     read_json,
     read_ledger,
+    start_ledger,
     write_json,
     write_text,
 )
@@ -309,7 +310,7 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLoc
             clear_run(path)
         elif resume and path.is_dir():
             remove_leftovers(path)  # a killed run's .tmp/.partial: nobody else writes here now
-        (path / LEDGER).touch()  # from here on, every file we write here is recorded
+        start_ledger(path)  # from here on, every file we write here is recorded
         write_text(path / RECIPE_FILE, text)
         write_json(path / VERSIONS_FILE, package_versions())
     except BaseException:

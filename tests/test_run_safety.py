@@ -357,3 +357,46 @@ def test_force_of_a_legacy_run_keeps_a_linked_folder(tmp_path: Path, run_dir: Pa
     outside = snapshot(disk)
     clear_run(run)
     assert (run / "checkpoints").is_symlink() and snapshot(disk) == outside
+
+
+# --------------------------------------------------------------------------- item 7: locks
+
+
+@pytest.mark.parametrize("case", ["export-run-target", "export-out-into-run", "attack-out-deep"])
+def test_writers_into_a_run_take_its_lock(tmp_path: Path, run_dir: Path, case: str) -> None:
+    """While a prune holds RUN, nothing else may write below it, however the path is given."""
+    from patrol_compress.locking import folder_lock
+
+    run = copy_run(run_dir, tmp_path)
+    other = Path(shutil.copytree(run_dir / "target", tmp_path / "other"))
+    if case == "export-run-target":
+        args: tuple[object, ...] = ("export", run / "target", "--target", "onnx", "--split", "2")
+    elif case == "export-out-into-run":
+        args = ("export", other, "--target", "onnx", "--split", "2", "--out", run / "x" / "y")
+    else:
+        args = ("attack", run, "--attack", "blackbox", "--out", run / "a" / "b" / "c")
+    before = snapshot(run)
+    with folder_lock(run):
+        line = error_line(cli(*args))
+    assert line == (
+        f"error: {run.resolve()}: another patrol-compress process is working in this run "
+        "folder; wait for it to finish (or stop it), then retry"
+    )
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("name", [".patrol-compress.lock", ".patrol-compress.written"])
+def test_a_dangling_symlink_in_a_run_writes_nothing_outside(
+    tmp_path: Path, run_dir: Path, name: str
+) -> None:
+    """A lock file or ledger that is a link to elsewhere is refused, never followed."""
+    run = copy_run(run_dir, tmp_path)
+    planted = tmp_path / "elsewhere" / "created.txt"
+    planted.parent.mkdir()
+    (run / name).unlink()
+    (run / name).symlink_to(planted)
+    before = snapshot(run)
+    line = error_line(cli("export", run, "--target", "onnx", "--split", "3"))
+    assert line.startswith(f"error: {run.resolve() / name}: is a symbolic link")
+    assert not planted.exists()
+    assert snapshot(run) == before and not (run / "export" / "onnx-split3-fp32").exists()
