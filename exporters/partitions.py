@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from patrol_compress.errors import ExportError, OutputExistsError
-from patrol_compress.io import record_written, temp_name_prefix, write_json
+from patrol_compress.io import record_written, swap_in, temp_name_prefix, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
 
@@ -116,17 +116,44 @@ def _references(
 
 
 def _install(work: Path, out_dir: Path, names: list[str]) -> None:
-    """Move the checked files into ``out_dir``; the manifest goes last, so it marks completeness."""
+    """Put the checked export at ``out_dir`` in one step.
+
+    A new folder is renamed into place. An existing one (``--force``) is
+    replaced whole: what it holds besides the files this export writes (a
+    user's notes) is hard-linked into ``work`` first, then the two folders
+    are swapped (:func:`~patrol_compress.io.swap_in`), so a kill at any moment
+    leaves either the old export or the new one, each with its manifest; the
+    old one ends up in ``work``, which the caller deletes.
+    """
     if not out_dir.exists():
         os.replace(work, out_dir)
     else:
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        for name in names:
-            if name != MANIFEST:
-                os.replace(work / name, out_dir / name)
-        os.replace(work / MANIFEST, out_dir / MANIFEST)
+        _carry_over(out_dir, work, set(names))
+        swap_in(work, out_dir)
     for name in names:  # inside a run: --force of that run may remove exactly these
         record_written(out_dir / name)
+
+
+def _carry_over(old: Path, new: Path, replaced: set[str]) -> None:
+    """Give ``new`` everything of ``old`` that the export does not replace (hard links, or
+    copies where the file system has none); links are kept as links."""
+    for entry in old.iterdir():
+        if entry.name in replaced:
+            continue
+        dest = new / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), dest)
+        elif entry.is_dir():
+            shutil.copytree(entry, dest, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(dest))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -161,6 +161,59 @@ def read_ledger(root: Path) -> list[str] | None:
     return list(dict.fromkeys(line for line in lines if line.strip()))
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the system or file system cannot (then nothing moved).
+    """
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target`` (an existing folder) in one step; the old
+    ``target`` ends up at ``new`` (for the caller to delete).
+
+    A kill at any moment leaves ``target`` either the old folder or the new one,
+    never a mix. Where the atomic exchange is not available, two renames (the
+    old folder is moved aside to a temporary name, then ``new`` into place) are
+    rolled back if the second fails; only a kill between them leaves
+    ``target`` missing, with the old folder beside it under a
+    :data:`TEMP_PREFIX` name.
+    """
+    if _exchange(new, target):
+        return
+    aside = Path(
+        tempfile.mkdtemp(prefix=temp_name_prefix(target.name), suffix=".partial", dir=target.parent)
+    )
+    aside.rmdir()  # a free name next to target: os.replace cannot move a folder onto a folder
+    os.replace(target, aside)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    os.replace(aside, new)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

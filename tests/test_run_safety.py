@@ -11,6 +11,7 @@ API) and that nothing already written was lost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -400,3 +401,102 @@ def test_a_dangling_symlink_in_a_run_writes_nothing_outside(
     assert line.startswith(f"error: {run.resolve() / name}: is a symbolic link")
     assert not planted.exists()
     assert snapshot(run) == before and not (run / "export" / "onnx-split3-fp32").exists()
+
+
+# --------------------------------------------------------------------------- item 6: --force swaps
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at an exact point (nothing after it runs but ``finally``)."""
+
+
+def _die_at_replace(monkeypatch: pytest.MonkeyPatch, folder: Path, k: int) -> None:
+    """os.replace dies at its ``k``-th call (0-based) that lands in ``folder``."""
+    import os
+
+    real = os.replace
+    calls: list[str] = []
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst).parent.resolve() == folder.resolve():
+            if len(calls) == k:
+                raise _Killed
+            calls.append(str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize(
+    "kill", ["replace-0", "replace-1", "replace-2", "before-swap", "after-swap"]
+)
+def test_killed_export_force_leaves_a_whole_export(
+    tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch, kill: str
+) -> None:
+    """export --force killed anywhere: the old export or the new one, each with its manifest."""
+    from patrol_compress.contracts import verify_manifest
+    from patrol_compress.exporters import export_run, partitions
+
+    run = copy_run(run_dir, tmp_path)
+    out = run / "export" / "onnx-split2-fp32"
+    (out / "notes.txt").write_bytes(NOTES)
+    old = json.loads((out / "manifest.json").read_text())
+    if kill.startswith("replace"):
+        _die_at_replace(monkeypatch, out, int(kill.split("-")[1]))
+    else:
+        real_swap = partitions.swap_in
+
+        def swap(new: Path, target: Path) -> None:
+            if kill == "before-swap":
+                raise _Killed
+            real_swap(new, target)
+            raise _Killed
+
+        monkeypatch.setattr(partitions, "swap_in", swap)
+    with contextlib.suppress(_Killed):
+        export_run(run, 2, "onnx", force=True, opset=16)  # opset 16: tell new from old
+    manifest = verify_manifest(out)  # complete: every listed file present and intact
+    assert manifest["opset"] in (old["opset"], 16)
+    assert (out / "notes.txt").read_bytes() == NOTES
+
+
+ATTACK_YAML = {
+    "max_eval_images": 2,
+    "grid_images": 2,
+    "whitebox": {"steps": 1, "max_images": 2, "inits": ["gray"]},
+    "recogniser": {"steps": 1, "width": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory: pytest.TempPathFactory, run_dir: Path, one_thread: None) -> Path:
+    """The tiny run attacked once (white-box, one step): attack.json and attack_grid.png."""
+    from patrol_compress.attacks.evaluate import attack
+    from patrol_compress.privacy_config import AttackConfig
+
+    run = Path(shutil.copytree(run_dir, tmp_path_factory.mktemp("attacked") / "run"))
+    attack(run, ["whitebox"], config=AttackConfig.model_validate(ATTACK_YAML))
+    return run
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_killed_attack_force_never_mixes_grid_and_record(
+    tmp_path: Path, attacked: Path, monkeypatch: pytest.MonkeyPatch, k: int
+) -> None:
+    """attack --force killed at each file replacement: attack.json names a grid of its own."""
+    from patrol_compress.attacks.evaluate import attack
+    from patrol_compress.privacy_config import AttackConfig
+
+    run = copy_run(attacked, tmp_path)
+    old_grid = (run / "attack_grid.png").read_bytes()
+    wider = {**ATTACK_YAML, "grid_images": 1}  # another grid, and the record says so
+    _die_at_replace(monkeypatch, run, k)
+    with contextlib.suppress(_Killed):
+        attack(run, ["whitebox"], config=AttackConfig.model_validate(wider))
+    monkeypatch.undo()
+    record = json.loads((run / "attack.json").read_text())
+    grid = (run / record["grid"]["file"]).read_bytes()
+    if record["config"]["grid_images"] == ATTACK_YAML["grid_images"]:
+        assert grid == old_grid  # the old record still shows its own grid
+    else:
+        assert grid != old_grid and record["grid"]["file"] == "attack_grid.png"

@@ -30,7 +30,7 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.data.base import DataBundle, ReidDataset
 from patrol_compress.errors import ArtifactError, ModelError
-from patrol_compress.io import package_versions, write_json
+from patrol_compress.io import package_versions
 from patrol_compress.metrics.image import (
     METHOD_NOTE,
     attack_accuracy,
@@ -44,6 +44,7 @@ from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import check_split
 from patrol_compress.privacy_config import AttackConfig, load_attack_config
 from patrol_compress.recipe import Recipe, load_recipe
+from patrol_compress.record_pair import replace_pair
 
 DEFAULT_ATTACKS = ("blackbox", "whitebox", "adaptive")
 GRID_MIN_PIXELS = 96
@@ -442,8 +443,6 @@ def attack_model(
     for key, guess in floors.items():
         floor_scores[key] = _score(data.eval_images, guess, data.eval_labels, recogniser, region)
     best = strongest(results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = _grid(out_dir / ATTACK_GRID, data.eval_images, recons, cfg.grid_images)
     report = {
         "run": None if run_dir is None else str(run_dir),
         "label": f"split {split}",
@@ -467,11 +466,18 @@ def attack_model(
         "data": data.summary,
         "metric_note": METHOD_NOTE,
         "region_note": None if region is None else region[1],
-        "grid": {"file": ATTACK_GRID, "rows": rows},
+        "grid": {"file": ATTACK_GRID, "rows": ["original", *recons]},
         "model_weights_sha256": meta.get("weights", {}).get("sha256"),
         "config": cfg.model_dump(mode="json"),
         "versions": package_versions(),
     }
     check_record(AttackResult, report, out_dir / ATTACK_FILE)  # what the report will read
-    write_json(out_dir / ATTACK_FILE, report)
+    # attack.json and its grid are replaced as a pair (a kill never mixes old and new).
+    replace_pair(
+        out_dir,
+        ATTACK_FILE,
+        report,
+        "grid",
+        lambda path: _grid(path, data.eval_images, recons, cfg.grid_images),
+    )
     return report
