@@ -26,6 +26,7 @@ from patrol_compress.errors import ExportError, OutputExistsError
 from patrol_compress.io import record_written, swap_in, temp_name_prefix, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
+from patrol_compress.run import state_sha256
 
 from .base import EXPORTERS, PRECISIONS, ExportJob, Precision, Target
 from .int8 import Int8Data, require_data
@@ -42,6 +43,7 @@ _RESERVED = (
     "cloud",
     "versions",
     "quantization",
+    "model_sha256",
 )
 
 
@@ -235,6 +237,7 @@ def export_partitions(
         )
         files = exporter.run(job)
         manifest = build_manifest(job, files, split, target, extra_manifest)
+        manifest["model_sha256"] = state_sha256(model)  # which model this is an export of
         write_json(work / MANIFEST, manifest)
         _install(work, out_dir, [*files, MANIFEST])
     finally:

@@ -171,6 +171,11 @@ class Manifest(Record):
     quantization: Quantization | None = None
     """INT8 only: the split tensor's uint8 code (the cloud and the adaptive attack
     dequantize with it) and the accuracy parity."""
+    model_sha256: str | None = None
+    """sha256 of the exported model's weights and buffers in memory
+    (:func:`patrol_compress.run.state_sha256`): whose export this is."""
+    weights_sha256: str | None = None
+    """``export RUN``: sha256 of the run's ``model.safetensors``."""
 
 
 class Score(Record):

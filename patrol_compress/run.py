@@ -20,6 +20,7 @@ even then (:mod:`patrol_compress.config.factory`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,21 @@ def save_model_file(path: Path, model: nn.Module) -> str:
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
     return sha256_file(path)
+
+
+def state_sha256(model: nn.Module) -> str:
+    """sha256 of ``model``'s weights and buffers (names, dtypes, shapes, bytes), in memory.
+
+    An export records it (``manifest.json``'s ``model_sha256``), so the adaptive
+    attack can tell whether an artifact was exported from the model it attacks,
+    however the artifact was made.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_run_model(run_dir: Path, model: BlockNet, info: dict[str, Any]) -> None:

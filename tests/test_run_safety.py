@@ -500,3 +500,85 @@ def test_killed_attack_force_never_mixes_grid_and_record(
         assert grid == old_grid  # the old record still shows its own grid
     else:
         assert grid != old_grid and record["grid"]["file"] == "attack_grid.png"
+
+
+# --------------------------------------------------------------------------- item 8: --artifact
+
+
+def _relist(folder: Path, name: str) -> None:
+    """Make manifest.json vouch for ``name`` as it is now (a self-consistent artifact)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / name).read_bytes()
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _attack_artifact(tmp_path: Path, run: Path, artifact: Path) -> Result:
+    config = tmp_path / "attack.yaml"
+    tiny = {**ATTACK_YAML, "adaptive": {"epochs": 1, "batch_size": 8, "min_width": 8, "refine": 0}}
+    config.write_text(json.dumps(tiny))
+    return cli(
+        "attack", run, "--attack", "adaptive", "--split", "2", "--artifact", artifact,
+        "--config", config, "--out", tmp_path / "attack",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["zeros", "other-model", "no-hash"])
+def test_attack_artifact_must_be_this_runs_edge(tmp_path: Path, run_dir: Path, case: str) -> None:
+    """A self-consistent artifact of another edge is refused in one line, nothing written."""
+    import onnx
+    from onnx import numpy_helper
+
+    from patrol_compress.exporters import export_partitions
+    from patrol_compress.run import load_run_model
+
+    run = copy_run(run_dir, tmp_path)
+    artifact = Path(shutil.copytree(run / "export" / "onnx-split2-fp32", tmp_path / "art"))
+    if case == "zeros":  # the edge sends zeros: an attack on it fails and reads as private
+        model = onnx.load(str(artifact / "edge.onnx"))
+        for init in model.graph.initializer:
+            zero = numpy_helper.to_array(init) * 0
+            init.CopyFrom(numpy_helper.from_array(zero, init.name))
+        onnx.save(model, str(artifact / "edge.onnx"))
+        _relist(artifact, "edge.onnx")
+        words = "does not compute this model's edge"
+    elif case == "other-model":
+        other, _ = load_run_model(run)
+        with torch.no_grad():
+            next(other.parameters()).mul_(1.5)
+        shutil.rmtree(artifact)
+        export_partitions(other, 2, artifact, "onnx", "fp32", (3, 32, 32))
+        words = "model_sha256 is not that of the model attacked"
+    else:
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        del manifest["model_sha256"], manifest["weights_sha256"]
+        (artifact / "manifest.json").write_text(json.dumps(manifest))
+        words = "records no hash of the model it was exported from"
+    line = error_line(_attack_artifact(tmp_path, run, artifact))
+    assert str(artifact) in line and words in line
+    assert not (tmp_path / "attack" / "attack.json").exists()
+
+
+def test_attack_artifact_of_this_run_passes_the_checks(tmp_path: Path, run_dir: Path) -> None:
+    run = copy_run(run_dir, tmp_path)
+    result = _attack_artifact(tmp_path, run, run / "export" / "onnx-split2-fp32")
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "attack" / "attack.json").read_text())["attacks"]["adaptive"]
+    assert info["info"]["max_abs_diff_vs_torch"] < 1e-4
+
+
+def test_int8_probe_bound_is_in_quantization_steps() -> None:
+    """The rule itself: a few steps pass, zeros, a constant or noise do not."""
+    from patrol_compress.attacks.adaptive import INT8_MAX_MEAN_STEPS, probe_difference
+
+    gen = torch.Generator().manual_seed(0)
+    torch_out = torch.relu(torch.randn(8, 4, 2, 2, generator=gen))
+    step = float(torch_out.max() - torch_out.min()) / 255
+    rounded = torch.round(torch_out / step) * step  # within half a step
+    few = rounded + 3 * step * torch.sign(torch.randn(8, 4, 2, 2, generator=gen))
+    assert probe_difference(rounded, torch_out, True)[0] <= 0.5
+    assert probe_difference(few, torch_out, True)[0] <= INT8_MAX_MEAN_STEPS
+    for bad in (torch.zeros_like(torch_out), torch.full_like(torch_out, float(torch_out.mean()))):
+        assert probe_difference(bad, torch_out, True)[0] > INT8_MAX_MEAN_STEPS
+    noise = torch_out + torch.randn(8, 4, 2, 2, generator=gen) * torch_out.std() * 2
+    assert probe_difference(noise, torch_out, True)[0] > INT8_MAX_MEAN_STEPS
