@@ -154,14 +154,15 @@ def partitions(
         features = edge(images)          # what the device sends
         output = cloud(features)
     """
+    from patrol_compress.errors import ModelError
     from patrol_compress.models.split import split as split_model
     from patrol_compress.run import load_run_model
 
+    if split is not None and (isinstance(split, bool) or not isinstance(split, int)):
+        raise ModelError(f"split must be a whole number of stages, found {split!r}")
     model, meta = load_run_model(Path(run_dir), factory, trust_model_code)
     k = split if split is not None else meta.get("split")
-    if not isinstance(k, int):
-        from patrol_compress.errors import ModelError
-
+    if isinstance(k, bool) or not isinstance(k, int):
         raise ModelError(f"{run_dir}: the saved model records no split; pass split=K")
     return split_model(model, k)
 

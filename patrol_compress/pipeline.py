@@ -43,6 +43,7 @@ from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
 from patrol_compress.errors import ArtifactError, ModelError, RecipeError, TrainingError
 from patrol_compress.io import read_json, write_json
+from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
 from patrol_compress.models.factory import load_own_weights
@@ -169,6 +170,9 @@ def _preflight(recipe: Recipe, data: DataBundle) -> EdgeBudget | None:
                 "patrol.budget: latency limits are measured on one machine; run this recipe "
                 "on one process (macs is the deterministic stand-in for several)"
             )
+        if cfg.budget.latency_ms is not None or "latency" in cfg.budget.fit:
+            threads = cfg.budget.latency.threads
+            check_thread_count(threads, "patrol.budget.latency.threads")
         budget = resolve_budget(cfg.budget, probe, shape)
         make_structure(
             cfg.granularity, probe, cfg.split, cfg.mask_init, example, cfg.round_to, cfg.rank

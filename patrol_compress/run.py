@@ -232,6 +232,7 @@ def load_resized(
             f"{source}: weights do not fit the model's architecture: "
             f"{key_mismatch(missing, unexpected)}; these weights are from another model"
         )
+    _check_dtypes(own, state, source)
     for name, module in list(model.named_modules()):
         new = _resized(module, name, state, source, exact)
         if new is not None:
@@ -244,6 +245,20 @@ def load_resized(
         raise ModelError(
             f"{source}: weights do not fit the model's architecture ({detail})"
         ) from None
+
+
+def _check_dtypes(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str
+) -> None:
+    """Float weights must be floats (and counters integers): an int8-cast file loaded
+    silently, every weight rounded to an integer."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() != own[key].is_floating_point():
+            raise ModelError(
+                f"{source}: '{key}' holds {str(tensor.dtype).removeprefix('torch.')} values, "
+                f"the model's are {str(own[key].dtype).removeprefix('torch.')}; these are not "
+                "this model's weights (quantized or cast?)"
+            )
 
 
 def _check_shape(

@@ -786,7 +786,7 @@ def test_a_long_bad_value_is_quoted_short(tmp_path: Path, cache: Path) -> None:
 def test_threads_beyond_the_usable_cores_is_one_line(
     tmp_path: Path, cache: Path, artifact: Path, command: str, threads: str
 ) -> None:
-    from patrol_compress.cli.common import usable_cores
+    from patrol_compress.machine import usable_cores
 
     cores = usable_cores()
     value = str(cores + 1) if threads == "above" else threads

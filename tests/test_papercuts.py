@@ -95,7 +95,7 @@ def test_defend_config_with_a_bad_value_is_one_line(
 
 @pytest.mark.parametrize("command", ["export", "attack", "defend"])
 def test_threads_on_every_command_that_computes(tmp_path: Path, command: str) -> None:
-    from patrol_compress.cli.common import usable_cores
+    from patrol_compress.machine import usable_cores
 
     extra = ("--target", "onnx") if command == "export" else ()
     for value in ("0", str(usable_cores() + 1)):
@@ -304,7 +304,7 @@ def artifact(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.mark.parametrize(
     ("shape", "words"),
     [
-        ([3, 100_000, 100_000], "a batch of 1 would take 111.8 GiB (at most 4 GiB)"),
+        ([3, 100_000, 100_000], "one image would take 111.8 GiB (at most 4 GiB)"),
         ([-3, 32, 32], "expected positive sizes"),
         ([3, 0, 32], "expected positive sizes"),
         ([3, 16, 16], "the edge partition does not run on input shape [1, 3, 16, 16]"),

@@ -17,6 +17,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from re import escape as re_escape
 from typing import Any
 
 import pytest
@@ -582,3 +583,151 @@ def test_int8_probe_bound_is_in_quantization_steps() -> None:
         assert probe_difference(bad, torch_out, True)[0] > INT8_MAX_MEAN_STEPS
     noise = torch_out + torch.randn(8, 4, 2, 2, generator=gen) * torch_out.std() * 2
     assert probe_difference(noise, torch_out, True)[0] > INT8_MAX_MEAN_STEPS
+
+
+# --------------------------------------------------------------------------- item 10: messages
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--seconds", "1e308", "seconds (--seconds) 1e+308: at most 3600 seconds"),
+        ("--warmup-seconds", "1e308", "warmup_seconds (--warmup-seconds) 1e+308: at most 3600"),
+        ("--runs", str(10**30), "runs (--runs) 1000000000000000000000000000000: expected"),
+        ("--warmup", str(10**30), "warmup (--warmup) 1000000000000000000000000000000: expected"),
+        ("--batch", str(10**8), "batch size (--batch) 100000000: expected a whole number in"),
+    ],
+)
+def test_bench_budgets_are_bounded_and_name_the_option(
+    run_dir: Path, option: str, value: str, words: str
+) -> None:
+    artifact = run_dir / "export" / "onnx-split2-fp32"
+    extra = () if option in ("--runs", "--seconds") else ("--runs", "1")
+    line = error_line(cli("bench", artifact, option, value, *extra))
+    assert words in line and "manifest" not in line
+
+
+@pytest.mark.parametrize("command", ["export", "attack", "bench"])
+def test_an_interrupt_of_a_command_without_resume_does_not_suggest_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    import signal
+
+    import patrol_compress.api
+    import patrol_compress.cli.bench
+    import patrol_compress.exporters
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    owner = {
+        "export": (patrol_compress.exporters, "export_run"),
+        "attack": (patrol_compress.api, "attack"),
+        "bench": (patrol_compress.cli.bench, "bench"),
+    }[command]
+    monkeypatch.setattr(*owner, interrupted)
+    extra = ("--target", "onnx") if command == "export" else ()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        result = cli(command, tmp_path, *extra)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # the CLI ignores further Ctrl-C while exiting
+    assert result.exit_code == 130
+    assert "--resume" not in result.output
+    assert "interrupted; nothing half-written was left" in result.output
+
+
+def test_partitions_with_a_split_of_the_wrong_type_says_so(run_dir: Path) -> None:
+    from patrol_compress import api
+    from patrol_compress.errors import ModelError
+
+    with pytest.raises(ModelError, match="split must be a whole number of stages, found '2'"):
+        api.partitions(run_dir, split="2")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("epoch", [99, -1, 5])
+def test_a_checkpoint_epoch_beyond_the_stage_is_refused(tmp_path: Path, epoch: int) -> None:
+    """last.json said epoch 99 (or -1) and the stage obeyed: skipped or repeated epochs."""
+    from patrol_compress.errors import ArtifactError
+    from patrol_compress.train.checkpoint import save_checkpoint
+    from patrol_compress.train.loop import EpochReporter, run_stage
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if epoch == 5:  # a consistent checkpoint, of a longer stage than this one
+        save_checkpoint(tmp_path, 5, {"m": model}, {"o": opt})
+    else:
+        save_checkpoint(tmp_path, 1, {"m": model}, {"o": opt})
+        meta = json.loads((tmp_path / "last.json").read_text())
+        meta["epoch"] = epoch
+        (tmp_path / "last.json").write_text(json.dumps(meta))
+    ran: list[int] = []
+
+    def epoch_fn(index: int, reporter: EpochReporter) -> None:
+        ran.append(index)
+        reporter.step(1, {"loss": 0.0})
+
+    with pytest.raises(ArtifactError, match="last.json: "):
+        run_stage("train", tmp_path, 3, 1, epoch_fn, {"m": model}, {"o": opt}, True, quiet=True)
+    assert ran == []
+
+
+def test_a_negative_world_size_is_refused(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setenv("WORLD_SIZE", "-3")
+    line = error_line(
+        cli("prune", write_recipe(tmp_path, recipe_dict(tmp_path, cache)), "--out", out)
+    )
+    assert "WORLD_SIZE=-3: expected the number of processes" in line
+    assert not out.exists()
+
+
+def test_int8_cast_weights_are_refused(tmp_path: Path, run_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from patrol_compress.io import sha256_file
+
+    run = copy_run(run_dir, tmp_path)
+    state = load_file(str(run / "model.safetensors"))
+    cast = {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(cast, str(run / "model.safetensors"))
+    meta = json.loads((run / "model.json").read_text())
+    meta["weights"]["sha256"] = sha256_file(run / "model.safetensors")  # self-consistent
+    (run / "model.json").write_text(json.dumps(meta))
+    line = error_line(cli("export", run, "--target", "onnx", "--split", "3"))
+    assert f"{run / 'model.safetensors'}: '" in line and "holds int8 values" in line
+    assert not (run / "export" / "onnx-split3-fp32").exists()
+
+
+@pytest.mark.parametrize("where", ["latency.threads", "num_workers", "adaptive.threads", "bench"])
+def test_thread_counts_outside_the_cli_are_capped_too(
+    tmp_path: Path, cache: Path, run_dir: Path, where: str
+) -> None:
+    from patrol_compress import api
+    from patrol_compress.errors import UsageError
+    from patrol_compress.machine import usable_cores
+
+    too_many = usable_cores() + 1
+    expected = f"{too_many}: expected 1..{usable_cores()} (the CPU cores this process may use)"
+    if where == "bench":
+        with pytest.raises(UsageError, match=re_escape(f"threads {expected}")):
+            api.bench(run_dir / "export" / "onnx-split2-fp32", threads=too_many, runs=1)
+        return
+    out = tmp_path / "out"
+    if where == "adaptive.threads":
+        config = tmp_path / "attack.yaml"
+        config.write_text(json.dumps({**ATTACK_YAML, "adaptive": {"threads": too_many}}))
+        args: tuple[object, ...] = ("attack", run_dir, "--config", config, "--out", out)
+    else:
+        data = recipe_dict(tmp_path, cache)
+        if where == "num_workers":
+            data["train"]["num_workers"] = too_many
+        else:
+            data["patrol"]["budget"] = {"latency_ms": 5.0, "latency": {"threads": too_many}}
+        args = ("prune", write_recipe(tmp_path, data), "--out", out)
+    line = error_line(cli(*args))
+    assert line.endswith(expected) or expected + " or 0" in line
+    assert where.split(".")[0] in line
+    assert not out.exists()

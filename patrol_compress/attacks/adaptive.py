@@ -49,6 +49,7 @@ from patrol_compress.attacks.base import (
 from patrol_compress.attacks.blackbox import run_inversion
 from patrol_compress.contracts import MANIFEST
 from patrol_compress.errors import ArtifactError
+from patrol_compress.machine import check_thread_count
 
 ORT_BATCH = 64
 PROBE_IMAGES = 8
@@ -306,6 +307,7 @@ class AdaptiveAttack(Attack):
 
     def run(self, ctx: AttackContext) -> Reconstruction:
         cfg = ctx.config.adaptive
+        check_thread_count(cfg.threads, "attack.adaptive.threads", "ONNX Runtime's default")
         artifact, exported = resolve_artifact(ctx)
         edge, manifest = verified_edge(artifact, ctx.split)
         check_belongs(artifact, manifest, ctx)

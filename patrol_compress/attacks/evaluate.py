@@ -31,6 +31,7 @@ from patrol_compress.contracts import (
 from patrol_compress.data.base import DataBundle, ReidDataset
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import package_versions
+from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.image import (
     METHOD_NOTE,
     attack_accuracy,
@@ -254,6 +255,10 @@ def attack(
     if artifact is not None:
         adaptive = cfg.adaptive.model_copy(update={"artifact": Path(artifact)})
         cfg = cfg.model_copy(update={"adaptive": adaptive})
+    if "adaptive" in names:  # before the minutes of the other attacks
+        check_thread_count(
+            cfg.adaptive.threads, "attack.adaptive.threads", "ONNX Runtime's default"
+        )
     k, k_source = _split(split, meta, recipe)
     series, prefix = series_of(recipe, meta)
     suffix = f" {precision}" if precision not in (None, "fp32") else ""

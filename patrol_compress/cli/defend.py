@@ -11,7 +11,7 @@ from patrol_compress.cli.common import (
     console,
     threads_option,
     use_threads,
-    user_errors,
+    with_user_errors,
 )
 from patrol_compress.contracts import DEFENSES_FILE
 
@@ -57,7 +57,9 @@ def _floats(text: str | None) -> list[float] | None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @user_errors
+    @with_user_errors(
+        "finished points are kept; rerun the same command (without --force) for the rest"
+    )
     def defend(
         run: Path = typer.Argument(..., help="Prune run (its target/ is defended) or train run."),
         defense: str | None = DEFENSE,
