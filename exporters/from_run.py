@@ -101,6 +101,18 @@ def run_int8_data(
     )
 
 
+def _check_arguments(
+    split: object, target: object, precision: object, calibration_images: object
+) -> None:
+    """The API's arguments, typed as the CLI's are (``split="2"`` was read as 2, ``2.5`` as 2)."""
+    for name, value in (("split", split), ("calibration_images", calibration_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ExportError(f"{name}: expected a whole number, found {value!r}"[:200])
+    for name, value in (("target", target), ("precision", precision)):
+        if not isinstance(value, str):
+            raise ExportError(f"{name}: expected a name such as 'onnx' or 'fp32', found {value!r}")
+
+
 def export_run(
     run_dir: Path | str,
     split: int | None = None,
@@ -125,6 +137,7 @@ def export_run(
     """
     from patrol_compress.run import load_run_model
 
+    _check_arguments(split, target, precision, calibration_images)
     check_target(target, precision)  # before loading the model: fail fast
     run_dir = Path(run_dir)
     model, info = load_run_model(run_dir, trust_model_code=trust_model_code)

@@ -19,17 +19,20 @@ function so that ``import patrol_compress`` stays cheap and torch-free.
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from patrol_compress.contracts import ATTACK_FILE, DEFENSES_DIR
-from patrol_compress.errors import RecipeError
+from patrol_compress.errors import RecipeError, UsageError, storage_errors
 from patrol_compress.recipe import Recipe, load_recipe, parse_recipe
 
 if TYPE_CHECKING:
     from patrol_compress.models import BlockNet
+    from patrol_compress.privacy_config import AttackConfig
     from patrol_compress.report.build import ReportFiles
 
 RecipeLike = Recipe | Mapping[str, Any] | str | Path
@@ -55,10 +58,40 @@ def as_recipe(recipe: RecipeLike) -> Recipe:
     )
 
 
-def _path(folder: Path | str | None) -> Path | None:
-    return None if folder is None else Path(folder)
+def _path(folder: Path | str | None, name: str = "path") -> Path | None:
+    return None if folder is None else _as_path(folder, name)
 
 
+def _as_path(value: object, name: str) -> Path:
+    """``value`` as a Path; anything but a str or os.PathLike is one UsageError line."""
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and not isinstance(value, bytes)):
+        return Path(value)
+    raise UsageError(f"{name}: expected a path (str or pathlib.Path), found {type(value).__name__}")
+
+
+def _known_options(fn: Callable[..., Any], given: Mapping[str, Any], what: str) -> None:
+    """Keyword arguments passed through ``**kwargs`` must be ``fn``'s own (else one line)."""
+    known = [n for n in inspect.signature(fn).parameters if n not in ("run_dir", "artifact_dir")]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise UsageError(f"{what}: unknown option(s) {unknown}; expected some of {known}")
+
+
+KEEP_CHECKPOINTS = ("all", "last", "none")
+
+
+def _keep(value: object) -> str:
+    """``keep_checkpoints`` is checked before the job: an unknown value dropped every checkpoint."""
+    if value not in KEEP_CHECKPOINTS:
+        raise UsageError(
+            f"keep_checkpoints: expected one of {', '.join(KEEP_CHECKPOINTS)}, found {value!r}"
+        )
+    return str(value)
+
+
+@storage_errors
 def prune(
     recipe: RecipeLike,
     out: Path | str | None = None,
@@ -80,9 +113,11 @@ def prune(
     """
     from patrol_compress.pipeline import prune as run_prune
 
-    return run_prune(as_recipe(recipe), _path(out), resume, force, quiet, keep_checkpoints)
+    keep = _keep(keep_checkpoints)
+    return run_prune(as_recipe(recipe), _path(out, "out"), resume, force, quiet, keep)
 
 
+@storage_errors
 def train(
     recipe: RecipeLike,
     out: Path | str | None = None,
@@ -100,7 +135,8 @@ def train(
     """
     from patrol_compress.pipeline import train_only
 
-    return train_only(as_recipe(recipe), _path(out), resume, force, quiet, keep_checkpoints)
+    keep = _keep(keep_checkpoints)
+    return train_only(as_recipe(recipe), _path(out, "out"), resume, force, quiet, keep)
 
 
 def run_folder(recipe: RecipeLike, out: Path | str | None = None) -> Path:
@@ -110,9 +146,10 @@ def run_folder(recipe: RecipeLike, out: Path | str | None = None) -> Path:
 
         model = api.load_model(api.run_folder("recipes/quickstart.yaml"))
     """
-    return as_recipe(recipe).run_dir(_path(out))
+    return as_recipe(recipe).run_dir(_path(out, "out"))
 
 
+@storage_errors
 def load_model(
     run_dir: Path | str,
     trust_model_code: bool = False,
@@ -134,9 +171,10 @@ def load_model(
     """
     from patrol_compress.run import load_run_model
 
-    return load_run_model(Path(run_dir), factory, trust_model_code)[0]
+    return load_run_model(_as_path(run_dir, "run_dir"), factory, trust_model_code)[0]
 
 
+@storage_errors
 def partitions(
     run_dir: Path | str,
     split: int | None = None,
@@ -160,13 +198,14 @@ def partitions(
 
     if split is not None and (isinstance(split, bool) or not isinstance(split, int)):
         raise ModelError(f"split must be a whole number of stages, found {split!r}")
-    model, meta = load_run_model(Path(run_dir), factory, trust_model_code)
+    model, meta = load_run_model(_as_path(run_dir, "run_dir"), factory, trust_model_code)
     k = split if split is not None else meta.get("split")
     if isinstance(k, bool) or not isinstance(k, int):
         raise ModelError(f"{run_dir}: the saved model records no split; pass split=K")
     return split_model(model, k)
 
 
+@storage_errors
 def export(
     run_dir: Path | str,
     split: int,
@@ -192,11 +231,11 @@ def export(
     from patrol_compress.exporters import export_run
 
     return export_run(
-        Path(run_dir),
+        _as_path(run_dir, "run_dir"),
         split,
         target,
         precision,
-        _path(out),
+        _path(out, "out"),
         force,
         calibration_images=calibration_images,
         allow_parity_fail=allow_parity_fail,
@@ -204,6 +243,7 @@ def export(
     )
 
 
+@storage_errors
 def bench(artifact_dir: Path | str, **kwargs: Any) -> dict[str, Any]:
     """Benchmark an exported edge partition (torch-free path); returns the measurements.
 
@@ -213,7 +253,10 @@ def bench(artifact_dir: Path | str, **kwargs: Any) -> dict[str, Any]:
     """
     from patrol_compress.bench import bench as run_bench
 
-    return run_bench(Path(artifact_dir), **kwargs)
+    _known_options(run_bench, kwargs, "bench")
+    if kwargs.get("json_path") is not None:
+        kwargs["json_path"] = _as_path(kwargs["json_path"], "json_path")
+    return run_bench(_as_path(artifact_dir, "artifact_dir"), **kwargs)
 
 
 def _locked(folder: Path) -> AbstractContextManager[object]:
@@ -228,6 +271,38 @@ def _locked(folder: Path) -> AbstractContextManager[object]:
     return output_lock(folder)
 
 
+def _whole(value: object, name: str) -> None:
+    """``value`` is None or a whole number (not a bool, not "2", not 2.5)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UsageError(f"{name}: expected a whole number, found {value!r}"[:200])
+
+
+def _attack_config(config: object) -> AttackConfig | Path | None:
+    """``config`` of :func:`attack`: an AttackConfig, a mapping of one, or a YAML file's path."""
+    from patrol_compress.config.base import validate
+    from patrol_compress.privacy_config import AttackConfig
+
+    if config is None or isinstance(config, AttackConfig):
+        return config
+    if isinstance(config, Mapping):
+        return validate(AttackConfig, dict(config), "<attack config>")
+    return _as_path(config, "config")
+
+
+def _in_a_folder(path: Path, option: str) -> None:
+    """The nearest existing part of ``path`` must be a folder: a file in the way is refused
+    before a job of minutes, not when it writes its results."""
+    from patrol_compress.errors import OutputExistsError
+
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                raise OutputExistsError(
+                    f"{part}: exists and is not a folder, so {option} {path} cannot be written"
+                )
+            return
+
+
 def attack_output_free(out_dir: Path | str, force: bool) -> None:
     """Refuse to overwrite an earlier attack's results without ``force`` (checked before work).
 
@@ -237,9 +312,10 @@ def attack_output_free(out_dir: Path | str, force: bool) -> None:
     """
     from patrol_compress.errors import OutputExistsError
 
-    out_dir = Path(out_dir)
+    out_dir = _as_path(out_dir, "out")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
+    _in_a_folder(out_dir, "--out")
     if (out_dir / ATTACK_FILE).exists() and not force:
         raise OutputExistsError(
             f"{out_dir / ATTACK_FILE}: an attack's results are already here; "
@@ -247,11 +323,12 @@ def attack_output_free(out_dir: Path | str, force: bool) -> None:
         )
 
 
+@storage_errors
 def attack(
     run_dir: Path | str,
     attacks: Sequence[str] | None = None,
     split: int | None = None,
-    config: Path | str | None = None,
+    config: AttackConfig | Mapping[str, Any] | Path | str | None = None,
     out: Path | str | None = None,
     label: str | None = None,
     force: bool = False,
@@ -276,23 +353,28 @@ def attack(
     from patrol_compress.attacks import DEFAULT_ATTACKS
     from patrol_compress.attacks import attack as run_attacks
 
-    out_dir = Path(out) if out is not None else Path(run_dir)
+    run = _as_path(run_dir, "run_dir")
+    out_dir = _as_path(out, "out") if out is not None else run
+    _whole(split, "split")
+    if isinstance(attacks, str):  # "blackbox,whitebox", as on the command line
+        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     attack_output_free(out_dir, force)
     with _locked(out_dir):
         attack_output_free(out_dir, force)  # again, now that no other job can write it
         names = list(attacks) if attacks else list(DEFAULT_ATTACKS)
         return run_attacks(
-            Path(run_dir),
+            run,
             names,
             split,
-            _path(config),
-            _path(out),
+            _attack_config(config),
+            out_dir,
             label,
-            artifact=_path(artifact),
+            artifact=_path(artifact, "artifact"),
             trust_model_code=trust_model_code,
         )
 
 
+@storage_errors
 def defend(run_dir: Path | str, out: Path | str | None = None, **kwargs: Any) -> dict[str, Any]:
     """The baseline defenses' sweeps (see :func:`patrol_compress.defenses.defend`), run locked.
 
@@ -306,11 +388,15 @@ def defend(run_dir: Path | str, out: Path | str | None = None, **kwargs: Any) ->
     """
     from patrol_compress.defenses import defend as run_defend
 
-    out_dir = Path(out) if out is not None else Path(run_dir) / DEFENSES_DIR
+    _known_options(run_defend, kwargs, "defend")
+    run = _as_path(run_dir, "run_dir")
+    out_dir = _as_path(out, "out") if out is not None else run / DEFENSES_DIR
+    attack_output_free(out_dir, force=True)  # a file in the way fails now, not after the sweeps
     with _locked(out_dir):
-        return run_defend(Path(run_dir), out=_path(out), **kwargs)
+        return run_defend(run, out=_path(out, "out"), **kwargs)
 
 
+@storage_errors
 def report(
     paths: Sequence[Path | str] | Path | str,
     out: Path | str | None = None,
@@ -329,7 +415,15 @@ def report(
     """
     from patrol_compress.report import build_report
 
-    inputs = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if isinstance(paths, (str, Path)):
+        inputs = [_as_path(paths, "paths")]
+    elif isinstance(paths, Sequence):
+        inputs = [_as_path(p, "paths") for p in paths]
+    else:
+        raise UsageError(
+            f"paths: expected attack.json files or folders (a path or a list of them), found "
+            f"{type(paths).__name__}"
+        )
     if not inputs:
         from patrol_compress.errors import ArtifactError
 
@@ -337,4 +431,6 @@ def report(
     if out is None:
         first = inputs[0]
         out = (first.parent if first.suffix == ".json" else first) / "report.html"
-    return build_report(inputs, Path(out), title=title, force=force)
+    if title is not None and not isinstance(title, str):
+        raise UsageError(f"title: expected text, found {type(title).__name__}")
+    return build_report(inputs, _as_path(out, "out"), title=title, force=force)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from patrol_compress.errors import ArtifactError
+from patrol_compress.errors import ArtifactError, PatrolError, StorageError, storage_error
 
 _VERSIONED = (
     "patrol-compress",
@@ -65,12 +65,15 @@ def is_leftover(path: Path) -> bool:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=temp_name_prefix(target.name), suffix=".tmp", dir=target.parent
-    )
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=temp_name_prefix(target.name), suffix=".tmp", dir=target.parent
+        )
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -78,9 +81,20 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
         record_written(target)
+    except OSError as exc:  # a full disk, a lost permission: the old file is untouched
+        raise _cannot_write(target, exc) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _cannot_write(target: Path, exc: OSError) -> PatrolError:
+    """One line naming the file we were writing (not our temporary name for it)."""
+    error = storage_error(exc)
+    if error is None:
+        return ArtifactError(f"{target}: cannot write it ({exc.strerror or exc})")
+    why = str(error).rsplit(": ", 1)[-1]
+    return StorageError(f"{target}: cannot write it: {why}")
 
 
 LEDGER = ".patrol-compress.written"

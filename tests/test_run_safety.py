@@ -731,3 +731,192 @@ def test_thread_counts_outside_the_cli_are_capped_too(
     assert line.endswith(expected) or expected + " or 0" in line
     assert where.split(".")[0] in line
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- item 9: tracebacks
+
+
+def _oserror(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, code: int) -> None:
+    """``owner.name`` fails as the machine would: permission denied, disk full."""
+    import errno
+    import os
+
+    def fail(*args: object, **kwargs: object) -> None:
+        path = args[0] if args else kwargs.get("dir")
+        raise OSError(code, os.strerror(code), str(path))
+
+    assert code in (errno.EACCES, errno.ENOSPC)
+    monkeypatch.setattr(owner, name, fail)
+
+
+@pytest.mark.parametrize("case", ["prune-enospc", "export-eacces", "export-file-in-the-way"])
+def test_storage_errors_are_one_line_and_lose_nothing(
+    tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    import errno
+    import os
+    import tempfile
+
+    run = copy_run(run_dir, tmp_path)
+    if case == "prune-enospc":
+        _oserror(monkeypatch, os, "replace", errno.ENOSPC)
+        args: tuple[object, ...] = ("prune", same_recipe(run, tmp_path), "--out", run, "--resume")
+        words = "No space left on device (the disk is full)"
+    elif case == "export-eacces":
+        _oserror(monkeypatch, tempfile, "mkdtemp", errno.EACCES)
+        args = ("export", run, "--target", "onnx", "--split", "3")
+        words = "Permission denied (no permission)"
+    else:
+        shutil.rmtree(run / "export")
+        (run / "export").write_bytes(NOTES)
+        args = ("export", run, "--target", "onnx", "--split", "3")
+        words = "(something of that name is in the way)"
+    before = snapshot(run)
+    line = error_line(cli(*args, "--quiet") if case.startswith("prune") else cli(*args))
+    assert words in line and str(run) in line
+    monkeypatch.undo()
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("command", ["attack", "defend", "bench"])
+def test_an_output_under_a_file_is_refused_before_work(
+    tmp_path: Path, run_dir: Path, command: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(NOTES)
+    if command == "bench":
+        target = blocker / "bench.json"
+        args: tuple[object, ...] = ("bench", run_dir / "export" / "onnx-split2-fp32")
+        args += ("--runs", "1", "--json", target)
+        option = "--json"
+    else:
+        target = blocker / "sub"
+        args = (command, run_dir, "--out", target)
+        option = "--out"
+    line = error_line(cli(*args))
+    assert line == (
+        f"error: {blocker}: exists and is not a folder, so {option} {target} cannot be written"
+    )
+    assert blocker.read_bytes() == NOTES
+
+
+def test_api_storage_error_is_a_patrol_error(
+    tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    from patrol_compress import api
+    from patrol_compress.errors import StorageError
+
+    run = copy_run(run_dir, tmp_path)
+    _oserror(monkeypatch, tempfile, "mkdtemp", errno.EACCES)
+    with pytest.raises(StorageError, match="Permission denied"):
+        api.export(run, 3)
+
+
+def test_a_corrupt_edge_onnx_under_attack_artifact_is_one_line(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    run = copy_run(run_dir, tmp_path)
+    artifact = Path(shutil.copytree(run / "export" / "onnx-split2-fp32", tmp_path / "art"))
+    (artifact / "edge.onnx").write_bytes(b"not an onnx model" * 10)
+    _relist(artifact, "edge.onnx")
+    line = error_line(_attack_artifact(tmp_path, run, artifact))
+    assert line.startswith(f"error: {artifact / 'edge.onnx'}: onnxruntime cannot run the edge (")
+    assert not (tmp_path / "attack" / "attack.json").exists()
+
+
+@pytest.mark.openvino
+def test_a_truncated_openvino_bin_under_attack_artifact_is_one_line(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    pytest.importorskip("openvino")
+    from patrol_compress.exporters import export_run
+
+    run = copy_run(run_dir, tmp_path)
+    artifact = tmp_path / "ov"
+    export_run(run, 2, "openvino", out=artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    for name in ("edge.onnx", "cloud.onnx"):  # the IR only, as an INT8 OpenVINO export holds
+        (artifact / name).unlink()
+        del manifest["files"][name]
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    blob = (artifact / "edge.bin").read_bytes()
+    (artifact / "edge.bin").write_bytes(blob[: len(blob) // 3])
+    _relist(artifact, "edge.bin")
+    line = error_line(_attack_artifact(tmp_path, run, artifact))
+    assert line.startswith(f"error: {artifact / 'edge.xml'}: openvino cannot run the edge (")
+
+
+@pytest.mark.parametrize("field", ["params", "macs", "fit_split"])
+def test_report_counts_of_ten_to_the_400_are_one_line(tmp_path: Path, field: str) -> None:
+    from .test_bad_report import attack_json
+
+    section = "budget" if field == "fit_split" else "edge"
+    folder = tmp_path / "point"
+    attack_json(folder, **{section: {field: 10**400}})
+    line = error_line(cli("report", folder, "--out", tmp_path / "r.html"))
+    assert f"{section}.{field}" in line and "at most 10^18" in line
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_bogus_ov_precision_hint_is_one_line(run_dir: Path) -> None:
+    artifact = run_dir / "export" / "onnx-split2-fp32"
+    line = error_line(cli("bench", artifact, "--runtime", "openvino", "--ov-precision-hint", "x"))
+    assert "--ov-precision-hint" in line and "expected one of f32, f16, bf16" in line
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("budget", "1000"),
+        ("budget", 1.5),
+        ("budget", [1, 2]),
+        ("config", "lipschitz"),
+        ("config", 5),
+        ("total_steps", "10"),
+        ("total_steps", 2.5),
+        ("replan_every", "x"),
+    ],
+)
+def test_patrol_pruner_arguments_of_the_wrong_type(argument: str, value: object) -> None:
+    from patrol_compress import PatrolPruner
+    from patrol_compress.errors import PatrolError
+
+    from .helpers import tiny_resnet
+
+    kwargs: dict[str, Any] = {"budget": {"fit_split": 1}, "total_steps": 10, argument: value}
+    with pytest.raises(PatrolError, match=argument):
+        PatrolPruner(tiny_resnet(), torch.rand(2, 3, 32, 32), split=2, **kwargs)
+
+
+def test_api_arguments_of_the_wrong_type_are_patrol_errors(
+    tmp_path: Path, cache: Path, run_dir: Path
+) -> None:
+    from patrol_compress import api
+    from patrol_compress.errors import PatrolError
+
+    artifact = run_dir / "export" / "onnx-split2-fp32"
+    recipe = recipe_dict(tmp_path, cache)
+    calls: dict[str, Any] = {
+        "run_dir": lambda: api.load_model(5),  # type: ignore[arg-type]
+        "out": lambda: api.prune(recipe, out=5),  # type: ignore[arg-type]
+        "keep_checkpoints": lambda: api.prune(recipe, keep_checkpoints="bogus"),
+        "target": lambda: api.export(run_dir, 2, target=5),  # type: ignore[arg-type]
+        "calibration_images": lambda: api.export(
+            run_dir,
+            2,
+            precision="int8",
+            calibration_images="3",  # type: ignore[arg-type]
+        ),
+        "seconds": lambda: api.bench(artifact, seconds="1"),
+        "foo": lambda: api.bench(artifact, foo=1),
+        "split": lambda: api.attack(run_dir, ["whitebox"], split="2"),  # type: ignore[arg-type]
+        "paths": lambda: api.report(5),  # type: ignore[arg-type]
+        "bar": lambda: api.defend(run_dir, bar=1),
+    }
+    for word, call in calls.items():
+        with pytest.raises(PatrolError, match=word):
+            call()
+    assert not (tmp_path / "run").exists()  # keep_checkpoints was checked before any work

@@ -48,7 +48,7 @@ from patrol_compress.attacks.base import (
 )
 from patrol_compress.attacks.blackbox import run_inversion
 from patrol_compress.contracts import MANIFEST
-from patrol_compress.errors import ArtifactError
+from patrol_compress.errors import ArtifactError, PatrolError
 from patrol_compress.machine import check_thread_count
 
 ORT_BATCH = 64
@@ -221,6 +221,16 @@ def artifact_features(edge: EdgeFiles, code: tuple[float, int] | None, threads: 
     return features
 
 
+def runtime_refused(artifact: Path, edge: EdgeFiles, exc: Exception) -> ArtifactError:
+    """One line for a runtime that cannot load or run the verified edge (corrupt, truncated)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = (lines[0] if lines else type(exc).__name__)[:160]
+    return ArtifactError(
+        f"{artifact / next(iter(edge.blobs))}: {edge.runtime} cannot run the edge ({detail}); "
+        "a corrupt or truncated model file: re-export the artifact"
+    )
+
+
 def check_belongs(artifact: Path, manifest: dict[str, Any], ctx: AttackContext) -> None:
     """Refuse an artifact exported from another model than the one attacked.
 
@@ -312,9 +322,14 @@ class AdaptiveAttack(Attack):
         edge, manifest = verified_edge(artifact, ctx.split)
         check_belongs(artifact, manifest, ctx)
         code = split_code(manifest, artifact)
-        features = artifact_features(edge, code, cfg.threads)
         probe = ctx.eval_images[:PROBE_IMAGES]
-        from_ort = features(probe)
+        try:
+            features = artifact_features(edge, code, cfg.threads)
+            from_ort = features(probe)
+        except PatrolError:
+            raise
+        except Exception as exc:  # runtimes raise their own types for a corrupt model
+            raise runtime_refused(artifact, edge, exc) from None
         from_torch = torch_features(ctx.edge, ctx.device)(probe)
         if from_ort.shape != from_torch.shape:
             raise ArtifactError(

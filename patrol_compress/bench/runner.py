@@ -101,6 +101,8 @@ MAX_BATCH = 4096
 def _finite(value: float | None, name: str, flag: str, strictly_positive: bool) -> None:
     if value is None:
         return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BenchError(f"{name} ({flag}) must be a number, found {value!r}"[:200])
     bound = "> 0" if strictly_positive else ">= 0"
     ok = math.isfinite(value) and (value > 0 if strictly_positive else value >= 0)
     if not ok:
@@ -161,16 +163,41 @@ def _validate(batches: Sequence[int], threads: int | None, uplink_mbps: float | 
                 f"batch size (--batch) {b!r}: expected a whole number in 1..{MAX_BATCH}"
             )
     check_thread_count(threads, "threads")
-    if uplink_mbps is not None and not (math.isfinite(uplink_mbps) and uplink_mbps > 0):
+    if uplink_mbps is not None and (
+        isinstance(uplink_mbps, bool)
+        or not isinstance(uplink_mbps, (int, float))
+        or not (math.isfinite(uplink_mbps) and uplink_mbps > 0)
+    ):
         raise BenchError(
             f"uplink_mbps (--uplink-mbps) must be a finite number > 0, found {uplink_mbps}"
         )
 
 
+OV_PRECISION_HINTS = ("f32", "f16", "bf16")
+"""OpenVINO's INFERENCE_PRECISION_HINT values (None or '': the plugin's default)."""
+
+
+def check_ov_hint(hint: str | None) -> None:
+    """``--ov-precision-hint`` is one of OpenVINO's (a bogus one failed inside the plugin)."""
+    if hint not in (None, "", *OV_PRECISION_HINTS):
+        raise BenchError(
+            f"ov_precision_hint (--ov-precision-hint) {str(hint)[:40]!r}: expected one of "
+            f"{', '.join(OV_PRECISION_HINTS)}, or '' for OpenVINO's default"
+        )
+
+
 def check_json_path(path: Path, force: bool) -> None:
-    """``--json FILE`` must not be a folder nor hold an earlier report (unless force)."""
+    """``--json FILE`` must not be a folder nor hold an earlier report (unless force), and
+    its folder must be a folder: checked before seconds of timing, not after."""
     if path.is_dir():
         raise OutputExistsError(f"{path}: --json needs a file name, found a folder")
+    for part in path.parents:
+        if part.exists():
+            if not part.is_dir():
+                raise OutputExistsError(
+                    f"{part}: exists and is not a folder, so --json {path} cannot be written"
+                )
+            break
     if path.exists() and not force:
         raise OutputExistsError(
             f"{path}: already exists; pass --force to replace it or choose another --json file"
@@ -330,6 +357,7 @@ def bench(
     if runtime == "trt" and how.mode == "throughput":
         raise BenchError("--mode throughput is not available for TensorRT; use --mode latency")
     _validate(batches, threads, uplink_mbps)
+    check_ov_hint(ov_precision_hint)
     if json_path is not None:
         check_json_path(Path(json_path), force)
     root = Path(artifact_dir)

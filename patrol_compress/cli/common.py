@@ -23,7 +23,7 @@ from rich.markup import escape
 from typer import _click
 from typer.core import TyperCommand, TyperGroup
 
-from patrol_compress.errors import PatrolError, UsageError
+from patrol_compress.errors import PatrolError, UsageError, storage_error
 from patrol_compress.machine import check_thread_count
 
 P = ParamSpec("P")
@@ -191,6 +191,11 @@ def with_user_errors(interrupted: str) -> Callable[[Callable[P, R]], Callable[P,
                 if debug_enabled():
                     raise
                 raise fail(user_message(exc)) from None
+            except OSError as exc:  # permissions, a full disk: the machine's, not a bug
+                error = storage_error(exc)
+                if error is None or debug_enabled():
+                    raise
+                raise fail(str(error)) from None
             except KeyboardInterrupt as exc:
                 # One line, also for a burst of Ctrl-C: further ones are ignored while exiting.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
