@@ -73,7 +73,10 @@ def _as_path(value: object, name: str) -> Path:
 
 def _known_options(fn: Callable[..., Any], given: Mapping[str, Any], what: str) -> None:
     """Keyword arguments passed through ``**kwargs`` must be ``fn``'s own (else one line)."""
-    known = [n for n in inspect.signature(fn).parameters if n not in ("run_dir", "artifact_dir")]
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # fn takes any keyword (a wrapper): it checks its own
+    known = [n for n in params if n not in ("run_dir", "artifact_dir")]
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise UsageError(f"{what}: unknown option(s) {unknown}; expected some of {known}")
