@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from patrol_compress.contracts import EXPORT_DIR, RECIPE_FILE
 from patrol_compress.errors import ExportError, ModelError
-from patrol_compress.locking import folder_lock
+from patrol_compress.locking import enclosing_run, folder_lock
 from patrol_compress.rundir import remove_leftovers
 
 from .int8 import DEFAULT_CALIBRATION_IMAGES, MAX_DROP_POINTS
@@ -101,6 +101,18 @@ def run_int8_data(
     )
 
 
+def _check_arguments(
+    split: object, target: object, precision: object, calibration_images: object
+) -> None:
+    """The API's arguments, typed as the CLI's are (``split="2"`` was read as 2, ``2.5`` as 2)."""
+    for name, value in (("split", split), ("calibration_images", calibration_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ExportError(f"{name}: expected a whole number, found {value!r}"[:200])
+    for name, value in (("target", target), ("precision", precision)):
+        if not isinstance(value, str):
+            raise ExportError(f"{name}: expected a name such as 'onnx' or 'fp32', found {value!r}")
+
+
 def export_run(
     run_dir: Path | str,
     split: int | None = None,
@@ -111,6 +123,7 @@ def export_run(
     opset: int | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     allow_parity_fail: bool = False,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Export the model saved in ``run_dir``; returns the manifest (with ``out_dir`` added).
 
@@ -119,12 +132,15 @@ def export_run(
     ``precision="int8"`` calibrates on ``calibration_images`` of the recipe's
     training images and must keep task accuracy within 1 point of FP32 on its
     test set, else nothing is written (unless ``allow_parity_fail``).
+    ``trust_model_code`` allows importing a custom ``model.factory`` the run
+    names (:func:`patrol_compress.run.load_run_model`).
     """
     from patrol_compress.run import load_run_model
 
+    _check_arguments(split, target, precision, calibration_images)
     check_target(target, precision)  # before loading the model: fail fast
     run_dir = Path(run_dir)
-    model, info = load_run_model(run_dir)
+    model, info = load_run_model(run_dir, trust_model_code=trust_model_code)
     settings = recipe_export_settings(run_dir)
     k = resolve_split(split if split is not None else settings.split, info)
     stages = len(model.stage_names)
@@ -146,10 +162,13 @@ def export_run(
         else None
     )
     out_dir = Path(out) if out is not None else default_out(run_dir, target, k, precision)
-    # Writing inside the run (the default): a prune of the same run must not run meanwhile.
-    inside = out_dir.resolve().is_relative_to(run_dir.resolve())
-    with folder_lock(run_dir) if inside else contextlib.nullcontext():
-        if inside and out_dir.parent.is_dir():
+    # Writing inside a run (this one by default, or another through --out): a prune of
+    # that run must not run meanwhile.
+    root = enclosing_run(out_dir)
+    if root is None and out_dir.resolve().is_relative_to(run_dir.resolve()):
+        root = run_dir.resolve()  # a bare saved-model folder: lock it all the same
+    with folder_lock(root) if root is not None else contextlib.nullcontext():
+        if root is not None and out_dir.parent.is_dir():
             remove_leftovers(out_dir.parent)  # a killed export's .partial (we hold the lock)
         manifest = export_partitions(
             model,

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from patrol_compress.errors import ExportError, OutputExistsError
-from patrol_compress.io import record_written, write_json
+from patrol_compress.io import record_written, swap_in, temp_name_prefix, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
+from patrol_compress.run import state_sha256
 
 from .base import EXPORTERS, PRECISIONS, ExportJob, Precision, Target
 from .int8 import Int8Data, require_data
@@ -42,6 +43,7 @@ _RESERVED = (
     "cloud",
     "versions",
     "quantization",
+    "model_sha256",
 )
 
 
@@ -116,17 +118,44 @@ def _references(
 
 
 def _install(work: Path, out_dir: Path, names: list[str]) -> None:
-    """Move the checked files into ``out_dir``; the manifest goes last, so it marks completeness."""
+    """Put the checked export at ``out_dir`` in one step.
+
+    A new folder is renamed into place. An existing one (``--force``) is
+    replaced whole: what it holds besides the files this export writes (a
+    user's notes) is hard-linked into ``work`` first, then the two folders
+    are swapped (:func:`~patrol_compress.io.swap_in`), so a kill at any moment
+    leaves either the old export or the new one, each with its manifest; the
+    old one ends up in ``work``, which the caller deletes.
+    """
     if not out_dir.exists():
         os.replace(work, out_dir)
     else:
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        for name in names:
-            if name != MANIFEST:
-                os.replace(work / name, out_dir / name)
-        os.replace(work / MANIFEST, out_dir / MANIFEST)
+        _carry_over(out_dir, work, set(names))
+        swap_in(work, out_dir)
     for name in names:  # inside a run: --force of that run may remove exactly these
         record_written(out_dir / name)
+
+
+def _carry_over(old: Path, new: Path, replaced: set[str]) -> None:
+    """Give ``new`` everything of ``old`` that the export does not replace (hard links, or
+    copies where the file system has none); links are kept as links."""
+    for entry in old.iterdir():
+        if entry.name in replaced:
+            continue
+        dest = new / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), dest)
+        elif entry.is_dir():
+            shutil.copytree(entry, dest, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(dest))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -184,7 +213,11 @@ def export_partitions(
 
     created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    work = Path(
+        tempfile.mkdtemp(
+            prefix=temp_name_prefix(out_dir.name), suffix=".partial", dir=out_dir.parent
+        )
+    )
     work.chmod(0o755)  # mkdtemp makes it private; it becomes the artifact folder when renamed
     try:
         job = ExportJob(
@@ -204,6 +237,7 @@ def export_partitions(
         )
         files = exporter.run(job)
         manifest = build_manifest(job, files, split, target, extra_manifest)
+        manifest["model_sha256"] = state_sha256(model)  # which model this is an export of
         write_json(work / MANIFEST, manifest)
         _install(work, out_dir, [*files, MANIFEST])
     finally:

@@ -19,17 +19,20 @@ function so that ``import patrol_compress`` stays cheap and torch-free.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from patrol_compress.contracts import ATTACK_FILE, DEFENSES_DIR
-from patrol_compress.errors import RecipeError
+from patrol_compress.errors import RecipeError, UsageError, storage_errors
 from patrol_compress.recipe import Recipe, load_recipe, parse_recipe
 
 if TYPE_CHECKING:
     from patrol_compress.models import BlockNet
+    from patrol_compress.privacy_config import AttackConfig
     from patrol_compress.report.build import ReportFiles
 
 RecipeLike = Recipe | Mapping[str, Any] | str | Path
@@ -55,10 +58,43 @@ def as_recipe(recipe: RecipeLike) -> Recipe:
     )
 
 
-def _path(folder: Path | str | None) -> Path | None:
-    return None if folder is None else Path(folder)
+def _path(folder: Path | str | None, name: str = "path") -> Path | None:
+    return None if folder is None else _as_path(folder, name)
 
 
+def _as_path(value: object, name: str) -> Path:
+    """``value`` as a Path; anything but a str or os.PathLike is one UsageError line."""
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and not isinstance(value, bytes)):
+        return Path(value)
+    raise UsageError(f"{name}: expected a path (str or pathlib.Path), found {type(value).__name__}")
+
+
+def _known_options(fn: Callable[..., Any], given: Mapping[str, Any], what: str) -> None:
+    """Keyword arguments passed through ``**kwargs`` must be ``fn``'s own (else one line)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # fn takes any keyword (a wrapper): it checks its own
+    known = [n for n in params if n not in ("run_dir", "artifact_dir")]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise UsageError(f"{what}: unknown option(s) {unknown}; expected some of {known}")
+
+
+KEEP_CHECKPOINTS = ("all", "last", "none")
+
+
+def _keep(value: object) -> str:
+    """``keep_checkpoints`` is checked before the job: an unknown value dropped every checkpoint."""
+    if value not in KEEP_CHECKPOINTS:
+        raise UsageError(
+            f"keep_checkpoints: expected one of {', '.join(KEEP_CHECKPOINTS)}, found {value!r}"
+        )
+    return str(value)
+
+
+@storage_errors
 def prune(
     recipe: RecipeLike,
     out: Path | str | None = None,
@@ -80,9 +116,11 @@ def prune(
     """
     from patrol_compress.pipeline import prune as run_prune
 
-    return run_prune(as_recipe(recipe), _path(out), resume, force, quiet, keep_checkpoints)
+    keep = _keep(keep_checkpoints)
+    return run_prune(as_recipe(recipe), _path(out, "out"), resume, force, quiet, keep)
 
 
+@storage_errors
 def train(
     recipe: RecipeLike,
     out: Path | str | None = None,
@@ -100,7 +138,8 @@ def train(
     """
     from patrol_compress.pipeline import train_only
 
-    return train_only(as_recipe(recipe), _path(out), resume, force, quiet, keep_checkpoints)
+    keep = _keep(keep_checkpoints)
+    return train_only(as_recipe(recipe), _path(out, "out"), resume, force, quiet, keep)
 
 
 def run_folder(recipe: RecipeLike, out: Path | str | None = None) -> Path:
@@ -110,14 +149,22 @@ def run_folder(recipe: RecipeLike, out: Path | str | None = None) -> Path:
 
         model = api.load_model(api.run_folder("recipes/quickstart.yaml"))
     """
-    return as_recipe(recipe).run_dir(_path(out))
+    return as_recipe(recipe).run_dir(_path(out, "out"))
 
 
-def load_model(run_dir: Path | str) -> BlockNet:
+@storage_errors
+def load_model(
+    run_dir: Path | str,
+    trust_model_code: bool = False,
+    factory: str | Callable[..., Any] | None = None,
+) -> BlockNet:
     """The network a finished ``prune`` or ``train`` saved in ``run_dir`` (eval mode, CPU).
 
     The weights are checked against their recorded sha256 and loaded without
-    unpickling anything.
+    unpickling anything. A custom architecture (``model.arch: custom``) is
+    built by code, which a run folder only names: pass ``factory`` (its
+    ``'pkg.module:function'``, which must be the one the run records, or the
+    function itself) or ``trust_model_code=True`` to import the one it records.
 
     Example::
 
@@ -127,13 +174,20 @@ def load_model(run_dir: Path | str) -> BlockNet:
     """
     from patrol_compress.run import load_run_model
 
-    return load_run_model(Path(run_dir))[0]
+    return load_run_model(_as_path(run_dir, "run_dir"), factory, trust_model_code)[0]
 
 
-def partitions(run_dir: Path | str, split: int | None = None) -> tuple[BlockNet, BlockNet]:
+@storage_errors
+def partitions(
+    run_dir: Path | str,
+    split: int | None = None,
+    trust_model_code: bool = False,
+    factory: str | Callable[..., Any] | None = None,
+) -> tuple[BlockNet, BlockNet]:
     """The edge and cloud partitions of a run's model (``cloud(edge(x)) == model(x)``).
 
-    ``split`` defaults to the split the run saved (its recipe's ``patrol.split``).
+    ``split`` defaults to the split the run saved (its recipe's ``patrol.split``);
+    ``trust_model_code`` and ``factory`` as in :func:`load_model`.
 
     Example::
 
@@ -141,18 +195,20 @@ def partitions(run_dir: Path | str, split: int | None = None) -> tuple[BlockNet,
         features = edge(images)          # what the device sends
         output = cloud(features)
     """
+    from patrol_compress.errors import ModelError
     from patrol_compress.models.split import split as split_model
     from patrol_compress.run import load_run_model
 
-    model, meta = load_run_model(Path(run_dir))
+    if split is not None and (isinstance(split, bool) or not isinstance(split, int)):
+        raise ModelError(f"split must be a whole number of stages, found {split!r}")
+    model, meta = load_run_model(_as_path(run_dir, "run_dir"), factory, trust_model_code)
     k = split if split is not None else meta.get("split")
-    if not isinstance(k, int):
-        from patrol_compress.errors import ModelError
-
+    if isinstance(k, bool) or not isinstance(k, int):
         raise ModelError(f"{run_dir}: the saved model records no split; pass split=K")
     return split_model(model, k)
 
 
+@storage_errors
 def export(
     run_dir: Path | str,
     split: int,
@@ -162,12 +218,14 @@ def export(
     force: bool = False,
     calibration_images: int = 300,
     allow_parity_fail: bool = False,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Export the run's model as edge/cloud partitions (parity-checked); returns the manifest.
 
     ``precision="int8"`` calibrates on ``calibration_images`` training images and
     must keep rank-1 / top-1 within 1 point of fp32 (else ExportError, unless
     ``allow_parity_fail``); the manifest's ``quantization`` records both.
+    ``trust_model_code`` as in :func:`load_model`.
 
     Example::
 
@@ -176,17 +234,19 @@ def export(
     from patrol_compress.exporters import export_run
 
     return export_run(
-        Path(run_dir),
+        _as_path(run_dir, "run_dir"),
         split,
         target,
         precision,
-        _path(out),
+        _path(out, "out"),
         force,
         calibration_images=calibration_images,
         allow_parity_fail=allow_parity_fail,
+        trust_model_code=trust_model_code,
     )
 
 
+@storage_errors
 def bench(artifact_dir: Path | str, **kwargs: Any) -> dict[str, Any]:
     """Benchmark an exported edge partition (torch-free path); returns the measurements.
 
@@ -196,20 +256,54 @@ def bench(artifact_dir: Path | str, **kwargs: Any) -> dict[str, Any]:
     """
     from patrol_compress.bench import bench as run_bench
 
-    return run_bench(Path(artifact_dir), **kwargs)
+    _known_options(run_bench, kwargs, "bench")
+    if kwargs.get("json_path") is not None:
+        kwargs["json_path"] = _as_path(kwargs["json_path"], "json_path")
+    return run_bench(_as_path(artifact_dir, "artifact_dir"), **kwargs)
 
 
 def _locked(folder: Path) -> AbstractContextManager[object]:
-    """The lock of the run ``folder`` belongs to, if that run folder exists yet.
+    """The lock of the run ``folder`` lies in (however deep), or of ``folder`` if it exists.
 
     A job that writes into a run (attack, defend) must not run while a prune of
     it does; a folder that does not exist yet is new and has nothing to mix up
     (and creating it here would leave an empty folder behind a failed job).
     """
-    from patrol_compress.locking import folder_lock, run_root
+    from patrol_compress.locking import output_lock
 
-    root = run_root(folder)
-    return folder_lock(root) if root.is_dir() else nullcontext()
+    return output_lock(folder)
+
+
+def _whole(value: object, name: str) -> None:
+    """``value`` is None or a whole number (not a bool, not "2", not 2.5)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UsageError(f"{name}: expected a whole number, found {value!r}"[:200])
+
+
+def _attack_config(config: object) -> AttackConfig | Path | None:
+    """``config`` of :func:`attack`: an AttackConfig, a mapping of one, or a YAML file's path."""
+    from patrol_compress.config.base import validate
+    from patrol_compress.privacy_config import AttackConfig
+
+    if config is None or isinstance(config, AttackConfig):
+        return config
+    if isinstance(config, Mapping):
+        return validate(AttackConfig, dict(config), "<attack config>")
+    return _as_path(config, "config")
+
+
+def _in_a_folder(path: Path, option: str) -> None:
+    """The nearest existing part of ``path`` must be a folder: a file in the way is refused
+    before a job of minutes, not when it writes its results."""
+    from patrol_compress.errors import OutputExistsError
+
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                raise OutputExistsError(
+                    f"{part}: exists and is not a folder, so {option} {path} cannot be written"
+                )
+            return
 
 
 def attack_output_free(out_dir: Path | str, force: bool) -> None:
@@ -221,9 +315,10 @@ def attack_output_free(out_dir: Path | str, force: bool) -> None:
     """
     from patrol_compress.errors import OutputExistsError
 
-    out_dir = Path(out_dir)
+    out_dir = _as_path(out_dir, "out")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
+    _in_a_folder(out_dir, "--out")
     if (out_dir / ATTACK_FILE).exists() and not force:
         raise OutputExistsError(
             f"{out_dir / ATTACK_FILE}: an attack's results are already here; "
@@ -231,21 +326,24 @@ def attack_output_free(out_dir: Path | str, force: bool) -> None:
         )
 
 
+@storage_errors
 def attack(
     run_dir: Path | str,
     attacks: Sequence[str] | None = None,
     split: int | None = None,
-    config: Path | str | None = None,
+    config: AttackConfig | Mapping[str, Any] | Path | str | None = None,
     out: Path | str | None = None,
     label: str | None = None,
     force: bool = False,
     artifact: Path | str | None = None,
+    trust_model_code: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
     """Model inversion attacks on the run's edge; writes attack.json and attack_grid.png.
 
     ``artifact``: the export folder the adaptive attack queries (e.g. an INT8
     export; default: the recipe's ``adaptive.artifact``, else the fp32 ONNX export).
+    ``trust_model_code`` as in :func:`load_model`.
 
     An existing ``attack.json`` in the output folder is refused unless ``force``,
     before the (minutes-long) attack starts, and the run folder is locked meanwhile.
@@ -261,23 +359,29 @@ def attack(
     from patrol_compress.attacks import DEFAULT_ATTACKS
     from patrol_compress.attacks import attack as run_attacks
 
-    out_dir = Path(out) if out is not None else Path(run_dir)
+    run = _as_path(run_dir, "run_dir")
+    out_dir = _as_path(out, "out") if out is not None else run
+    _whole(split, "split")
+    if isinstance(attacks, str):  # "blackbox,whitebox", as on the command line
+        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     attack_output_free(out_dir, force)
     with _locked(out_dir):
         attack_output_free(out_dir, force)  # again, now that no other job can write it
         names = list(attacks) if attacks else list(DEFAULT_ATTACKS)
         return run_attacks(
-            Path(run_dir),
+            run,
             names,
             split,
-            _path(config),
-            _path(out),
+            _attack_config(config),
+            out_dir,
             label,
-            artifact=_path(artifact),
+            artifact=_path(artifact, "artifact"),
+            trust_model_code=trust_model_code,
             resume=resume,
         )
 
 
+@storage_errors
 def frontier(
     recipe: Path | str,
     methods: list[str] | None = None,
@@ -342,8 +446,11 @@ def frontier(
     )
 
 
+@storage_errors
 def defend(run_dir: Path | str, out: Path | str | None = None, **kwargs: Any) -> dict[str, Any]:
     """The baseline defenses' sweeps (see :func:`patrol_compress.defenses.defend`), run locked.
+
+    ``trust_model_code=True`` (a keyword) as in :func:`load_model`.
 
     Returns what ``defenses.json`` holds.
 
@@ -353,11 +460,15 @@ def defend(run_dir: Path | str, out: Path | str | None = None, **kwargs: Any) ->
     """
     from patrol_compress.defenses import defend as run_defend
 
-    out_dir = Path(out) if out is not None else Path(run_dir) / DEFENSES_DIR
+    _known_options(run_defend, kwargs, "defend")
+    run = _as_path(run_dir, "run_dir")
+    out_dir = _as_path(out, "out") if out is not None else run / DEFENSES_DIR
+    attack_output_free(out_dir, force=True)  # a file in the way fails now, not after the sweeps
     with _locked(out_dir):
-        return run_defend(Path(run_dir), out=_path(out), **kwargs)
+        return run_defend(run, out=_path(out, "out"), **kwargs)
 
 
+@storage_errors
 def report(
     paths: Sequence[Path | str] | Path | str,
     out: Path | str | None = None,
@@ -376,7 +487,15 @@ def report(
     """
     from patrol_compress.report import build_report
 
-    inputs = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if isinstance(paths, (str, Path)):
+        inputs = [_as_path(paths, "paths")]
+    elif isinstance(paths, Sequence):
+        inputs = [_as_path(p, "paths") for p in paths]
+    else:
+        raise UsageError(
+            f"paths: expected attack.json files or folders (a path or a list of them), found "
+            f"{type(paths).__name__}"
+        )
     if not inputs:
         from patrol_compress.errors import ArtifactError
 
@@ -384,4 +503,6 @@ def report(
     if out is None:
         first = inputs[0]
         out = (first.parent if first.suffix == ".json" else first) / "report.html"
-    return build_report(inputs, Path(out), title=title, force=force)
+    if title is not None and not isinstance(title, str):
+        raise UsageError(f"title: expected text, found {type(title).__name__}")
+    return build_report(inputs, _as_path(out, "out"), title=title, force=force)

@@ -171,6 +171,11 @@ class Manifest(Record):
     quantization: Quantization | None = None
     """INT8 only: the split tensor's uint8 code (the cloud and the adaptive attack
     dequantize with it) and the accuracy parity."""
+    model_sha256: str | None = None
+    """sha256 of the exported model's weights and buffers in memory
+    (:func:`patrol_compress.run.state_sha256`): whose export this is."""
+    weights_sha256: str | None = None
+    """``export RUN``: sha256 of the run's ``model.safetensors``."""
 
 
 class Score(Record):
@@ -205,12 +210,18 @@ class GridInfo(Record):
     rows: list[str] | None = None
 
 
+MAX_COUNT = 10**18
+"""Largest count a record may hold (a float holds it; 10**400 broke every formatter)."""
+
+
 def _count(value: Any) -> Any:
     """A finite number, kept as the file has it (an int stays an int)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("float_type", "Input should be a number")
+    if isinstance(value, int) and abs(value) > MAX_COUNT:  # isfinite() overflows on it
+        raise PydanticCustomError("count_range", "Input should be a count of at most 10^18")
     if not math.isfinite(value):
         raise PydanticCustomError("finite_number", "Input should be a finite number")
     return value

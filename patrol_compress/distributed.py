@@ -478,13 +478,19 @@ def session() -> Iterator[Dist]:
     """
     global _current
     world = _env_int("WORLD_SIZE", 1)
-    if world <= 1 or _current.active:
+    if world < 1:  # -3 used to run single-process, as if the variable were unset
+        raise errors.PatrolError(
+            f"WORLD_SIZE={world}: expected the number of processes (>= 1; torchrun sets it)"
+        )
+    if world == 1 or _current.active:
         yield _current
         return
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", rank)
     if not 0 <= rank < world:
         raise errors.PatrolError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world - 1})")
+    if local < 0:
+        raise errors.PatrolError(f"LOCAL_RANK={local}: expected a device index >= 0")
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         dev, backend = torch.device("cuda", local), "nccl"

@@ -9,8 +9,15 @@ contain tensors, images or labels.
 
 from __future__ import annotations
 
+import errno
+import functools
 import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class PatrolError(Exception):
@@ -55,6 +62,57 @@ class UsageError(PatrolError):
 
 class RunLockedError(PatrolError):
     """Another process holds the run folder's lock (two jobs must never write one run)."""
+
+
+class StorageError(PatrolError):
+    """A file or folder cannot be read or written: permissions, a full disk, a file in the way."""
+
+
+_MACHINE_ERRNOS = {
+    errno.EACCES: "no permission",
+    errno.EPERM: "no permission",
+    errno.EROFS: "a read-only file system",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file is too large for this file system",
+    errno.EEXIST: "something of that name is in the way",
+    errno.ENOTDIR: "a file is where a folder belongs",
+    errno.EISDIR: "a folder is where a file belongs",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.ELOOP: "a symbolic link loop",
+    errno.EMLINK: "too many links",
+    errno.EIO: "an input/output error of the device",
+    errno.ENOENT: "it does not exist (any more)",
+}
+"""OSErrors the machine causes, not a bug: each becomes one :class:`StorageError` line."""
+
+
+def storage_error(exc: OSError) -> StorageError | None:
+    """The one-line error for ``exc`` when the machine caused it (see above), else None."""
+    why = _MACHINE_ERRNOS.get(exc.errno or -1)
+    if why is None:
+        return None
+    what = exc.strerror or type(exc).__name__
+    if exc.filename is None:
+        return StorageError(f"a file could not be read or written: {what} ({why})")
+    other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return StorageError(f"{exc.filename}{other}: {what} ({why})")
+
+
+def storage_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Raise :func:`storage_error`'s line for an OSError the machine caused inside ``fn``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            error = storage_error(exc)
+            if error is None:
+                raise
+            raise error from None
+
+    return wrapper
 
 
 def import_optional(module: str, extra: str, purpose: str) -> ModuleType:

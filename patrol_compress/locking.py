@@ -11,19 +11,26 @@ The lock is ``fcntl.flock`` on :data:`LOCK_FILE` inside the folder: the kernel
 releases it when the process ends, however it ends (SIGKILL, OOM, a crash), so
 there is never a stale lock to delete by hand. The lock file itself stays (it
 holds nothing); removing it on release would let two processes lock two
-different files of the same name. Where ``fcntl`` does not exist (Windows),
-nothing is locked.
+different files of the same name. It is opened without following a symlink:
+a run folder received from someone else may hold a dangling link in its
+place, which must not make us create a file wherever it points. Where
+``fcntl`` does not exist (Windows), nothing is locked.
+
+A job that writes anywhere inside a run (``export RUN/target``, ``export
+OTHER --out RUN/x``, ``attack --out RUN/a/b/c``) locks that run:
+:func:`enclosing_run` finds it from the output path.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from patrol_compress.contracts import RECIPE_FILE, STAGES_FILE
 from patrol_compress.errors import ArtifactError, RunLockedError
+from patrol_compress.io import LEDGER
 
 try:
     import fcntl
@@ -48,10 +55,16 @@ class FolderLock:
 
 def acquire(folder: Path) -> FolderLock:
     """Create ``folder`` if needed and lock it, or raise RunLockedError at once (no waiting)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(folder / LOCK_FILE, flags, 0o644)
     except OSError as exc:
+        if (folder / LOCK_FILE).is_symlink():
+            raise ArtifactError(
+                f"{folder / LOCK_FILE}: is a symbolic link; a run's lock file must be a plain "
+                "file (a run folder must not point us at files elsewhere): remove the link"
+            ) from None
         raise ArtifactError(
             f"{folder}: cannot create the run folder's lock file ({exc.strerror or exc})"
         ) from None
@@ -78,13 +91,42 @@ def folder_lock(folder: Path) -> Iterator[FolderLock]:
         lock.release()
 
 
-def run_root(folder: Path) -> Path:
-    """The run folder ``folder`` belongs to (itself, or a parent holding stages.json).
+RUN_MARKERS = (STAGES_FILE, RECIPE_FILE, LEDGER)
+"""A folder holding one of these is a run folder (prune/train wrote it)."""
 
-    ``attack RUN/target`` and ``export`` into ``RUN/export/...`` write inside a
-    run: they must take the same lock as a ``prune`` of that run.
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run folder ``path`` lies in (itself or its nearest ancestor that is a run), if any.
+
+    ``export RUN/target``, ``export OTHER --out RUN/x`` and ``attack --out
+    RUN/a/b/c`` write inside a run, however deep: they must take the same
+    lock as a ``prune`` of that run. The path is resolved first (``..`` and
+    symlinks), so the run found is the one the files will really land in.
     """
-    for candidate in (folder, *list(folder.parents)[:2]):
-        if (candidate / STAGES_FILE).is_file() or (candidate / RECIPE_FILE).is_file():
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError):  # a link loop: nothing sensible to lock
+        return None
+    for candidate in (real, *real.parents):
+        if any((candidate / marker).is_file() for marker in RUN_MARKERS):
             return candidate
-    return folder
+    return None
+
+
+def run_root(folder: Path) -> Path:
+    """The run folder ``folder`` belongs to (:func:`enclosing_run`), else ``folder`` itself."""
+    found = enclosing_run(folder)
+    return found if found is not None else folder
+
+
+def output_lock(path: Path) -> AbstractContextManager[object]:
+    """The lock a job writing ``path`` must hold: that of the run ``path`` lies in, if any.
+
+    A ``path`` outside every run is new or a user's folder: an existing folder
+    is locked itself (two attacks must not write one folder); one that does not
+    exist yet is not created here (a failed job would leave it behind).
+    """
+    root = enclosing_run(path)
+    if root is None and Path(path).is_dir():
+        root = Path(path)
+    return folder_lock(root) if root is not None else nullcontext()

@@ -43,6 +43,7 @@ from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
 from patrol_compress.errors import ArtifactError, ModelError, RecipeError, TrainingError
 from patrol_compress.io import read_json, write_json
+from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
 from patrol_compress.models.factory import load_own_weights
@@ -66,6 +67,7 @@ from patrol_compress.run import (
 from patrol_compress.rundir import RunDir, open_run
 from patrol_compress.train.checkpoint import drop_checkpoints
 from patrol_compress.train.evaluate import evaluate, headline
+from patrol_compress.train.faults import fault_from_env
 from patrol_compress.train.target import check_batches, train_target
 
 console = Console()
@@ -106,15 +108,17 @@ def _open_with_data(
 ) -> tuple[RunDir, DataBundle]:
     """Load the data, run ``preflight`` on it, then open the run directory.
 
-    The order matters: a missing dataset, an impossible budget or a wrong
-    checkpoint must fail before ``--force`` empties an old run or a new output
-    folder is created. The "data" stage then writes the sample grid. The
-    returned run holds the folder's lock: the caller releases it when the job ends.
+    The order matters: a malformed ``PATROL_FAULT``, a missing dataset, an
+    impossible budget or a wrong checkpoint must fail before ``--force``
+    empties an old run or a new output folder is created. The "data" stage
+    then writes the sample grid. The returned run holds the folder's lock: the
+    caller releases it when the job ends.
 
     Distributed: rank 0 loads first (it may generate and cache the data), the
     others read the cache after it.
     """
     ctx = distributed.current()
+    fault_from_env()  # a malformed PATROL_FAULT must fail before --force clears anything
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
     data = ctx.run_on_main(lambda: build_data(recipe.data))
@@ -166,6 +170,9 @@ def _preflight(recipe: Recipe, data: DataBundle) -> EdgeBudget | None:
                 "patrol.budget: latency limits are measured on one machine; run this recipe "
                 "on one process (macs is the deterministic stand-in for several)"
             )
+        if cfg.budget.latency_ms is not None or "latency" in cfg.budget.fit:
+            threads = cfg.budget.latency.threads
+            check_thread_count(threads, "patrol.budget.latency.threads")
         budget = resolve_budget(cfg.budget, probe, shape)
         make_structure(
             cfg.granularity, probe, cfg.split, cfg.mask_init, example, cfg.round_to, cfg.rank
@@ -178,7 +185,7 @@ def _load_or_train_target(
 ) -> BlockNet:
     target_dir = run / TARGET_DIR
     if run.done("target"):
-        model, _ = load_run_model(target_dir)
+        model, _ = load_run_model(target_dir, recipe.model.factory)
         return model
     start = time.perf_counter()
     if recipe.train.checkpoint is not None:
@@ -372,7 +379,7 @@ def _patrol_stages(
 
             ctx.run_on_main(remove)
     # Every rank continues from rank 0's pruned network.
-    pruned, pinfo = load_run_model(run / PRUNED_DIR)
+    pruned, pinfo = load_run_model(run / PRUNED_DIR, recipe.model.factory)
     metrics["removal"] = pinfo["removal"]
 
     if not run.done("recover"):
@@ -391,7 +398,7 @@ def _patrol_stages(
                     },
                 )
             )
-    final, _ = load_run_model(run.path)
+    final, _ = load_run_model(run.path, recipe.model.factory)
     if not run.done("evaluate"):
         with run.stage("evaluate"):
             ctx.run_on_main(
@@ -423,7 +430,7 @@ def _recover(
             update={"epochs": cfg.recovery_epochs, "lr": lr, "warmup_epochs": 0}
         )
         torch.manual_seed(recipe.seed + 3)
-        train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet)
+        train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet, stage="recover")
         return
     torch.manual_seed(recipe.seed + 4)  # seeded with or without a surrogate, as in PATROL
     surrogate = make_surrogate(pruned, recipe, data)

@@ -105,6 +105,11 @@ def _config(config: PatrolConfig | Mapping[str, Any] | None) -> PatrolConfig:
         return PatrolConfig()
     if isinstance(config, PatrolConfig):
         return config
+    if not isinstance(config, Mapping):
+        raise RecipeError(
+            "config: expected a recipe's patrol: section as a mapping (or a PatrolConfig), "
+            f"found {type(config).__name__}"
+        )
     given = sorted({"split", "budget"} & set(config))
     if given:
         raise UsageError(f"config: pass {' and '.join(given)} as PatrolPruner arguments instead")
@@ -119,6 +124,15 @@ def _config(config: PatrolConfig | Mapping[str, Any] | None) -> PatrolConfig:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _steps(value: object, name: str) -> int | None:
+    """``total_steps`` / ``replan_every``: None or a whole number >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{name}: expected a whole number of steps >= 1, found {value!r}")
+    return value
 
 
 class PatrolPruner:
@@ -193,13 +207,13 @@ class PatrolPruner:
                 "`patrol-compress prune` for it)"
             )
         self.budget = self._budget(budget)
+        total_steps = _steps(total_steps, "total_steps")
+        replan_every = _steps(replan_every, "replan_every")
         if self.budget is not None and total_steps is None:
             raise UsageError(
                 "total_steps: needed with a budget (the steering silences the planned "
                 "channels over the steps you will take); pass epochs x batches per epoch"
             )
-        if total_steps is not None and total_steps < 1:
-            raise UsageError(f"total_steps: expected at least 1, found {total_steps}")
         self.total_steps = total_steps or 1
         self.replan_every = max(1, replan_every or self.total_steps // 10 or 1)
         self.structure = self._insert_masks()
@@ -305,6 +319,11 @@ class PatrolPruner:
                 raise BudgetError(f"budget: expected at least 1 parameter, found {budget}")
         elif isinstance(budget, BudgetConfig):
             cfg = budget
+        elif not isinstance(budget, Mapping):
+            raise BudgetError(
+                "budget: expected a whole number of edge parameters, a mapping such as "
+                f"{{'fit_split': 1}} or a BudgetConfig, found {budget!r}"[:200]
+            )
         else:
             try:
                 cfg = BudgetConfig.model_validate(dict(budget))

@@ -8,10 +8,20 @@ provenance). A pruned network is rebuilt by constructing the unpruned one and
 resizing every Conv/BatchNorm/Linear to the shapes stored in the weights file:
 structured pruning only ever shrinks channel counts, so the shapes alone define
 the architecture, and this works for any CNN the factory can build.
+
+A run folder is data: opening one never runs code it names. A custom
+architecture's ``model.factory`` (a Python function) is imported only when the
+caller allows it, by passing that same factory (the recipe's ``model.factory``,
+or the function itself) or by opting in (``trust_model_code``, the CLI's
+``--trust-model-code``); names of modules that run code instead of building a
+network (``torch.hub``, ``os``, ``subprocess``, ``builtins``, ...) are refused
+even then (:mod:`patrol_compress.config.factory`).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,21 @@ def save_model_file(path: Path, model: nn.Module) -> str:
     return sha256_file(path)
 
 
+def state_sha256(model: nn.Module) -> str:
+    """sha256 of ``model``'s weights and buffers (names, dtypes, shapes, bytes), in memory.
+
+    An export records it (``manifest.json``'s ``model_sha256``), so the adaptive
+    attack can tell whether an artifact was exported from the model it attacks,
+    however the artifact was made.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_run_model(run_dir: Path, model: BlockNet, info: dict[str, Any]) -> None:
     """Save weights and description.
 
@@ -56,8 +81,18 @@ def save_run_model(run_dir: Path, model: BlockNet, info: dict[str, Any]) -> None
     write_json(run_dir / META_FILE, meta)
 
 
-def load_run_model(run_dir: Path) -> tuple[BlockNet, dict[str, Any]]:
-    """Rebuild the model saved in ``run_dir`` (eval mode) and return it with its description."""
+def load_run_model(
+    run_dir: Path,
+    factory: str | Callable[..., Any] | None = None,
+    trust_model_code: bool = False,
+) -> tuple[BlockNet, dict[str, Any]]:
+    """Rebuild the model saved in ``run_dir`` (eval mode) and return it with its description.
+
+    A custom architecture needs the caller's consent to run code (module
+    docstring): ``factory`` is the ``'pkg.module:function'`` the caller expects
+    (it must be the one ``model.json`` records) or the function itself, and
+    ``trust_model_code`` allows whichever factory ``model.json`` records.
+    """
     meta_path = run_dir / META_FILE
     if not meta_path.is_file():
         raise ArtifactError(
@@ -75,10 +110,15 @@ def load_run_model(run_dir: Path) -> tuple[BlockNet, dict[str, Any]]:
         config = ModelConfig.model_validate(meta["model"])
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ArtifactError(f"{meta_path}: model.{where}: {first['msg']}") from None
+        where = ".".join(["model", *(str(p) for p in first["loc"])])
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        # A model-level rule's message names its field already ("model.factory ...").
+        raise ArtifactError(
+            f"{meta_path}: {msg if msg.startswith('model.') else f'{where}: {msg}'}"
+        ) from None
+    code = allowed_factory(config, meta_path, factory, trust_model_code)
     model = build_model(
-        config, meta["num_classes"], meta["in_channels"], meta["task"], meta["image_size"]
+        config, meta["num_classes"], meta["in_channels"], meta["task"], meta["image_size"], code
     )
     state = read_state_dict(weights)
     if meta.get("removed_blocks"):
@@ -86,6 +126,37 @@ def load_run_model(run_dir: Path) -> tuple[BlockNet, dict[str, Any]]:
     load_resized(model, state, str(weights))
     model.eval()
     return model, meta
+
+
+def allowed_factory(
+    config: ModelConfig,
+    meta_path: Path,
+    factory: str | Callable[..., Any] | None,
+    trust_model_code: bool,
+) -> Callable[..., Any] | None:
+    """The factory function to call instead of importing one (None: import the recorded one).
+
+    Raises :class:`ModelError` when ``model.json`` names code the caller did not
+    allow (a run folder received from someone else must not run it).
+    """
+    if config.arch != "custom" or trust_model_code:
+        return None
+    if callable(factory):
+        return factory  # code the caller holds: nothing named by the run is imported
+    recorded = str(config.factory)
+    if factory is None:
+        raise ModelError(
+            f"{meta_path}: the saved model is built by code the run folder names "
+            f"(model.factory '{recorded}'); a run folder is data, so it is not imported unless "
+            "you allow it: pass --trust-model-code (API: trust_model_code=True or "
+            f"factory='{recorded}') if you trust this run and that module"
+        )
+    if factory != recorded:
+        raise ModelError(
+            f"{meta_path}: model.factory is '{recorded}', not the factory this job uses "
+            f"('{factory}'); refusing to import it"
+        )
+    return None
 
 
 _META_TYPES: dict[str, tuple[type, ...]] = {
@@ -114,6 +185,9 @@ def _check_meta(meta: Any, path: Path) -> None:
     for key, (low, high) in _META_RANGES.items():
         if not low <= meta[key] <= high:
             raise ArtifactError(f"{path}: '{key}' is {meta[key]}, expected {low}..{high}")
+    removed = meta.get("removed_blocks", [])
+    if not isinstance(removed, list) or not all(isinstance(n, str) and n for n in removed):
+        raise ArtifactError(f"{path}: 'removed_blocks' must be a list of block names")
     if meta["task"] not in ("reid", "classification"):
         found = str(meta["task"])[:40]
         raise ArtifactError(f"{path}: 'task' must be reid or classification, found {found!r}")
@@ -158,6 +232,7 @@ def load_resized(
             f"{source}: weights do not fit the model's architecture: "
             f"{key_mismatch(missing, unexpected)}; these weights are from another model"
         )
+    _check_dtypes(own, state, source)
     for name, module in list(model.named_modules()):
         new = _resized(module, name, state, source, exact)
         if new is not None:
@@ -170,6 +245,20 @@ def load_resized(
         raise ModelError(
             f"{source}: weights do not fit the model's architecture ({detail})"
         ) from None
+
+
+def _check_dtypes(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str
+) -> None:
+    """Float weights must be floats (and counters integers): an int8-cast file loaded
+    silently, every weight rounded to an integer."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() != own[key].is_floating_point():
+            raise ModelError(
+                f"{source}: '{key}' holds {str(tensor.dtype).removeprefix('torch.')} values, "
+                f"the model's are {str(own[key].dtype).removeprefix('torch.')}; these are not "
+                "this model's weights (quantized or cast?)"
+            )
 
 
 def _check_shape(

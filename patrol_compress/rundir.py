@@ -21,7 +21,6 @@ with rank 0's error if there is one.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -50,9 +49,12 @@ from patrol_compress.contracts import (
 from patrol_compress.errors import ArtifactError, OutputExistsError, RecipeError
 from patrol_compress.io import (
     LEDGER,
+    TEMP_PREFIX,
+    is_leftover,
     package_versions,
     read_json,
     read_ledger,
+    start_ledger,
     write_json,
     write_text,
 )
@@ -158,29 +160,27 @@ def remove_written(folder: Path) -> None:
     Also removes the folders that end up empty.
     """
     for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        if p.is_symlink() or p.is_file():
+        if p.is_symlink() or p.is_file():  # a link itself goes, never what it points to
             if p.suffix in WRITTEN_SUFFIXES or p.name.endswith(".tmp"):
                 p.unlink()
         elif p.is_dir() and not any(p.iterdir()):
             p.rmdir()
-    if not any(folder.iterdir()):
+    if not folder.is_symlink() and not any(folder.iterdir()):
         folder.rmdir()
-
-
-# Our leftovers from a killed process: atomic_path's temporary files
-# (".NAME.<8 random>.tmp") and an export's work folder (".NAME.<8 random>.partial").
-_LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|partial)$")
 
 
 def remove_leftovers(root: Path) -> set[Path]:
     """Delete our temporary leftovers below ``root`` (a killed process's ``.tmp`` files and
     export ``.partial`` folders); returns the folders they were in.
 
+    Ours are named with :data:`~patrol_compress.io.TEMP_PREFIX`
+    (``.patrol-compress-tmp.NAME.<8 random>.tmp|partial``): a user's
+    ``.notes.12345678.tmp`` or ``.backup.keep.partial/`` is not ours and stays.
     Only safe while the run's lock is held: no live job of ours is writing them.
     """
     parents: set[Path] = set()
-    for leftover in sorted(root.rglob(".*"), key=lambda q: len(q.parts), reverse=True):
-        if _LEFTOVER.match(leftover.name):
+    for leftover in sorted(root.rglob(f"{TEMP_PREFIX}*"), key=lambda q: len(q.parts), reverse=True):
+        if is_leftover(leftover):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
             else:
@@ -189,37 +189,75 @@ def remove_leftovers(root: Path) -> set[Path]:
     return parents
 
 
+def _inside(root: Path, path: Path) -> Path | None:
+    """``path`` with its folders resolved, if they lie inside ``root`` (a resolved path).
+
+    The last component is not resolved: a link is removed as a link. A ledger
+    entry reached through a symlinked folder (``link/passwd`` with ``link ->
+    /etc``), or a ``checkpoints/`` linked to another disk, is outside the run's
+    real folder and never deleted from it.
+    """
+    try:
+        parent = path.parent.resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return None
+    return parent / path.name if parent.is_relative_to(root) else None
+
+
+def _remove_empty_folders(folders: set[Path], root: Path) -> None:
+    """Remove each folder (resolved, inside ``root``) and its parents while they are empty.
+
+    The walk stops at ``root``, at a symlink and at anything that cannot be
+    removed: a half-done walk must never fail the job.
+    """
+    for folder in sorted(folders, key=lambda q: len(q.parts), reverse=True):
+        while folder != root and folder.is_relative_to(root) and not folder.is_symlink():
+            try:
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+
+
+_NEVER_CLEARED = frozenset({LOCK_FILE, LEDGER})
+"""The lock we hold and the ledger itself: a ledger entry naming them is not obeyed
+(unlinking the held lock file would let a second job lock a new one)."""
+
+
 def clear_run(path: Path) -> None:
     """``--force``: delete what we wrote into the run ``path``, nothing else.
 
     With a ledger (:data:`~patrol_compress.io.LEDGER`) exactly the files it
     records go, plus our temporary leftovers; a user's ``export/mine.json``
-    stays whatever its name. Folders that end up empty go too. A run from
-    before the ledger existed falls back to :func:`remove_written`.
+    stays whatever its name. Only files inside the run's real folder go
+    (:func:`_inside`: no path through a symlink leading out). Folders that end
+    up empty go too. A run from before the ledger existed falls back to
+    :func:`remove_written`.
     """
     written = read_ledger(path)
     if written is None:
         for name in OWNED:
-            target = path / name
-            if target.is_dir() and not target.is_symlink():
-                remove_written(target)
-            elif target.is_file() or target.is_symlink():
-                target.unlink()
+            owned = path / name
+            if owned.is_symlink() and owned.is_dir():
+                continue  # a linked folder (checkpoints/ on another disk): the user's set-up
+            if owned.is_dir():
+                remove_written(owned)
+            elif owned.is_file() or owned.is_symlink():
+                owned.unlink()
         return
     emptied: set[Path] = set()
-    root = path.absolute()
+    root = path.resolve()
     for rel in written:
-        target = root / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
+        if ".." in Path(rel).parts or Path(rel).is_absolute() or rel in _NEVER_CLEARED:
             continue  # never written by us: record_written stores paths below the run
-        if target.is_symlink() or target.is_file():
+        target = _inside(root, root / rel)
+        if target is not None and (target.is_symlink() or target.is_file()):
             target.unlink()
             emptied.add(target.parent)
     emptied |= remove_leftovers(root)
-    for folder in sorted(emptied, key=lambda q: len(q.parts), reverse=True):
-        while folder != root and folder.is_relative_to(root) and not any(folder.iterdir()):
-            folder.rmdir()
-            folder = folder.parent
+    _remove_empty_folders(emptied, root)
     write_text(path / LEDGER, "")
 
 
@@ -272,7 +310,7 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLoc
             clear_run(path)
         elif resume and path.is_dir():
             remove_leftovers(path)  # a killed run's .tmp/.partial: nobody else writes here now
-        (path / LEDGER).touch()  # from here on, every file we write here is recorded
+        start_ledger(path)  # from here on, every file we write here is recorded
         write_text(path / RECIPE_FILE, text)
         write_json(path / VERSIONS_FILE, package_versions())
     except BaseException:

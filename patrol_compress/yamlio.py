@@ -9,8 +9,11 @@ expanded value and hangs while memory grows. So before anything is built,
 the composed node graph is measured as if every alias were expanded (shared
 nodes are counted once per use, in time proportional to the distinct nodes),
 and a file is refused when it is larger than :data:`MAX_BYTES`, expands to
-more than :data:`MAX_NODES` values or nests deeper than :data:`MAX_DEPTH`.
-Real recipes are a few KB and a few hundred values.
+more than :data:`MAX_NODES` values or :data:`MAX_EXPANDED_BYTES` bytes of
+text, or nests deeper than :data:`MAX_DEPTH`. Counting values alone let 300
+aliases of one 100 KB string through: a 30 MB value that validation, the
+resolved recipe and the run folder each copied again. Real recipes are a few
+KB and a few hundred values.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import yaml
 from patrol_compress.errors import PatrolError, RecipeError
 
 MAX_BYTES = 1 << 20
+MAX_EXPANDED_BYTES = 1 << 20
+"""Scalar text of the document with every alias expanded: no more than a file may hold."""
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 
@@ -30,31 +35,51 @@ class _Limit(Exception):
     """The document exceeds a limit; the message says which."""
 
 
-def _expanded_size(root: yaml.Node) -> int:
-    """Values the document holds with every alias expanded (memoised, so a DAG is cheap)."""
-    sizes: dict[int, int] = {}
+def _scalar_bytes(node: yaml.Node) -> int:
+    """UTF-8 bytes of a scalar's text (0 for a sequence or mapping)."""
+    if not isinstance(node, yaml.ScalarNode):
+        return 0
+    return len(str(node.value).encode("utf-8", "surrogatepass"))
 
-    def size(node: yaml.Node, depth: int) -> int:
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """(values, scalar bytes) the document holds with every alias expanded.
+
+    Memoised per node, so a DAG of aliases costs its distinct nodes, however
+    often each is used.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def size(node: yaml.Node, depth: int) -> tuple[int, int]:
         if depth > MAX_DEPTH:
             raise _Limit(f"nests deeper than {MAX_DEPTH} levels")
         key = id(node)
         if key in sizes:
-            if sizes[key] < 0:
+            if sizes[key][0] < 0:
                 raise _Limit("refers to itself (a recursive alias)")
             return sizes[key]
-        sizes[key] = -1  # being measured: meeting it again below means a cycle
-        total = 1
+        sizes[key] = (-1, 0)  # being measured: meeting it again below means a cycle
+        children: list[yaml.Node] = []
         if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child, depth + 1) for child in node.value)
+            children = list(node.value)
         elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
-        if total > MAX_NODES:
+            children = [n for pair in node.value for n in pair]
+        nodes, text = 1, _scalar_bytes(node)
+        for child in children:
+            n, b = size(child, depth + 1)
+            nodes, text = nodes + n, text + b
+        if nodes > MAX_NODES:
             raise _Limit(
                 f"expands to more than {MAX_NODES:,} values (aliases of aliases: "
                 "a 'billion laughs' document)"
             )
-        sizes[key] = total
-        return total
+        if text > MAX_EXPANDED_BYTES:
+            raise _Limit(
+                f"expands to more than {MAX_EXPANDED_BYTES:,} bytes of text once its aliases "
+                "are expanded (a large value repeated by aliases)"
+            )
+        sizes[key] = (nodes, text)
+        return sizes[key]
 
     return size(root, 0)
 

@@ -715,7 +715,7 @@ def test_force_removes_only_the_files_we_recorded(
     for path in mine:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(NOTES)
-    stale = run / "target" / ".model.json.abcd1234.tmp"  # a killed writer's leftover
+    stale = run / "target" / ".patrol-compress-tmp.model.json.abcd1234.tmp"  # a killed writer's
     stale.write_bytes(b"half")
     recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
     result = cli("prune", recipe, "--out", run, "--force", "--quiet")
@@ -786,7 +786,7 @@ def test_a_long_bad_value_is_quoted_short(tmp_path: Path, cache: Path) -> None:
 def test_threads_beyond_the_usable_cores_is_one_line(
     tmp_path: Path, cache: Path, artifact: Path, command: str, threads: str
 ) -> None:
-    from patrol_compress.cli.common import usable_cores
+    from patrol_compress.machine import usable_cores
 
     cores = usable_cores()
     value = str(cores + 1) if threads == "above" else threads

@@ -91,11 +91,11 @@ def test_own_head_and_checkpoint_through_prune(tmp_path: Path, user_module: str)
     data["train"]["checkpoint"] = str(path)
     out = tmp_path / "run"
     metrics = api.prune(data, out=out, quiet=True)
-    target, _ = load_run_model(out / "target")
+    target, _ = load_run_model(out / "target", user_module)  # the user's own factory
     assert target.state_dict().keys() == state.keys()
     for k, v in state.items():
         assert torch.equal(target.state_dict()[k], v), k  # started from the user's weights
-    final = api.load_model(out)
+    final = api.load_model(out, factory=user_module)
     assert not any(isinstance(m, ReidHead) for m in final.modules())
     assert final.fc.out_features == state["fc.weight"].shape[0]  # the user's own head
     assert metrics["edge"]["after"]["params"] <= metrics["budget"]["params"]

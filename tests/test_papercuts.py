@@ -95,7 +95,7 @@ def test_defend_config_with_a_bad_value_is_one_line(
 
 @pytest.mark.parametrize("command", ["export", "attack", "defend"])
 def test_threads_on_every_command_that_computes(tmp_path: Path, command: str) -> None:
-    from patrol_compress.cli.common import usable_cores
+    from patrol_compress.machine import usable_cores
 
     extra = ("--target", "onnx") if command == "export" else ()
     for value in ("0", str(usable_cores() + 1)):
@@ -304,7 +304,7 @@ def artifact(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.mark.parametrize(
     ("shape", "words"),
     [
-        ([3, 100_000, 100_000], "a batch of 1 would take 111.8 GiB (at most 4 GiB)"),
+        ([3, 100_000, 100_000], "one image would take 111.8 GiB (at most 4 GiB)"),
         ([-3, 32, 32], "expected positive sizes"),
         ([3, 0, 32], "expected positive sizes"),
         ([3, 16, 16], "the edge partition does not run on input shape [1, 3, 16, 16]"),
@@ -360,9 +360,11 @@ def test_parity_with_a_non_finite_reference_does_not_call_it_finite() -> None:
 
 
 def _leftovers(run: Path) -> list[Path]:
-    tmp = run / "checkpoints" / "recover" / ".epoch-0001.safetensors.a1B2c3D4.tmp"
+    tmp = (
+        run / "checkpoints" / "recover" / ".patrol-compress-tmp.epoch-0001.safetensors.a1B2c3D4.tmp"
+    )
     tmp.write_bytes(b"half a checkpoint")
-    partial = run / "export" / ".onnx-split2-fp32.Zz9_yY8x.partial"
+    partial = run / "export" / ".patrol-compress-tmp.onnx-split2-fp32.Zz9_yY8x.partial"
     partial.mkdir(parents=True)
     (partial / "edge.onnx").write_bytes(b"half an export")
     return [tmp, partial]
@@ -373,13 +375,20 @@ def test_resume_removes_a_killed_runs_tmp_and_partial_leftovers(
 ) -> None:
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     stale = _leftovers(run)
-    mine = run / "export" / ".my-notes.tmp"  # a user's dot-file: not one of our names
-    mine.write_text("keep")
+    # A user's dot-files, some shaped like the temporary names we used to write
+    # (".NAME.<8 characters>.tmp|partial"): not ours, so they stay.
+    mine = [run / "export" / ".my-notes.tmp", run / "target" / ".my.notes.12345678.tmp"]
+    for path in mine:
+        path.write_text("keep")
+    folder = run / "export" / ".backup.keepthis.partial"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
     recipe = shutil.copy(run / "recipe.resolved.yaml", tmp_path / "same.yaml")
     result = cli("prune", recipe, "--out", run, "--resume", "--quiet")
     assert result.exit_code == 0, result.output
     assert [p for p in stale if p.exists()] == []
-    assert mine.read_text() == "keep"
+    assert [p.read_text() for p in mine] == ["keep", "keep"]
+    assert (folder / "notes.txt").read_text() == "keep"
 
 
 def test_export_into_the_run_removes_a_killed_exports_partial(
@@ -387,10 +396,12 @@ def test_export_into_the_run_removes_a_killed_exports_partial(
 ) -> None:
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     _, partial = _leftovers(run)
+    mine = run / "export" / ".keepthis.abcdefgh.partial"  # a user's folder, not ours
+    mine.mkdir()
     result = cli("export", run, "--target", "onnx", "--split", "2")
     assert result.exit_code == 0, result.output
-    assert not partial.exists()
-    assert sorted(p.name for p in (run / "export").iterdir()) == ["onnx-split2-fp32"]
+    assert not partial.exists() and mine.is_dir()
+    assert sorted(p.name for p in (run / "export").iterdir()) == [mine.name, "onnx-split2-fp32"]
 
 
 def test_a_ctrl_c_burst_is_one_line_without_an_atexit_traceback(tmp_path: Path) -> None:

@@ -174,13 +174,13 @@ def test_fault_hook_fails_at_the_exact_step(
             seen.append((epoch + 1, i + 1))
             rep.step(1, {"loss": 0.5})
 
-    monkeypatch.setenv(FAULT_ENV, "demo:2:2:raise")
-    with pytest.raises(InjectedFault, match="demo epoch 2 step 2"):
-        run_stage("demo", tmp_path, 3, 3, epoch_fn, {"m": model}, {"o": opt}, False, quiet=True)
+    monkeypatch.setenv(FAULT_ENV, "patrol:2:2:raise")
+    with pytest.raises(InjectedFault, match="patrol epoch 2 step 2"):
+        run_stage("patrol", tmp_path, 3, 3, epoch_fn, {"m": model}, {"o": opt}, False, quiet=True)
     assert seen == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
     assert _epoch(tmp_path / "last.json") == 1  # epoch 2's checkpoint was never written
-    monkeypatch.setenv(FAULT_ENV, "other:1:1:raise")  # another stage's fault: no effect
-    run_stage("demo", tmp_path, 3, 3, epoch_fn, {"m": model}, {"o": opt}, True, quiet=True)
+    monkeypatch.setenv(FAULT_ENV, "train:1:1:raise")  # another stage's fault: no effect
+    run_stage("patrol", tmp_path, 3, 3, epoch_fn, {"m": model}, {"o": opt}, True, quiet=True)
     assert _epoch(tmp_path / "last.json") == 3
 
 
@@ -189,3 +189,10 @@ def test_malformed_fault_spec_is_refused(spec: str) -> None:
     """A typo must not silently disable the fault (the test would then pass for nothing)."""
     with pytest.raises(FaultSpecError, match="STAGE:EPOCH:STEP"):
         parse_fault(spec)
+
+
+@pytest.mark.parametrize("stage", ["recovery", "demo", "target"])
+def test_unknown_fault_stage_is_refused(stage: str) -> None:
+    """A stage that never runs would never fire (recovery's stage is ``recover``)."""
+    with pytest.raises(FaultSpecError, match=f"unknown stage '{stage}'.*train, patrol, recover"):
+        parse_fault(f"{stage}:1:1")

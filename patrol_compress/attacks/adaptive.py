@@ -15,8 +15,14 @@ the attacker's per-channel standardisation would undo anyway, and it keeps
 Before anything runs, the artifact's ``manifest.json`` is verified (every
 file's sha256), its split must be the one attacked, and the bytes handed to
 the runtime are the ones that were hashed: an artifact changed on disk raises
-:class:`~patrol_compress.errors.ArtifactError`. When the artifact folder does
-not exist it is exported first (optional), into the same place
+:class:`~patrol_compress.errors.ArtifactError`. A self-consistent artifact
+is not enough: it must be an export of the model attacked (the manifest's
+``model_sha256``, else ``weights_sha256``: :func:`check_belongs`), and on
+:data:`PROBE_IMAGES` evaluation images its edge must compute what the torch
+edge computes, within what its precision allows (:func:`check_probe`). An
+edge that outputs zeros would otherwise be attacked, fail, and read as
+private. When the artifact folder does not exist it is exported first
+(optional), into the same place
 ``patrol-compress export RUN --split K --target onnx`` would. The runtimes and
 the exporters are imported only here.
 
@@ -61,10 +67,25 @@ from patrol_compress.attacks.blackbox import (
 from patrol_compress.attacks.fit import AttackerData, Pairs, attacker_pairs
 from patrol_compress.attacks.progress import PartEstimate
 from patrol_compress.contracts import MANIFEST
-from patrol_compress.errors import ArtifactError
+from patrol_compress.errors import ArtifactError, PatrolError
+from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.image import psnr_per_image
 
 ORT_BATCH = 64
+PROBE_IMAGES = 8
+"""Evaluation images the artifact's edge and the torch edge are compared on."""
+FP32_MAX_REL = 1e-4
+"""fp32: largest |artifact - torch| over the largest |torch| (measured: 1e-6)."""
+FP16_MAX_REL = 1e-2
+"""fp16: the same (measured: 2e-3)."""
+INT8_MAX_MEAN_STEPS = 12.0
+"""uint8 edge: mean |artifact - torch| in steps of a uint8 code spanning the torch edge's
+output on the probe (measured 2-9 on the tiny random-weight test models, whose INT8 twin
+loses 8 rank-1 points; an edge sending zeros or a constant: 18-22). The step comes from
+the torch output, not from the manifest's scale, which the artifact could inflate."""
+INT8_MIN_CORRELATION = 0.5
+"""uint8 edge: Pearson correlation with the torch edge's output (measured 0.79-0.99; a
+constant edge has none), so a sparse output cannot pass as zeros."""
 
 
 def default_artifact(run_dir: Path, split: int) -> Path:
@@ -220,12 +241,99 @@ def artifact_features(edge: EdgeFiles, code: tuple[float, int] | None, threads: 
     return features
 
 
+def runtime_refused(artifact: Path, edge: EdgeFiles, exc: Exception) -> ArtifactError:
+    """One line for a runtime that cannot load or run the verified edge (corrupt, truncated)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = (lines[0] if lines else type(exc).__name__)[:160]
+    return ArtifactError(
+        f"{artifact / next(iter(edge.blobs))}: {edge.runtime} cannot run the edge ({detail}); "
+        "a corrupt or truncated model file: re-export the artifact"
+    )
+
+
+def check_belongs(artifact: Path, manifest: dict[str, Any], ctx: AttackContext) -> None:
+    """Refuse an artifact exported from another model than the one attacked.
+
+    ``model_sha256`` (every export since it existed) hashes the exported
+    model's tensors; an older ``export RUN`` recorded only ``weights_sha256``,
+    the run's weights file, compared with the run's ``model.json``.
+    """
+    from patrol_compress.contracts import META_FILE
+    from patrol_compress.io import read_json
+    from patrol_compress.run import state_sha256
+
+    where = artifact / MANIFEST
+    if manifest.get("model_sha256") is not None:
+        if manifest["model_sha256"] != state_sha256(ctx.model):
+            raise ArtifactError(
+                f"{where}: model_sha256 is not that of the model attacked; this is an export "
+                "of another model (another run, or this run before it changed): re-export it"
+            )
+        return
+    meta_path = None if ctx.run_dir is None else Path(ctx.run_dir) / META_FILE
+    if manifest.get("weights_sha256") is not None and meta_path is not None and meta_path.is_file():
+        meta = read_json(meta_path)
+        weights = meta.get("weights") if isinstance(meta, dict) else None
+        if isinstance(weights, dict) and weights.get("sha256") == manifest["weights_sha256"]:
+            return
+        raise ArtifactError(
+            f"{where}: weights_sha256 is not that of {meta_path}'s weights; this is an export "
+            "of another model: re-export it"
+        )
+    raise ArtifactError(
+        f"{where}: records no hash of the model it was exported from (model_sha256), so it "
+        "cannot be checked against the model attacked; re-export it with patrol-compress export"
+    )
+
+
+def probe_difference(
+    from_artifact: torch.Tensor, from_torch: torch.Tensor, uint8: bool
+) -> tuple[float, str]:
+    """How far the artifact's edge is from the torch edge, and in what unit.
+
+    Float edges: max |diff| relative to max |torch|. uint8 edges: mean |diff| in
+    steps of a uint8 code over the torch output's range (see
+    :data:`INT8_MAX_MEAN_STEPS`), infinity below :data:`INT8_MIN_CORRELATION`.
+    """
+    diff = (from_artifact - from_torch).abs()
+    if not uint8:
+        scale = float(from_torch.abs().max()) or 1.0
+        return float(diff.max()) / scale, "of the largest output"
+    step = float(from_torch.max() - from_torch.min()) / 255 or 1.0
+    a = (from_artifact - from_artifact.mean()).flatten()
+    b = (from_torch - from_torch.mean()).flatten()
+    norm = float(a.norm() * b.norm())
+    corr = float(a @ b) / norm if norm > 0 else 0.0
+    if not corr >= INT8_MIN_CORRELATION:
+        return float("inf"), "quantization steps (mean)"
+    return float(diff.mean()) / step, "quantization steps (mean)"
+
+
+def check_probe(
+    artifact: Path,
+    precision: str,
+    uint8: bool,
+    from_artifact: torch.Tensor,
+    from_torch: torch.Tensor,
+) -> None:
+    """Refuse an edge whose outputs are not the torch edge's within its precision."""
+    found, what = probe_difference(from_artifact, from_torch, uint8)
+    bounds = {"fp16": FP16_MAX_REL, "uint8": INT8_MAX_MEAN_STEPS}
+    bound = bounds.get("uint8" if uint8 else precision, FP32_MAX_REL)
+    if not found <= bound:  # NaN fails too
+        shown = "uncorrelated outputs" if found == float("inf") else f"{found:.3g} {what}"
+        raise ArtifactError(
+            f"{artifact}: its edge differs from the run's model by {shown} on "
+            f"{len(from_torch)} evaluation images (at most {bound:g} for {precision}); it does "
+            "not compute this model's edge, refusing to attack it"
+        )
+
+
 SAME_FUNCTION_RTOL = 1e-4
 """An fp32 artifact whose features differ from the torch edge's by at most this fraction
-of their largest magnitude (on the attacker's validation images) computes the same
+of their largest magnitude (on the :data:`PROBE_IMAGES` probe images) computes the same
 function: decoders trained on the torch edge's features are then reused instead of
-trained again (ONNX Runtime and torch agree to ~1e-6 in fp32; ``FACTS``-style checks
-in ``tests/test_attacks.py``)."""
+trained again (ONNX Runtime and torch agree to ~1e-6 in fp32)."""
 SHARED_ARTIFACT = "adaptive_artifact"
 
 
@@ -255,17 +363,28 @@ def artifact_source(ctx: AttackContext) -> ArtifactSource:
         found: ArtifactSource = ctx.shared[SHARED_ARTIFACT]
         return found
     cfg = ctx.config.adaptive
+    check_thread_count(cfg.threads, "attack.adaptive.threads", "ONNX Runtime's default")
     artifact, exported = resolve_artifact(ctx)
     edge, manifest = verified_edge(artifact, ctx.split)
-    features = artifact_features(edge, split_code(manifest, artifact), cfg.threads)
-    probe = ctx.eval_images[: min(len(ctx.eval_images), ORT_BATCH)]
-    from_artifact = features(probe)
+    check_belongs(artifact, manifest, ctx)
+    code = split_code(manifest, artifact)
+    probe = ctx.eval_images[:PROBE_IMAGES]
+    try:
+        features = artifact_features(edge, code, cfg.threads)
+        from_artifact = features(probe)
+    except PatrolError:
+        raise
+    except Exception as exc:  # runtimes raise their own types for a corrupt model
+        raise runtime_refused(artifact, edge, exc) from None
     from_torch = torch_features(ctx.edge, ctx.device)(probe)
     if from_artifact.shape != from_torch.shape:
         raise ArtifactError(
             f"{artifact}: edge output {list(from_artifact.shape[1:])} differs from the run's "
             f"model at split {ctx.split} ({list(from_torch.shape[1:])}); wrong artifact?"
         )
+    check_probe(
+        artifact, str(manifest.get("precision")), code is not None, from_artifact, from_torch
+    )
     source = ArtifactSource(
         artifact,
         exported,

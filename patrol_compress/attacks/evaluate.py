@@ -33,7 +33,8 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.data.base import DataBundle, ReidDataset
 from patrol_compress.errors import ArtifactError, ModelError
-from patrol_compress.io import package_versions, write_json
+from patrol_compress.io import package_versions
+from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.image import (
     METHOD_NOTE,
     attack_accuracy,
@@ -47,6 +48,7 @@ from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import check_split
 from patrol_compress.privacy_config import AttackConfig, load_attack_config
 from patrol_compress.recipe import Recipe, load_recipe
+from patrol_compress.record_pair import replace_pair
 
 DEFAULT_ATTACKS = ("blackbox", "whitebox", "adaptive")
 GRID_MIN_PIXELS = 96
@@ -231,6 +233,7 @@ def attack(
     label: str | None = None,
     quiet: bool = False,
     artifact: Path | str | None = None,
+    trust_model_code: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
     """Run ``attacks`` on the run's edge; write ``attack.json`` and ``attack_grid.png``.
@@ -240,8 +243,10 @@ def attack(
     folder). ``label`` names the point in reports (default: series and split,
     plus the precision of a non-fp32 ``artifact``). ``artifact`` is the export
     folder the adaptive attack queries (overrides ``adaptive.artifact``), e.g.
-    an INT8 export, to measure what its uint8 uplink leaks. ``resume`` keeps the
-    parts an interrupted attack into the same ``out`` finished
+    an INT8 export, to measure what its uint8 uplink leaks. ``trust_model_code``
+    allows importing a custom ``model.factory`` the run names
+    (:func:`patrol_compress.run.load_run_model`). ``resume`` keeps the parts an
+    interrupted attack into the same ``out`` finished
     (:mod:`patrol_compress.attacks.parts`).
     Returns what ``attack.json`` holds.
     """
@@ -250,12 +255,16 @@ def attack(
     names = _names(attacks)
     precision = _artifact_precision(artifact, names)
     run = Path(run_dir)
-    model, meta = load_run_model(run)
+    model, meta = load_run_model(run, trust_model_code=trust_model_code)
     recipe = find_recipe(run)
     cfg = _config(config, recipe)
     if artifact is not None:
         adaptive = cfg.adaptive.model_copy(update={"artifact": Path(artifact)})
         cfg = cfg.model_copy(update={"adaptive": adaptive})
+    if "adaptive" in names:  # before the minutes of the other attacks
+        check_thread_count(
+            cfg.adaptive.threads, "attack.adaptive.threads", "ONNX Runtime's default"
+        )
     k, k_source = _split(split, meta, recipe)
     series, prefix = series_of(recipe, meta)
     suffix = f" {precision}" if precision not in (None, "fp32") else ""
@@ -498,8 +507,6 @@ def attack_model(
     for key, guess in floors.items():
         floor_scores[key] = _score(data.eval_images, guess, data.eval_labels, recogniser, region)
     best = strongest(results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = _grid(out_dir / ATTACK_GRID, data.eval_images, recons, cfg.grid_images)
     report = {
         "run": None if run_dir is None else str(run_dir),
         "label": f"split {split}",
@@ -523,13 +530,20 @@ def attack_model(
         "data": data.summary,
         "metric_note": METHOD_NOTE,
         "region_note": None if region is None else region[1],
-        "grid": {"file": ATTACK_GRID, "rows": rows},
+        "grid": {"file": ATTACK_GRID, "rows": ["original", *recons]},
         "model_weights_sha256": meta.get("weights", {}).get("sha256"),
         "config": cfg.model_dump(mode="json"),
         "versions": package_versions(),
     }
     check_record(AttackResult, report, out_dir / ATTACK_FILE)  # what the report will read
-    write_json(out_dir / ATTACK_FILE, report)
+    # attack.json and its grid are replaced as a pair (a kill never mixes old and new).
+    replace_pair(
+        out_dir,
+        ATTACK_FILE,
+        report,
+        "grid",
+        lambda path: _grid(path, data.eval_images, recons, cfg.grid_images),
+    )
     ctx.parts.clear()  # attack.json holds everything the finished parts were for
     return report
 

@@ -55,6 +55,7 @@ from patrol_compress.bench.timing import (
 from patrol_compress.contracts import MANIFEST, verify_manifest
 from patrol_compress.errors import ArtifactError, OutputExistsError
 from patrol_compress.io import package_versions, write_json
+from patrol_compress.machine import check_thread_count
 
 
 def cpu_model() -> str:
@@ -88,13 +89,37 @@ class Plan:
     timed: Budget
 
 
+MAX_SECONDS = 3600.0
+"""Longest timed or warm-up block per batch size (``--seconds 1e308`` overflowed the
+deadline and the error blamed the manifest)."""
+MAX_CALLS = 10_000_000
+"""Most timed or warm-up calls per batch size (``--runs 10**30`` never ended)."""
+MAX_BATCH = 4096
+"""Largest batch size timed (the recipe's latency budget has the same bound)."""
+
+
 def _finite(value: float | None, name: str, flag: str, strictly_positive: bool) -> None:
     if value is None:
         return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BenchError(f"{name} ({flag}) must be a number, found {value!r}"[:200])
     bound = "> 0" if strictly_positive else ">= 0"
     ok = math.isfinite(value) and (value > 0 if strictly_positive else value >= 0)
     if not ok:
         raise BenchError(f"{name} ({flag}) must be a finite number {bound}, found {value}")
+    if value > MAX_SECONDS:
+        raise BenchError(
+            f"{name} ({flag}) {value:g}: at most {MAX_SECONDS:g} seconds per batch size"
+        )
+
+
+def _calls(value: int | None, name: str, flag: str, low: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_CALLS:
+        raise BenchError(
+            f"{name} ({flag}) {value!r}: expected a whole number of calls in {low}..{MAX_CALLS:,}"
+        )
 
 
 def plan(
@@ -117,8 +142,8 @@ def plan(
             "give --warmup (a count of untimed calls) or --warmup-seconds (a time), not both; "
             f"found warmup={warmup}, warmup_seconds={warmup_seconds}"
         )
-    if (warmup is not None and warmup < 0) or (runs is not None and runs < 1):
-        raise BenchError(f"need warmup >= 0 and runs >= 1, found warmup={warmup}, runs={runs}")
+    _calls(warmup, "warmup", "--warmup", 0)
+    _calls(runs, "runs", "--runs", 1)
     _finite(seconds, "seconds", "--seconds", strictly_positive=True)
     _finite(warmup_seconds, "warmup_seconds", "--warmup-seconds", strictly_positive=False)
     timed = Budget(calls=runs) if runs is not None else Budget(seconds=seconds or DEFAULT_SECONDS)
@@ -130,20 +155,49 @@ def plan(
 
 
 def _validate(batches: Sequence[int], threads: int | None, uplink_mbps: float | None) -> None:
-    if not batches or any(int(b) < 1 for b in batches):
-        raise BenchError(f"batch sizes must be >= 1, found {list(batches)}")
-    if threads is not None and threads < 1:
-        raise BenchError(f"threads must be >= 1, found {threads}")
-    if uplink_mbps is not None and not (math.isfinite(uplink_mbps) and uplink_mbps > 0):
+    if isinstance(batches, (str, bytes)) or not batches:
+        raise BenchError(f"batches (--batch) must be batch sizes like [1, 8], found {batches!r}")
+    for b in batches:
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
+            raise BenchError(
+                f"batch size (--batch) {b!r}: expected a whole number in 1..{MAX_BATCH}"
+            )
+    check_thread_count(threads, "threads")
+    if uplink_mbps is not None and (
+        isinstance(uplink_mbps, bool)
+        or not isinstance(uplink_mbps, (int, float))
+        or not (math.isfinite(uplink_mbps) and uplink_mbps > 0)
+    ):
         raise BenchError(
             f"uplink_mbps (--uplink-mbps) must be a finite number > 0, found {uplink_mbps}"
         )
 
 
+OV_PRECISION_HINTS = ("f32", "f16", "bf16")
+"""OpenVINO's INFERENCE_PRECISION_HINT values (None or '': the plugin's default)."""
+
+
+def check_ov_hint(hint: str | None) -> None:
+    """``--ov-precision-hint`` is one of OpenVINO's (a bogus one failed inside the plugin)."""
+    if hint not in (None, "", *OV_PRECISION_HINTS):
+        raise BenchError(
+            f"ov_precision_hint (--ov-precision-hint) {str(hint)[:40]!r}: expected one of "
+            f"{', '.join(OV_PRECISION_HINTS)}, or '' for OpenVINO's default"
+        )
+
+
 def check_json_path(path: Path, force: bool) -> None:
-    """``--json FILE`` must not be a folder nor hold an earlier report (unless force)."""
+    """``--json FILE`` must not be a folder nor hold an earlier report (unless force), and
+    its folder must be a folder: checked before seconds of timing, not after."""
     if path.is_dir():
         raise OutputExistsError(f"{path}: --json needs a file name, found a folder")
+    for part in path.parents:
+        if part.exists():
+            if not part.is_dir():
+                raise OutputExistsError(
+                    f"{part}: exists and is not a folder, so --json {path} cannot be written"
+                )
+            break
     if path.exists() and not force:
         raise OutputExistsError(
             f"{path}: already exists; pass --force to replace it or choose another --json file"
@@ -250,11 +304,17 @@ def _input_shape(shape: list[int], root: Path, batch: int) -> tuple[int, ...]:
     where = f"{root / MANIFEST}: input_shape {shape}"
     if not all(isinstance(d, int) and d >= 1 for d in shape):
         raise ArtifactError(f"{where}: expected positive sizes (C, H, W of the exported model)")
-    need = batch * math.prod(shape) * 4
-    if need > MAX_INPUT_BYTES:
+    one = math.prod(shape) * 4
+    if one > MAX_INPUT_BYTES:
         raise ArtifactError(
-            f"{where}: a batch of {batch} would take {need / 2**30:,.1f} GiB (at most "
+            f"{where}: one image would take {one / 2**30:,.1f} GiB (at most "
             f"{MAX_INPUT_BYTES // 2**30} GiB); this is not the shape the model was exported for"
+        )
+    if batch * one > MAX_INPUT_BYTES:  # the shape is fine: the batch asked for is too large
+        raise BenchError(
+            f"--batch {batch}: a batch of {batch} images of {shape} would take "
+            f"{batch * one / 2**30:,.1f} GiB (at most {MAX_INPUT_BYTES // 2**30} GiB); "
+            "use a smaller --batch"
         )
     return tuple(shape)
 
@@ -297,6 +357,7 @@ def bench(
     if runtime == "trt" and how.mode == "throughput":
         raise BenchError("--mode throughput is not available for TensorRT; use --mode latency")
     _validate(batches, threads, uplink_mbps)
+    check_ov_hint(ov_precision_hint)
     if json_path is not None:
         check_json_path(Path(json_path), force)
     root = Path(artifact_dir)

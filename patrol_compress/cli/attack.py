@@ -8,11 +8,12 @@ from typing import Any
 import typer
 
 from patrol_compress.cli.common import (
+    ATTACK_RESUMABLE,
     check_utf8_path,
     console,
     threads_option,
     use_threads,
-    user_errors,
+    with_user_errors,
 )
 from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID
 
@@ -43,10 +44,17 @@ ARTIFACT = typer.Option(
     "(default: the config's adaptive.artifact, else RUN/export/onnx-split<K>-fp32).",
 )
 
+TRUST = typer.Option(
+    False,
+    "--trust-model-code",
+    help="Import and call the model.factory the run's model.json names (a custom "
+    "architecture); without it a run folder never runs code. Only for runs you trust.",
+)
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @user_errors
+    @with_user_errors(ATTACK_RESUMABLE)
     def attack(
         run: Path = typer.Argument(..., help="Run directory (or its target/ sub-folder)."),
         attacks: str = ATTACK,
@@ -56,6 +64,7 @@ def register(app: typer.Typer) -> None:
         label: str | None = LABEL,
         force: bool = FORCE,
         artifact: Path | None = ARTIFACT,
+        trust_model_code: bool = TRUST,
         resume: bool = RESUME,
         threads: int | None = threads_option(),
     ) -> None:
@@ -66,7 +75,16 @@ def register(app: typer.Typer) -> None:
 
         names = [a.strip() for a in attacks.split(",") if a.strip()]
         report = run_attacks(
-            run, names, split, config, out, label, force=force, artifact=artifact, resume=resume
+            run,
+            names,
+            split,
+            config,
+            out,
+            label,
+            force=force,
+            artifact=artifact,
+            trust_model_code=trust_model_code,
+            resume=resume,
         )
         _print(report, out if out is not None else run)
 

@@ -23,7 +23,8 @@ from rich.markup import escape
 from typer import _click
 from typer.core import TyperCommand, TyperGroup
 
-from patrol_compress.errors import PatrolError, UsageError
+from patrol_compress.errors import PatrolError, UsageError, storage_error
+from patrol_compress.machine import check_thread_count
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,26 +74,9 @@ def choice_option(default: Any, name: str, choices: Sequence[str], help: str) ->
     return typer.Option(default, name, help=help, metavar=f"<{'|'.join(choices)}>", callback=check)
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask: taskset, cgroups, containers)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 def check_threads(threads: int | None) -> None:
-    """``--threads`` between 1 and the usable cores.
-
-    More threads than cores only oversubscribe them (>= 1024 thrashed a
-    machine, 20000 gave a raw libgomp error, 100000 a segfault).
-    """
-    if threads is None:
-        return
-    cores = usable_cores()
-    if not 1 <= threads <= cores:
-        raise UsageError(
-            f"--threads {threads}: expected 1..{cores} (the CPU cores this process may use)"
-        )
+    """``--threads`` between 1 and the usable cores (:mod:`patrol_compress.machine`)."""
+    check_thread_count(threads, "--threads")
 
 
 def check_utf8_path(path: Path | None, option: str) -> None:
@@ -183,26 +167,49 @@ def user_message(exc: PatrolError) -> str:
     return text
 
 
+RESUMABLE = "finished stages are kept, rerun with --resume"
+"""What an interrupted ``prune``/``train`` leaves: checkpoints and finished stages."""
+ATTACK_RESUMABLE = (
+    "finished parts (decoder families, white-box starts) are kept, rerun with --resume"
+)
+"""What an interrupted ``attack`` leaves: its finished parts (see attacks/parts.py)."""
+CONTINUES = "finished targets, runs and points are kept; rerun the same command to continue"
+"""What an interrupted ``frontier`` leaves: everything it finished, picked up by a rerun."""
+REPEATABLE = "nothing half-written was left (results appear only once complete); rerun it"
+"""What an interrupted export, attack, bench or report leaves: no new file, the old ones whole."""
+
+
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn PatrolError into the one-line, exit-code-2 contract."""
+    """Turn PatrolError into the one-line, exit-code-2 contract (a command with no --resume)."""
+    return with_user_errors(REPEATABLE)(fn)
 
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except PatrolError as exc:
-            if debug_enabled():
-                raise
-            raise fail(user_message(exc)) from None
-        except KeyboardInterrupt as exc:
-            # One line, also for a burst of Ctrl-C: further ones are ignored while exiting.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            err_console.print(
-                f"{what}; finished stages are kept, rerun with --resume",
-                markup=False,
-                highlight=False,
-            )
-            sys.exit(143 if isinstance(exc, Terminated) else 130)
 
-    return wrapper
+def with_user_errors(interrupted: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """:func:`user_errors` whose Ctrl-C / SIGTERM line says ``interrupted`` (what was kept and
+    how to go on: ``prune``/``train`` and ``attack`` have ``--resume``, ``frontier`` resumes
+    by itself)."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except PatrolError as exc:
+                if debug_enabled():
+                    raise
+                raise fail(user_message(exc)) from None
+            except OSError as exc:  # permissions, a full disk: the machine's, not a bug
+                error = storage_error(exc)
+                if error is None or debug_enabled():
+                    raise
+                raise fail(str(error)) from None
+            except KeyboardInterrupt as exc:
+                # One line, also for a burst of Ctrl-C: further ones are ignored while exiting.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+                err_console.print(f"{what}; {interrupted}", markup=False, highlight=False)
+                sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+        return wrapper
+
+    return decorate

@@ -11,7 +11,7 @@ from patrol_compress.cli.common import (
     console,
     threads_option,
     use_threads,
-    user_errors,
+    with_user_errors,
 )
 from patrol_compress.contracts import DEFENSES_FILE
 
@@ -38,6 +38,13 @@ NO_BASELINE = typer.Option(
     False, "--no-undefended", help="Skip the undefended point at the same split."
 )
 
+TRUST = typer.Option(
+    False,
+    "--trust-model-code",
+    help="Import and call the model.factory the run's model.json names (a custom "
+    "architecture); without it a run folder never runs code. Only for runs you trust.",
+)
+
 
 def _floats(text: str | None) -> list[float] | None:
     if not text:
@@ -50,7 +57,9 @@ def _floats(text: str | None) -> list[float] | None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @user_errors
+    @with_user_errors(
+        "finished points are kept; rerun the same command (without --force) for the rest"
+    )
     def defend(
         run: Path = typer.Argument(..., help="Prune run (its target/ is defended) or train run."),
         defense: str | None = DEFENSE,
@@ -61,6 +70,7 @@ def register(app: typer.Typer) -> None:
         force: bool = FORCE,
         no_undefended: bool = NO_BASELINE,
         config: Path | None = CONFIG,
+        trust_model_code: bool = TRUST,
         threads: int | None = threads_option(),
     ) -> None:
         """Evaluate noise/dropout/skip/APP strength sweeps: accuracy and attack PSNR/SSIM."""
@@ -82,6 +92,7 @@ def register(app: typer.Typer) -> None:
             force=force,
             include_undefended=not no_undefended,
             config=settings,
+            trust_model_code=trust_model_code,
             log=lambda line: console.print(line, highlight=False, markup=False),
         )
         folder = out if out is not None else run / "defenses"

@@ -111,6 +111,12 @@ def register(app: typer.Typer) -> None:
             help="int8: write the artifact even if accuracy drops more than 1 point "
             "(flagged in manifest.json); by default it is an error and nothing is written.",
         ),
+        trust_model_code: bool = typer.Option(
+            False,
+            "--trust-model-code",
+            help="Import and call the model.factory the run's model.json names (a custom "
+            "architecture); without it a run folder never runs code. Only for runs you trust.",
+        ),
         threads: int | None = threads_option(),
     ) -> None:
         """Export a run's edge and cloud partitions, checked against torch, with a manifest.
@@ -132,6 +138,7 @@ def register(app: typer.Typer) -> None:
             opset,
             calibration_images=calibration_images,
             allow_parity_fail=allow_parity_fail,
+            trust_model_code=trust_model_code,
         )
         console.print(summary(manifest, Path(manifest["out_dir"])))
         for line in quantization_lines(manifest):

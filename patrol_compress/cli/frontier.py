@@ -8,12 +8,13 @@ from pathlib import Path
 import typer
 
 from patrol_compress.cli.common import (
+    CONTINUES,
     check_utf8_path,
     choice_option,
     console,
     threads_option,
     use_threads,
-    user_errors,
+    with_user_errors,
 )
 from patrol_compress.errors import UsageError
 
@@ -72,7 +73,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @user_errors
+    @with_user_errors(CONTINUES)
     def frontier(
         recipe: Path = typer.Argument(
             ..., help="Recipe YAML whose split, budget and data are used."

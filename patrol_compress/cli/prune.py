@@ -14,11 +14,12 @@ from pathlib import Path
 import typer
 
 from patrol_compress.cli.common import (
+    RESUMABLE,
     check_utf8_path,
     choice_option,
     threads_option,
     use_threads,
-    user_errors,
+    with_user_errors,
 )
 from patrol_compress.errors import PatrolError
 
@@ -46,7 +47,7 @@ def recipe_command(app: typer.Typer, name: str, doc: str) -> None:
     error line and exit with its code (torchrun's own exit code is then 1).
     """
 
-    @user_errors
+    @with_user_errors(RESUMABLE)
     def command(
         recipe: Path = typer.Argument(..., help="Recipe YAML."),
         out: Path = OUT,

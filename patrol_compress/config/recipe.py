@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, JsonValue, model_validator
 
 from patrol_compress.config.base import StrictModel, read_yaml, short, validate
+from patrol_compress.config.factory import check_factory_spec
 from patrol_compress.config.privacy import AttackConfig, DefensesConfig, FrontierConfig
 from patrol_compress.errors import RecipeError
 
@@ -88,7 +89,11 @@ class ModelConfig(StrictModel):
     stem: Literal["imagenet", "small"] = "imagenet"
     last_stride: Literal[1, 2] = 2
     factory: str | None = Field(default=None, description="'pkg.module:function' for arch=custom")
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    factory_kwargs: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="keyword arguments of model.factory (arch custom only): JSON values, so the "
+        "resolved recipe and model.json hold them as written",
+    )
     blocks: BlocksConfig | None = None
     pretrained: Path | None = Field(
         default=None,
@@ -98,12 +103,14 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _custom_needs_factory(self) -> ModelConfig:
+        if self.arch != "custom" and (self.factory or self.factory_kwargs):
+            # Ignored by the built-in architectures, yet copied into every run folder.
+            given = "model.factory_kwargs" if self.factory_kwargs else "model.factory"
+            raise ValueError(f"{given} is only for arch 'custom'; arch is '{self.arch}'")
         if self.arch == "custom" and not self.factory:
             raise ValueError("model.factory ('pkg.module:function') is required for arch 'custom'")
-        if self.factory and ":" not in self.factory:
-            raise ValueError(
-                f"model.factory must look like 'pkg.module:function', found {self.factory!r}"
-            )
+        if self.factory:
+            check_factory_spec(self.factory)  # before anything could import it
         return self
 
 

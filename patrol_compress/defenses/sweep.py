@@ -139,11 +139,14 @@ def defend(
     include_undefended: bool = True,
     log: Callable[[str], object] | None = None,
     config: AttackConfig | None = None,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Run the sweeps (module docstring); returns what ``defenses.json`` holds.
 
     ``config`` replaces the recipe's ``attack:`` section (benchmarks size the
-    attacker for the machine).
+    attacker for the machine). ``trust_model_code`` allows importing the custom
+    ``model.factory`` the run's ``model.json`` names
+    (:func:`patrol_compress.run.load_run_model`).
     """
     from patrol_compress.attacks.evaluate import attack_model, find_recipe
     from patrol_compress.data import build_data
@@ -159,7 +162,7 @@ def defend(
     k = baseline_split(recipe, split)
     names = list(attacks) if attacks else list(recipe.defenses.attacks)
     out_dir = Path(out) if out is not None else run / DEFENSES_DIR
-    model, meta = load_run_model(target)
+    model, meta = load_run_model(target, trust_model_code=trust_model_code)
     check_split(model, k)
     bundle = build_data(recipe.data)
     input_shape = tuple(int(d) for d in meta["input_shape"])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +24,9 @@ from patrol_compress.models.head import ReidHead, Task
 from patrol_compress.models.resnet import resnet_backbone
 from patrol_compress.recipe import BlocksConfig, ModelConfig
 
+Factory = Callable[..., Any]
+"""A custom architecture's factory, called with num_classes, in_channels and factory_kwargs."""
+
 
 def build_model(
     config: ModelConfig,
@@ -29,9 +34,12 @@ def build_model(
     in_channels: int = 3,
     task: Task = "reid",
     image_size: int = 64,
+    factory: Factory | None = None,
 ) -> BlockNet:
+    """The network ``config`` describes; ``factory`` (if given) replaces importing
+    ``config.factory`` (code the caller already holds)."""
     if config.arch == "custom":
-        return _custom(config, num_classes, in_channels, task, image_size)
+        return _custom(config, num_classes, in_channels, task, image_size, factory)
     layers, blocks, out_ch = resnet_backbone(
         config.arch, config.width, config.stem, config.last_stride, in_channels
     )
@@ -40,7 +48,7 @@ def build_model(
     return BlockNet(layers, blocks, [b for b, _ in blocks[1:-1]])
 
 
-def import_factory(spec: str) -> object:
+def import_factory(spec: str) -> Factory:
     """The callable ``'pkg.module:function'`` names, or one ModelError line saying why not.
 
     The module is imported as Python imports anything: from the installed
@@ -69,11 +77,23 @@ def import_factory(spec: str) -> object:
 
 
 def _custom(
-    config: ModelConfig, num_classes: int, in_channels: int, task: Task, image_size: int
+    config: ModelConfig,
+    num_classes: int,
+    in_channels: int,
+    task: Task,
+    image_size: int,
+    factory: Factory | None,
 ) -> BlockNet:
-    assert config.factory is not None  # guaranteed by the recipe validator
-    fn = import_factory(config.factory)
-    net = fn(num_classes=num_classes, in_channels=in_channels, **config.factory_kwargs)  # type: ignore[operator]
+    spec = str(config.factory)
+    fn = factory if factory is not None else import_factory(spec)
+    try:
+        net = fn(num_classes=num_classes, in_channels=in_channels, **config.factory_kwargs)
+    except Exception as exc:  # the user's function: a wrong signature or its own error
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ModelError(
+            f"model.factory '{spec}' failed when called with num_classes, in_channels and "
+            f"factory_kwargs: {type(exc).__name__}: {first}"
+        ) from None
     if isinstance(net, BlockNet):
         return net
     if not isinstance(net, nn.Module):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patrol_compress.errors import ArtifactError, OutputExistsError
+from patrol_compress.io import temp_name_prefix
 from patrol_compress.report.collect import Point, load_points
 from patrol_compress.report.content import DEFAULT_TITLE, Report
 from patrol_compress.report.html_page import render_html
@@ -89,7 +90,9 @@ def build_report(
     try:
         html_path.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(
-            tempfile.mkdtemp(prefix=f".{html_path.stem}.", suffix=".partial", dir=html_path.parent)
+            tempfile.mkdtemp(
+                prefix=temp_name_prefix(html_path.stem), suffix=".partial", dir=html_path.parent
+            )
         )
     except OSError as exc:
         raise ArtifactError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID, AttackResult, Counts, check_record
+from patrol_compress.contracts import (
+    ATTACK_FILE,
+    ATTACK_GRID,
+    MAX_COUNT,
+    AttackResult,
+    Counts,
+    check_record,
+)
 from patrol_compress.contracts import Score as RecordScore
 from patrol_compress.errors import ArtifactError
 
@@ -240,7 +247,7 @@ def _get(d: Any, *keys: str) -> Any:
 
 def _int(value: Any) -> int | None:
     """A count for display: a non-negative integer, else None (never fails: shown as '-')."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
         return None
     return value
 

@@ -102,12 +102,22 @@ def load_checkpoint(
     meta = read_json(meta_path)
     if not isinstance(meta, dict) or not all(k in meta for k in ("epoch", "file", "sha256")):
         raise ArtifactError(f"{meta_path}: not a checkpoint description (epoch, file, sha256)")
+    epoch = meta["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ArtifactError(
+            f"{meta_path}: 'epoch' must be the number of finished epochs (>= 1), found "
+            f"{str(epoch)[:40]!r}; the checkpoint is corrupt"
+        )
     path = contained_file(folder, meta["file"], meta_path)
+    if meta["file"] != f"epoch-{epoch:04d}.safetensors":
+        raise ArtifactError(
+            f"{meta_path}: names {str(meta['file'])[:60]!r} for epoch {epoch}; the checkpoint "
+            "is corrupt"
+        )
     if not path.is_file() or sha256_file(path) != meta["sha256"]:
         raise ArtifactError(f"{path}: checkpoint missing or does not match {meta_path}")
     try:
         tensors = load_file(str(path))
-        epoch = int(meta["epoch"])
     except Exception as exc:  # safetensors raises its own types for a corrupt file
         raise ArtifactError(f"{path}: cannot read the checkpoint ({type(exc).__name__})") from None
     for name, m in modules.items():
@@ -119,11 +129,18 @@ def load_checkpoint(
             raise ArtifactError(
                 f"{path}: checkpoint does not fit the model '{name}' ({str(exc).splitlines()[0]})"
             ) from None
-    for name, opt in optimizers.items():
-        _opt_join(opt, f"opt:{name}", tensors, meta["optimizers"][name])
-    torch.set_rng_state(tensors["rng:torch"])
+    try:
+        for name, opt in optimizers.items():
+            _opt_join(opt, f"opt:{name}", tensors, meta["optimizers"][name])
+        torch.set_rng_state(tensors["rng:torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # an edited last.json
+        raise ArtifactError(
+            f"{meta_path}: the optimizer or generator state does not fit this stage "
+            f"({type(exc).__name__}); the checkpoint is corrupt"
+        ) from None
     extra = {k[len("extra:") :]: v for k, v in tensors.items() if k.startswith("extra:")}
-    return epoch, extra, meta.get("info", {})
+    info = meta.get("info", {})
+    return epoch, extra, info if isinstance(info, dict) else {}
 
 
 _STAGE_ORDER = ("target", "patrol", "recover")

@@ -9,13 +9,19 @@ not got there yet. Instead the test sets ::
 
 and the training loop (:func:`patrol_compress.train.loop.run_stage`) fails
 right after step ``STEP`` (1-based) of epoch ``EPOCH`` (1-based) of the stage
-named ``STAGE`` (``train``, ``patrol``, ``recover``): the weights have moved
-but the epoch's checkpoint is not written, whatever the machine's speed.
+named ``STAGE`` (``train``: target training; ``patrol``: PATROL fine-tuning;
+``recover``: the recovery fine-tune after removal, with or without the
+privacy terms): the weights have moved but the epoch's checkpoint is not
+written, whatever the machine's speed. Any other stage name is refused: a
+misspelt stage would never fire and the test would pass for nothing.
 ``ACTION`` is ``kill`` (default: the process sends itself SIGKILL, so nothing
 after it runs, not even ``finally`` blocks or atexit), ``term`` (SIGTERM, as
 ``kill PID`` or a scheduler sends), ``int`` (a burst of Ctrl-C: one SIGINT now,
 one while the first unwinds and one during interpreter exit, from atexit) or
 ``raise`` (a :class:`InjectedFault`, for in-process tests). Unset, nothing happens.
+
+Jobs parse the variable in their preflight (:func:`fault_from_env`), before
+``--force`` clears anything: a malformed value must cost nothing already written.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from patrol_compress.errors import PatrolError
 
 FAULT_ENV = "PATROL_FAULT"
 ACTIONS = ("kill", "term", "int", "raise")
+STAGES = ("train", "patrol", "recover")
+"""The training stages' names as :func:`~patrol_compress.train.loop.run_stage` receives them."""
 
 
 class InjectedFault(RuntimeError):
@@ -80,6 +88,11 @@ def parse_fault(text: str) -> Fault:
     action = parts[3] if len(parts) == 4 else "kill"
     if epoch < 1 or step < 1 or action not in ACTIONS:
         raise FaultSpecError(usage)
+    if parts[0] not in STAGES:
+        raise FaultSpecError(
+            f"{FAULT_ENV}: unknown stage {parts[0][:40]!r} in {text[:60]!r}; expected one of "
+            f"{', '.join(STAGES)}"
+        )
     return Fault(parts[0], epoch, step, action)
 
 

@@ -44,7 +44,8 @@ from rich.progress import (
 )
 
 from patrol_compress import distributed
-from patrol_compress.errors import TrainingError
+from patrol_compress.contracts import CHECKPOINT_FILE
+from patrol_compress.errors import ArtifactError, TrainingError
 from patrol_compress.train.checkpoint import load_checkpoint, save_checkpoint
 from patrol_compress.train.faults import fault_from_env
 
@@ -112,6 +113,11 @@ def run_stage(
         got = load_checkpoint(folder, modules, optimizers)
         if got is not None:
             start_epoch, extra, info = got
+            if start_epoch > epochs:  # a checkpoint of a longer stage: not this run's
+                raise ArtifactError(
+                    f"{folder / CHECKPOINT_FILE}: records epoch {start_epoch} of a stage of "
+                    f"{epochs} epochs; it is not this run's checkpoint (start again with --force)"
+                )
             history = list(info.get("history", []))
             restore_rng(extra)
             if restore_extra is not None:

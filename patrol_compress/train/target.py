@@ -21,6 +21,7 @@ from patrol_compress import distributed
 from patrol_compress.data.base import DataBundle
 from patrol_compress.data.sampler import IdentitySampler, ShardedBatchSampler
 from patrol_compress.errors import DataError, ModelError
+from patrol_compress.machine import check_thread_count
 from patrol_compress.recipe import TrainConfig
 from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
 from patrol_compress.train.losses import reid_loss
@@ -34,6 +35,7 @@ def check_batches(data: DataBundle, cfg: TrainConfig) -> None:
     not at the first training step. Nothing is loaded (identities are known
     without decoding images).
     """
+    check_thread_count(cfg.num_workers, "train.num_workers", zero_means="load in this process")
     if data.task == "reid":
         IdentitySampler(data.train.pids, cfg.identities_per_batch, cfg.instances_per_identity)
     elif len(data.train) < cfg.batch_size:
@@ -59,6 +61,7 @@ def make_loader(data: DataBundle, cfg: TrainConfig, seed: int) -> DataLoader:
     classification shuffle draws from the same generator in the same order as
     the single-process ``shuffle=True`` loader, so the global batches agree.
     """
+    check_thread_count(cfg.num_workers, "train.num_workers", zero_means="load in this process")
     data.train.set_augment(True)
     ctx = distributed.current()
     batch = cfg.batch_size
@@ -183,8 +186,13 @@ def train_target(
     seed: int,
     resume: bool = False,
     quiet: bool = False,
+    stage: str = "train",
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place; checkpoints go to ``folder``."""
+    """Train ``model`` in place; checkpoints go to ``folder``.
+
+    ``stage`` names the stage in progress lines and for ``PATROL_FAULT``
+    (``recover`` when the plain recovery fine-tune runs through here).
+    """
     ctx = distributed.current()
     dev = device()
     model.to(dev)
@@ -232,7 +240,7 @@ def train_target(
 
     with ctx.sync_batchnorm(model):
         return run_stage(
-            "train",
+            stage,
             folder,
             cfg.epochs,
             steps,
