@@ -16,7 +16,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from patrol_compress.errors import ModelError
+from patrol_compress.errors import ModelError, first_line
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.head import ReidHead, Task
 from patrol_compress.models.resnet import resnet_backbone
@@ -57,7 +57,7 @@ def import_factory(spec: str) -> object:
             "current folder) or pip install its package"
         ) from None
     except Exception as exc:  # the user's module failed while importing (SyntaxError, ...)
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first_line(exc, "")
         raise ModelError(
             f"model.factory '{spec}': importing '{module_name}' failed: "
             f"{type(exc).__name__}: {first}"
