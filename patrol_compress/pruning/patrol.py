@@ -71,7 +71,7 @@ from patrol_compress.pruning.masks import mask_parameters
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
 from patrol_compress.recipe import PatrolConfig, Recipe
 from patrol_compress.regularizers import freeze_bn_stats, fused_lipschitz
-from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
+from patrol_compress.train.loop import EpochReporter, device, run_stage, set_lr
 from patrol_compress.train.target import (
     global_loss,
     loader_state,
@@ -401,8 +401,7 @@ def patrol_finetune(
         freeze_bn_stats(nn.ModuleList(edge))
         set_epoch(loader, epoch)
         for i, (x, pids, _) in enumerate(ctx.batches(loader)):
-            for group in opt.param_groups:
-                group["lr"] = st.lr * lr_factor(epoch + i / steps, 0, st.epochs)
+            set_lr(opt, st.lr, epoch + i / steps, 0, st.epochs)
             steering.before_step(epoch * steps + i)
             x, pids = x.to(dev), pids.to(dev)
             log: dict[str, float] = {}

@@ -193,6 +193,19 @@ def restore_rng(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["rng.cuda"])
 
 
+def set_lr(
+    opt: torch.optim.Optimizer, base_lr: float, progress: float, warmup: float, total: float
+) -> None:
+    """The one learning-rate schedule of every training loop: ``base_lr x lr_factor(...)``.
+
+    ``progress`` counts epochs (``epoch + step / steps_per_epoch``), so the rate
+    changes every step, not only at epoch boundaries.
+    """
+    lr = base_lr * lr_factor(progress, warmup, total)
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def lr_factor(progress: float, warmup: float, total: float) -> float:
     """Linear warm-up to 1, then cosine decay to 0.01 (progress measured in epochs)."""
     if warmup > 0 and progress < warmup:

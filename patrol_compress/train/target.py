@@ -22,7 +22,7 @@ from patrol_compress.data.base import DataBundle
 from patrol_compress.data.sampler import IdentitySampler, ShardedBatchSampler
 from patrol_compress.errors import DataError, ModelError
 from patrol_compress.recipe import TrainConfig
-from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
+from patrol_compress.train.loop import EpochReporter, device, run_stage, set_lr
 from patrol_compress.train.losses import reid_loss
 
 
@@ -200,8 +200,7 @@ def train_target(
         model.train()
         set_epoch(loader, epoch)
         for i, (x, pids, _) in enumerate(ctx.batches(loader)):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(epoch + i / steps, cfg.warmup_epochs, cfg.epochs)
+            set_lr(opt, cfg.lr, epoch + i / steps, cfg.warmup_epochs, cfg.epochs)
             x, pids = x.to(dev, non_blocking=True), pids.to(dev, non_blocking=True)
             with torch.autocast(dev.type, enabled=use_amp):
                 logits, feat = training_outputs(model(x))
