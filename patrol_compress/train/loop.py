@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -88,6 +89,24 @@ class EpochReporter:
 EpochFn = Callable[[int, EpochReporter], None]
 
 
+class Stateful(Protocol):
+    """Anything whose whole state is a flat dict of tensors (e.g. :class:`PatrolPruner`)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+def _stateful_tensors(stateful: dict[str, Stateful]) -> dict[str, torch.Tensor]:
+    return {f"state.{n}.{k}": v for n, obj in stateful.items() for k, v in obj.state_dict().items()}
+
+
+def _restore_stateful(stateful: dict[str, Stateful], extra: dict[str, torch.Tensor]) -> None:
+    for name, obj in stateful.items():
+        prefix = f"state.{name}."
+        obj.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
+
+
 def run_stage(
     name: str,
     folder: Path,
@@ -100,8 +119,15 @@ def run_stage(
     extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
     restore_extra: Callable[[dict[str, torch.Tensor]], None] | None = None,
     quiet: bool = False,
+    stateful: dict[str, Stateful] | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``epochs`` epochs of a stage with checkpoints in ``folder``; returns per-epoch means."""
+    """Run ``epochs`` epochs of a stage with checkpoints in ``folder``; returns per-epoch means.
+
+    ``stateful`` objects (a :class:`~patrol_compress.PatrolPruner`: masks, FISTA,
+    steering, surrogate) are checkpointed and restored with the modules, and
+    compared across ranks after every epoch like them.
+    """
+    stateful = stateful or {}
     ctx = distributed.current()
     quiet = quiet or not ctx.main
     fault = fault_from_env()
@@ -116,6 +142,7 @@ def run_stage(
             restore_rng(extra)
             if restore_extra is not None:
                 restore_extra(extra)
+            _restore_stateful(stateful, extra)
             if not quiet:
                 console.print(f"[{name}] resumed after epoch {start_epoch}/{epochs}")
     columns = (
@@ -144,8 +171,9 @@ def run_stage(
                 console.print(
                     f"[{name}] epoch {epoch + 1}/{epochs}: {shown}", highlight=False, markup=False
                 )
-            ctx.check_same(modules, f"{name} epoch {epoch + 1}")
-            extra = {**rng_state(), **(extra_state() if extra_state else {})}
+            state = _stateful_tensors(stateful)
+            ctx.check_same(modules, f"{name} epoch {epoch + 1}", state)
+            extra = {**rng_state(), **(extra_state() if extra_state else {}), **state}
             info = {"history": list(history)}
             save = functools.partial(
                 save_checkpoint, folder, epoch + 1, modules, optimizers, extra, info

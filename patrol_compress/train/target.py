@@ -51,6 +51,19 @@ def check_batches(data: DataBundle, cfg: TrainConfig) -> None:
         )
 
 
+def steps_per_epoch(data: DataBundle, cfg: TrainConfig) -> int:
+    """Steps in one epoch of :func:`make_loader`'s batches (every rank runs as many).
+
+    Computed without building the loader, which switches the training set's
+    augmentation on: a stage that reads training images before its loader
+    exists (the suite surrogate's statistics) must see them as before.
+    """
+    if data.task == "reid":
+        ids = IdentitySampler(data.train.pids, cfg.identities_per_batch, cfg.instances_per_identity)
+        return len(ids) // cfg.batch_size
+    return len(data.train) // cfg.batch_size
+
+
 def make_loader(data: DataBundle, cfg: TrainConfig, seed: int) -> DataLoader:
     """P x K batches for re-id, shuffled batches of the same size for classification.
 
