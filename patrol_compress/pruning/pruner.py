@@ -374,12 +374,9 @@ class PatrolPruner:
         self._finished = False
 
     def _start_recovery(self) -> None:
+        """No masks from here on (the step count and the masks' rate stay for the summary)."""
         self.structure = None
         self.steering = None
-        self.total_steps = 1
-        self.mask_lr = self.cfg.mask_lr or 0.0
-        self.replan_every = 1
-        self.steps = 0
         self._pending = None
         self._finished = True
 
