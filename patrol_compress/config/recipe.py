@@ -202,8 +202,11 @@ class BudgetConfig(StrictModel):
         sizes = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
         if len(sizes) > 1:
             raise ValueError(f"takes at most one of fit_split, params, bytes; found {sizes}")
-        for name in ("fit", "fit_fraction"):
-            if self.fit_split is None and name in self.model_fields_set:
+        # The defaults themselves are allowed: a resolved recipe spells them out.
+        defaults = {"fit": list(DEFAULT_FIT), "fit_fraction": 1.0}
+        for name, default in defaults.items():
+            given = name in self.model_fields_set and getattr(self, name) != default
+            if self.fit_split is None and given:
                 raise ValueError(f"{name} needs fit_split (the split whose measures it names)")
         if not sizes and self.macs is None and self.latency_ms is None:
             raise ValueError("needs a limit: fit_split, params or bytes, and/or macs, latency_ms")

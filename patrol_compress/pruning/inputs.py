@@ -32,9 +32,10 @@ from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.factory import block_view
 from patrol_compress.models.traced import check_traced, trace_stages
 from patrol_compress.pruning.budget import EdgeBudget
+from patrol_compress.pruning.masks import ChannelMask
 
 BlocksLike = BlocksConfig | Mapping[str, Any] | Sequence[str]
-BudgetLike = int | BudgetConfig | EdgeBudget | Mapping[str, Any]
+BudgetLike = int | float | BudgetConfig | EdgeBudget | Mapping[str, Any]
 
 JOB_FIELDS = tuple(sorted(set(PatrolConfig.model_fields) - set(PatrolSettings.model_fields)))
 """A recipe section's fields that are the job's, not the method's."""
@@ -108,12 +109,19 @@ def blocks_of(blocks: BlocksLike) -> BlocksConfig | list[str]:
         ) from None
 
 
-def budget_config(budget: BudgetLike) -> tuple[BudgetConfig | EdgeBudget, str | None]:
-    """The budget as a recipe's ``patrol.budget`` (or an already resolved one), and a
-    ``fit_split`` given as a module path (a traced model's shallower cut)."""
+def budget_config(budget: BudgetLike) -> tuple[BudgetConfig | EdgeBudget | float, str | None]:
+    """The budget as a recipe's ``patrol.budget``, an already resolved one, or a share of the
+    unpruned edge's parameters (a float in (0, 1)); and a ``fit_split`` given as a module
+    path (a traced model's shallower cut)."""
     if isinstance(budget, bool):
         raise BudgetError(f"budget: expected parameters or a mapping, found {budget!r}")
     if isinstance(budget, (BudgetConfig, EdgeBudget)):
+        return budget, None
+    if isinstance(budget, float):
+        if not 0.0 < budget < 1.0:
+            raise BudgetError(
+                f"budget: a float is a share of the edge's parameters, in (0, 1); found {budget}"
+            )
         return budget, None
     if isinstance(budget, int):
         if budget < 1:
@@ -145,6 +153,11 @@ def budget_config(budget: BudgetLike) -> tuple[BudgetConfig | EdgeBudget, str | 
 def check_model(model: object, example: object) -> tuple[nn.Module, torch.Tensor]:
     if not isinstance(model, nn.Module):
         raise ModelError(f"model: expected a torch nn.Module, found {type(model).__name__}")
+    if any(isinstance(m, ChannelMask) for m in model.modules()):
+        raise ModelError(
+            "model: already has PATROL's masks (a PatrolPruner was built on it); build one "
+            "pruner per model, or give a copy (copy.deepcopy) to another"
+        )
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
         raise ModelError("example_inputs: expected one image batch tensor of shape (N, C, H, W)")
     return model, example.detach()
@@ -281,9 +294,9 @@ def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def check_distributed_budget(budget: BudgetConfig | EdgeBudget, names: Names) -> None:
+def check_distributed_budget(budget: BudgetConfig | EdgeBudget | float, names: Names) -> None:
     """Latency limits are measured on one machine: every rank would steer other masks."""
-    if not distributed.current().active:
+    if not distributed.current().active or isinstance(budget, float):
         return
     if isinstance(budget, EdgeBudget):
         timed = budget.latency is not None

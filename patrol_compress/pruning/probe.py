@@ -1,13 +1,16 @@
 """Did pruning collapse the model? Its predictions on the first images it trained on, then and now.
 
 A schedule that empties whole blocks, or a budget far below what the task
-needs, can leave a network that predicts one class for everything; removal is
-exact and the export's parity check passes, so nothing else would notice. The
-pruner keeps the first images it is given (no labels: your loop has them, the
-pruner sees images only) and the unpruned model's predicted classes on them;
-before export it compares the model's predictions now. Agreement with the
-starting model stands in for accuracy: a healthy pruned and recovered network
-agrees on most images, a collapsed one on about one in the number of classes.
+needs, leaves a network whose features are constant: it predicts one class for
+everything. Removal is exact and the export's parity check passes, so nothing
+else would notice. The pruner keeps the first images it is given (images only:
+your loop has the labels, and reading your loader once more would shift its
+random order) and the unpruned model's predicted classes on them; before export
+it compares the model's predictions now. A collapse is called when the model
+both disagrees with its start on most images and gives one class to most of
+them, at least twice the share that class had at the start (disagreement
+alone also follows from a poorly trained start: a model that learns during
+pruning disagrees with it, and is not collapsed).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ MIN_PROBE_IMAGES = 16
 """Fewer images than this say too little to warn about."""
 
 MIN_AGREEMENT = 0.5
-"""Below this share of agreeing predictions the pruned model is called collapsed."""
+"""Below this share of agreeing predictions the pruned model may have collapsed..."""
+
+MAX_ONE_CLASS = 0.5
+"""...when one class also takes more than this share of the predictions (and doubled it)."""
 
 
 @torch.no_grad()
@@ -75,13 +81,21 @@ class AgreementProbe:
         return float((now == self.start).float().mean())
 
     def warning(self, model: nn.Module) -> str | None:
-        """One line when the model agrees with its start on fewer than half the kept images."""
+        """One line when the model's predictions collapsed onto one class since the start."""
         agree = self.agreement(model)
-        if agree is None or agree >= MIN_AGREEMENT:
+        if agree is None or agree >= MIN_AGREEMENT or self.images is None or self.start is None:
             return None
-        assert self.images is not None
+        dev = next(iter(model.parameters()), torch.empty(0)).device
+        now = predicted_classes(model, self.images.to(dev))
+        assert now is not None
+        top = int(torch.mode(now).values)
+        share_now = float((now == top).float().mean())
+        share_start = float((self.start == top).float().mean())
+        if share_now <= MAX_ONE_CLASS or share_now < 2 * share_start:
+            return None
         return (
-            f"the pruned model predicts the unpruned model's class on only {agree:.0%} of the "
-            f"first {len(self.images)} images it was given (a collapse?); check mask_lr, "
+            f"the pruned model predicts class {top} for {share_now:.0%} of the first "
+            f"{len(self.images)} images it was given (unpruned: {share_start:.0%}) and agrees "
+            f"with the unpruned model on {agree:.0%} of them (a collapse?); check mask_lr, "
             "lambda1/lambda2 and the budget, or train longer after prune()"
         )

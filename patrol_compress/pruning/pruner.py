@@ -116,7 +116,8 @@ class PatrolPruner:
         split: where the edge ends: a module's dotted path (``"features.6"``; the
             forward is traced and must pass only that module's output on), a
             stage's index (1 = after the first stage) or a stage block's name.
-        budget: the edge's limits after pruning: parameters (int), or a mapping
+        budget: the edge's limits after pruning: parameters (int), a share of
+            the unpruned edge's parameters (a float in (0, 1)), or a mapping
             with ``fit_split: K`` / ``params: N`` / ``bytes: N`` and/or ``macs:
             N`` and ``latency_ms: X`` (a recipe's ``patrol.budget``;
             ``fit_split``: the unpruned edge at a shallower split, an index or,
@@ -183,7 +184,7 @@ class PatrolPruner:
         if total_steps is not None and total_steps < 1:
             raise UsageError(f"total_steps: expected at least 1, found {total_steps}")
         structure = self._insert_masks()
-        if isinstance(cfg, BudgetConfig) and edge_budget is not None:
+        if not isinstance(cfg, EdgeBudget) and edge_budget is not None:
             structure.check(edge_budget)
         self._start_masks(structure, edge_budget, total_steps, replan_every)
         self._attach_given(surrogate)
@@ -295,13 +296,15 @@ class PatrolPruner:
         self._cloud = split_model(self.net, self.split)[1]
 
     def _resolve_budget(
-        self, cfg: BudgetConfig | EdgeBudget | None, fit_path: str | None
+        self, cfg: BudgetConfig | EdgeBudget | float | None, fit_path: str | None
     ) -> EdgeBudget | None:
         if cfg is None:
             return None
         check_distributed_budget(cfg, self.names)
         if isinstance(cfg, EdgeBudget):
             return cfg
+        if isinstance(cfg, float):
+            cfg = BudgetConfig(params=max(1, int(cfg * self.edge_params())))
         if fit_path is not None:
             assert isinstance(self.net, TracedNet)
             cfg = cfg.model_copy(update={"fit_split": self.net.ends.index(fit_path) + 1})
