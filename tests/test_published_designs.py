@@ -310,3 +310,31 @@ def test_one_pruner_per_model() -> None:
     PatrolPruner(model, torch.rand(2, 3, 16, 16), split="bn3", total_steps=4)
     with pytest.raises(ModelError, match="already has PATROL's masks"):
         PatrolPruner(model, torch.rand(2, 3, 16, 16), split="bn3", total_steps=4)
+
+
+def test_a_recipe_takes_the_models_own_pretrained_weights(tmp_path: Path) -> None:
+    """model.pretrained of a traced custom model: the user's own keys (features.0.weight)."""
+    from safetensors.torch import save_file
+
+    from patrol_compress.data import build_data
+    from patrol_compress.pipeline import fresh_model
+    from patrol_compress.recipe import parse_recipe
+
+    own = mobilenet_v2(num_classes=9)
+    with torch.no_grad():
+        own.features[0][0].weight.fill_(0.25)
+    save_file(
+        {k: v.contiguous() for k, v in own.state_dict().items()}, tmp_path / "own.safetensors"
+    )
+    recipe = tiny_recipe_dict(tmp_path, split=1, budget=None)
+    recipe["model"] = {
+        "arch": "custom",
+        "factory": "patrol_compress.testing.cnns:mobilenet_v2",
+        "blocks": ["features.6"],
+        "pretrained": str(tmp_path / "own.safetensors"),
+    }
+    parsed = parse_recipe(recipe)
+    data = build_data(parsed.data)
+    assert data.num_classes == 9
+    model = fresh_model(parsed, data)
+    assert torch.equal(model.state_dict()["stage1.features.0.0.weight"], own.features[0][0].weight)
