@@ -168,7 +168,8 @@ def patrol_finetune(
     dev = device()
     loader = make_loader(data, tcfg, recipe.seed + 1)
     steps = len(loader)
-    pruner = parts if isinstance(parts, PatrolPruner) else _adopt(parts, recipe, data, st, steps)
+    adopted = isinstance(parts, PatrolParts)
+    pruner = _adopt(parts, recipe, data, st, steps) if isinstance(parts, PatrolParts) else parts
     if pruner.structure is not None and pruner.total_steps != max(st.epochs * steps, 1):
         planned, runs = pruner.total_steps, f"{st.epochs} x {steps}"
         raise RuntimeError(f"the pruner plans {planned} mask steps, the stage runs {runs}")
@@ -215,7 +216,10 @@ def patrol_finetune(
             stateful={"pruner": pruner},
         )
     pruner.finalize()
-    return history, pruner.surrogate_psnr(loader)
+    psnr = pruner.surrogate_psnr(loader)
+    if adopted:
+        pruner.close()  # nobody else holds this pruner to end its BN hooks
+    return history, psnr
 
 
 def _step_log(terms: dict[str, float], task: dict[str, float]) -> dict[str, float]:
