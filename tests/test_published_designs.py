@@ -15,6 +15,7 @@ saved. What cannot be split is one line saying what to change.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 import warnings
 from collections.abc import Callable
@@ -52,6 +53,20 @@ def readme_snippet() -> str:
     found = re.search(r"```python\n(.*?)```", section, re.S)
     assert found is not None
     return found.group(1)
+
+
+def run_as_module(code: str, names: dict[str, Any]) -> dict[str, Any]:
+    """Import ``code`` as a module whose globals start as ``names``; fail on a PatrolWarning."""
+    path = Path.cwd() / "readme_snippet.py"
+    path.write_text(code, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("readme_snippet", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__.update(names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PatrolWarning)  # a collapse or a bad schedule fails
+        spec.loader.exec_module(module)
+    return module.__dict__
 
 
 def edge_size(factory: Callable[..., nn.Module], split: str) -> int:
@@ -105,12 +120,8 @@ def test_readme_snippet_prunes_the_design_as_written(
         "epochs": PATROL_EPOCHS,
     }
     monkeypatch.chdir(tmp_path)  # the snippet exports to out/onnx
-    code = readme_snippet().replace('"features.6"', repr(split))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PatrolWarning)
-        exec(compile(code, "README.md", "exec"), namespace)
-    assert not [w for w in caught if issubclass(w.category, PatrolWarning)]
-    pruner: PatrolPruner = namespace["pruner"]  # type: ignore[assignment]
+    namespace = run_as_module(readme_snippet().replace('"features.6"', repr(split)), namespace)
+    pruner: PatrolPruner = namespace["pruner"]
 
     assert pruner.model is model and pruner.removal is not None
     assert pruner.edge_params() <= edge_before // 2

@@ -28,10 +28,12 @@ from patrol_compress.config.recipe import (
     PatrolSettings,
 )
 from patrol_compress.errors import BudgetError, ModelError, RecipeError, UsageError, first_line
+from patrol_compress.metrics.flops import count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.factory import block_view
-from patrol_compress.models.traced import check_traced, trace_stages
-from patrol_compress.pruning.budget import EdgeBudget
+from patrol_compress.models.split import edge_modules
+from patrol_compress.models.traced import TracedNet, check_traced, trace_stages
+from patrol_compress.pruning.budget import EdgeBudget, resolve_budget
 from patrol_compress.pruning.masks import ChannelMask
 
 BlocksLike = BlocksConfig | Mapping[str, Any] | Sequence[str]
@@ -325,3 +327,52 @@ def device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def edge_budget(
+    cfg: BudgetConfig | EdgeBudget | float | None,
+    fit_path: str | None,
+    view: BlockNet,
+    split: int,
+    input_shape: tuple[int, int, int],
+    names: Names,
+) -> EdgeBudget | None:
+    """The budget's limits as numbers (``fit_split`` measured on the unpruned view)."""
+    if cfg is None:
+        return None
+    check_distributed_budget(cfg, names)
+    if isinstance(cfg, EdgeBudget):
+        return cfg
+    if isinstance(cfg, float):
+        cfg = BudgetConfig(params=max(1, int(cfg * count_params(edge_modules(view, split)))))
+    if fit_path is not None:
+        assert isinstance(view, TracedNet)
+        cfg = cfg.model_copy(update={"fit_split": view.ends.index(fit_path) + 1})
+    fit = cfg.fit_split
+    if fit is not None and not 1 <= fit < split:
+        raise ModelError(
+            f"{names.arg('budget')}.fit_split ({fit_path or fit}) must be a split "
+            f"shallower than {names.arg('split')} ({split})"
+        )
+    return resolve_budget(cfg, view, input_shape)
+
+
+def sync_into(model: nn.Module, view: BlockNet) -> None:
+    """Modules the view replaced (a masked BN, a folded one) go into the model itself.
+
+    A view shares the model's modules, but a module that is a direct child of
+    one of the view's containers (a top-level child, or a leaf a traced piece
+    calls) is replaced in that container only; the model's own forward must
+    see the same object.
+    """
+    if view is model:
+        return
+    if isinstance(view, TracedNet):
+        pairs = view.source_paths()
+    else:
+        pairs = [(name, name) for name, _ in view.named_children()]
+    for view_path, own_path in pairs:
+        new = view.get_submodule(view_path)
+        if model.get_submodule(own_path) is not new:
+            parent, _, child = own_path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -1,55 +1,28 @@
 """PatrolPruner: the one PATROL engine, driven by your own loop and by the recipe pipeline.
 
-Your network keeps its weights, its head and its forward; the pruner inserts
-the soft masks into it, gives you the privacy terms (or one fused pass that
-returns the output and the terms), steps the masks with FISTA and steers them
-into the edge budget, refits its surrogate attacker on the recipes' schedule,
-and removes the masked channels through torch-pruning's dependency graph,
-checking that the pruned network computes what the masked one did::
+Your network keeps its weights, its head and its forward. The pruner inserts
+the soft masks into it, gives the privacy terms (or one fused pass returning
+the output and the terms), steps the masks with FISTA and steers them into
+the edge budget (:mod:`.steering`), plays the surrogate attacker on its epoch
+schedule (:mod:`.adversary`), and removes the masked channels through
+torch-pruning's dependency graph, checking that the pruned network computes
+what the masked one did. The README's "Python API" shows the loop; the recipe
+pipeline drives the same object (``pruning/patrol.py``: ``patrol_finetune`` is
+that loop inside the checkpointed epoch runner with the recipe's loss), so a
+seed gives the same masks, removal and weights through either door
+(``tests/test_template_pruner.py``).
 
-    pruner = PatrolPruner(model, example_inputs=x[:2], split="features.6",
-                          budget=edge_params // 2, total_steps=epochs * len(loader))
-    opt = torch.optim.Adam(pruner.weights(), lr=1e-3)   # the masks are FISTA's, not Adam's
-    for epoch in range(epochs):
-        pruner.begin_epoch(loader)       # budget plan; the surrogate's refit when one is due
-        for x, y in loader:
-            out, privacy = pruner(x)     # the model's output and PATROL's terms, one edge pass
-            loss = F.cross_entropy(out, y) + privacy
-            opt.zero_grad()
-            pruner.backward(loss)        # loss.backward(), gradients averaged under torchrun
-            opt.step()
-            pruner.step()                # FISTA on the masks, budget steering
-    pruner.prune()                       # the same model object, channels removed
-    pruner.export("out/onnx")            # edge.onnx + cloud.onnx, parity-checked
-
-The recipe pipeline drives the same object (``pruning/patrol.py``:
-``patrol_finetune`` is that loop inside the checkpointed epoch runner, with the
-recipe's loss), so a seed gives the same masks, removal and weights through
-either door (``tests/test_template_pruner.py``).
-
-How the edge is found: a :class:`BlockNet` brings its stages; ``blocks`` groups
-a model's top-level children (its forward must run them in order); otherwise
-the split is a module's dotted path (``"features.6"``, ``"layer2"``) and the
-forward is traced up to it (:mod:`patrol_compress.models.traced`), so a model
-written with a ``features`` Sequential and functional calls is taken as it
-is. The edge's BatchNorms normalise with their running statistics from the
-pruner's creation until :meth:`PatrolPruner.close` (as in the recipe path:
-the Lipschitz pass must not mix clean and perturbed images in batch
-statistics, and the task loss must see the edge the privacy terms shape).
-
-The surrogate attacker's schedule is Algorithm 1's, in epochs: fitted on
-detached edge features at the first :meth:`~PatrolPruner.begin_epoch` (plus
-``warmup_epochs``) and then every ``adversary_every`` epochs, fixed within an
-epoch. A loop that never calls ``begin_epoch`` has no loader to fit it on: the
-surrogate then takes one Adam step on each batch's features (a warning says
-so). Without ``begin_epoch`` the budget plan is re-ranked every
-``replan_every`` steps instead of every epoch.
+The steps of a loop, and when the budget caps move: the caps of step ``s`` are
+applied before its forward (by the model's pre-hook, or by ``pruner(x)``), and
+after ``step()`` only marked as pending, so that ``begin_epoch`` (which plans
+anew, and refits the surrogate on unclamped masks) sees the masks FISTA left,
+as Algorithm 1 with budget steering does. Without ``begin_epoch`` a plan is
+made every ``replan_every`` steps.
 """
 
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -67,21 +40,23 @@ from patrol_compress.metrics.flops import count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import StageBlock, edge_modules, edge_stage_blocks
 from patrol_compress.models.split import split as split_model
-from patrol_compress.models.traced import TracedNet
-from patrol_compress.pruning.budget import BudgetConfig, EdgeBudget, resolve_budget
+from patrol_compress.pruning.adversary import Adversary
+from patrol_compress.pruning.budget import EdgeBudget
+from patrol_compress.pruning.hooks import freeze_edge_bn, pending_hook
 from patrol_compress.pruning.inputs import (
     BlocksLike,
     BudgetLike,
     Names,
     budget_config,
-    check_distributed_budget,
     check_model,
     check_terms,
     device_of,
     settings_of,
+    sync_into,
     view_of,
 )
-from patrol_compress.pruning.masks import MaskedNorm, mask_parameters, mask_summary
+from patrol_compress.pruning.inputs import edge_budget as resolve_edge_budget
+from patrol_compress.pruning.masks import mask_parameters, mask_summary
 from patrol_compress.pruning.probe import AgreementProbe
 from patrol_compress.pruning.steering import MaskSteering, mask_lr_for, schedule_warning
 from patrol_compress.pruning.structure import (
@@ -90,17 +65,7 @@ from patrol_compress.pruning.structure import (
     Removal,
     make_structure,
 )
-from patrol_compress.pruning.surrogate import (
-    Attacker,
-    SuiteSurrogate,
-    build_surrogate,
-    fixed_attacker,
-    images_of,
-    suite_surrogate,
-    surrogate_fit_loss,
-    surrogate_psnr,
-    train_surrogate,
-)
+from patrol_compress.pruning.surrogate import build_surrogate, suite_surrogate, surrogate_psnr
 from patrol_compress.regularizers import fused_lipschitz
 
 Structure = ChannelStructure | BlockStructure
@@ -175,7 +140,7 @@ class PatrolPruner:
         view, k = view_of(model, blocks, split, fit_path, example, names)
         check_terms(settings, k, names)
         self._setup(model, view, example, k, settings, names)
-        edge_budget = self._resolve_budget(cfg, fit_path)
+        edge_budget = resolve_edge_budget(cfg, fit_path, view, k, self.input_shape, names)
         if edge_budget is not None and total_steps is None:
             raise UsageError(
                 "total_steps: needed with a budget (the steering silences the planned "
@@ -272,9 +237,8 @@ class PatrolPruner:
         self.input_shape = (c, h, w)
         self.budget: EdgeBudget | None = None
         self.removal: Removal | None = None
-        self.surrogate: nn.Module | None = None
-        self._s_opt: torch.optim.Optimizer | None = None
-        self._attacker: Attacker | None = None
+        every = names.field("adversarial.adversary_every")
+        self.adversary = Adversary(settings.adversarial, self._build_surrogate, every)
         self.last_terms: dict[str, float] = {}
         self.probe: AgreementProbe | None = AgreementProbe()
         self.epoch = 0
@@ -295,27 +259,6 @@ class PatrolPruner:
         self._edge: list[StageBlock] = edge_stage_blocks(self.net, self.split)
         self._cloud = split_model(self.net, self.split)[1]
 
-    def _resolve_budget(
-        self, cfg: BudgetConfig | EdgeBudget | float | None, fit_path: str | None
-    ) -> EdgeBudget | None:
-        if cfg is None:
-            return None
-        check_distributed_budget(cfg, self.names)
-        if isinstance(cfg, EdgeBudget):
-            return cfg
-        if isinstance(cfg, float):
-            cfg = BudgetConfig(params=max(1, int(cfg * self.edge_params())))
-        if fit_path is not None:
-            assert isinstance(self.net, TracedNet)
-            cfg = cfg.model_copy(update={"fit_split": self.net.ends.index(fit_path) + 1})
-        fit = cfg.fit_split
-        if fit is not None and not 1 <= fit < self.split:
-            raise ModelError(
-                f"{self.names.arg('budget')}.fit_split ({fit_path or fit}) must be a split "
-                f"shallower than {self.names.arg('split')} ({self.split})"
-            )
-        return resolve_budget(cfg, self.net, self.input_shape)
-
     def _insert_masks(self) -> Structure:
         flags = _flags(self.model, self.net)
         cfg = self.cfg
@@ -335,7 +278,7 @@ class PatrolPruner:
             raise ModelError(f"torch-pruning cannot trace the model: {first_line(exc)}") from None
         finally:
             _restore(flags)
-        self._sync()
+        sync_into(self.model, self.net)
         self._partition()
         return structure
 
@@ -396,45 +339,16 @@ class PatrolPruner:
         if line is not None and mask_parameters(self.net):
             warnings.warn(line, PatrolWarning, stacklevel=3)
 
-    def _sync(self) -> None:
-        """Modules the view replaced (a masked BN, a folded one) go into the model itself."""
-        if self.net is self.model:
-            return
-        if isinstance(self.net, TracedNet):
-            pairs = self.net.source_paths()
-        else:
-            pairs = [(name, name) for name, _ in self.net.named_children()]
-        for view_path, own_path in pairs:
-            new = self.net.get_submodule(view_path)
-            if self.model.get_submodule(own_path) is not new:
-                parent, _, child = own_path.rpartition(".")
-                setattr(self.model.get_submodule(parent) if parent else self.model, child, new)
-
     def _engage(self) -> None:
         """Freeze the edge's BN statistics and let the model's forward apply pending caps."""
         self._freeze_edge_bn()
         if self._model_hook is None:
-            self._model_hook = self.model.register_forward_pre_hook(
-                _pending_hook(weakref.ref(self), id(self.model))
-            )
+            self._model_hook = self.model.register_forward_pre_hook(pending_hook(self, self.model))
 
     def _freeze_edge_bn(self) -> None:
-        """The edge's BatchNorms run on their running statistics, whatever mode is set.
-
-        A pre-hook on each masked BN (on its :class:`MaskedNorm`, which then
-        takes its fused eval-mode path) and on each other BN of the edge
-        survives ``model.train()``; :meth:`close` removes them.
-        """
         for hook in self._bn_hooks:
             hook.remove()
-        self._bn_hooks = []
-        inner = {id(m.bn) for b in self._edge for m in b.modules() if isinstance(m, MaskedNorm)}
-        for block in self._edge:
-            for m in block.modules():
-                if isinstance(m, MaskedNorm):
-                    self._bn_hooks.append(m.register_forward_pre_hook(_frozen_masked_norm))
-                elif isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inner:
-                    self._bn_hooks.append(m.register_forward_pre_hook(_running_stats))
+        self._bn_hooks = freeze_edge_bn(self._edge)
 
     def close(self) -> None:
         """Give the edge's BatchNorms back their train/eval behaviour (after recovery).
@@ -461,8 +375,8 @@ class PatrolPruner:
         self.model.to(dev)
         if self.net is not self.model:
             self.net.to(dev)
-        if self.surrogate is not None:
-            self._place_surrogate(self.surrogate, dev)
+        if self.adversary.surrogate is not None:
+            self.adversary.place(self.adversary.surrogate, dev)
         return self
 
     def broadcast(self) -> None:
@@ -489,6 +403,11 @@ class PatrolPruner:
 
     # ---------------------------------------------------------------- surrogate
 
+    @property
+    def surrogate(self) -> nn.Module | None:
+        """The attacker the adversarial term plays against (None until built, or term off)."""
+        return self.adversary.surrogate
+
     def _attach_given(self, surrogate: nn.Module | None) -> None:
         if surrogate is None:
             return
@@ -496,60 +415,19 @@ class PatrolPruner:
             raise UsageError(
                 f"surrogate: given, but {self.names.field('adversarial')} is off; enable it"
             )
-        self._place_surrogate(surrogate, device_of(self.model))
+        self.adversary.place(surrogate, device_of(self.model))
 
-    def _place_surrogate(self, surrogate: nn.Module, dev: torch.device) -> None:
-        surrogate.to(dev)
-        # Same values, faster oneDNN convolutions on CPU (see models/inversion.py).
-        fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
-        surrogate.to(memory_format=fmt)  # type: ignore[call-overload]
-        self.surrogate = surrogate
-
-    def _ensure_surrogate(self, images: torch.Tensor | None) -> nn.Module:
-        if self.surrogate is not None:
-            return self.surrogate
+    def _build_surrogate(self, images: torch.Tensor | None) -> nn.Module:
         adv = self.cfg.adversarial
         if adv.surrogate == "mirror":
-            built: nn.Module = build_surrogate(
-                self.net, self.split, self.input_shape, adv.adversary_width
+            return build_surrogate(self.net, self.split, self.input_shape, adv.adversary_width)
+        if images is None:
+            raise UsageError(
+                "begin_epoch: the suite surrogate standardises on the edge's features of "
+                "your images; pass the epoch's batches (your loader)"
             )
-        else:
-            if images is None:
-                raise UsageError(
-                    "begin_epoch: the suite surrogate standardises on the edge's features of "
-                    "your images; pass the epoch's batches (your loader)"
-                )
-            built = suite_surrogate(
-                self.net,
-                self.split,
-                TensorDataset(images.detach().cpu()),
-                self.input_shape,
-                BlackboxConfig(),
-            )
-        self._place_surrogate(built, device_of(self.model))
-        distributed.current().broadcast_module(built)  # every rank builds it here
-        return built
-
-    def _surrogate_opt(self) -> torch.optim.Optimizer:
-        if self._s_opt is None:
-            assert self.surrogate is not None
-            lr = self.cfg.adversarial.adversary_lr
-            self._s_opt = torch.optim.Adam(self.surrogate.parameters(), lr=lr)
-        return self._s_opt
-
-    def _first_images(self, batches: Iterable[Any] | None) -> torch.Tensor | None:
-        if (
-            batches is None
-            or self.surrogate is not None
-            or self.cfg.adversarial.surrogate != "suite"
-        ):
-            return None
-        kept: list[torch.Tensor] = []
-        for batch in batches:
-            kept.append(images_of(batch))
-            if sum(len(x) for x in kept) >= 1024:
-                break
-        return torch.cat(kept) if kept else None
+        dataset = TensorDataset(images.detach().cpu())
+        return suite_surrogate(self.net, self.split, dataset, self.input_shape, BlackboxConfig())
 
     # --------------------------------------------------------------- training
 
@@ -581,27 +459,14 @@ class PatrolPruner:
         self._explicit = True
         if self.steering is not None and not self._finished:
             self.steering.begin_epoch(self.steps)
-        adv = self.cfg.adversarial
-        if adv.enabled:
-            surrogate = self._ensure_surrogate(self._first_images(batches))
-            if self.epoch % adv.adversary_every == 0:
-                if batches is None:
-                    raise UsageError(
-                        "begin_epoch: the surrogate attacker is refitted this epoch "
-                        f"({self.names.field('adversarial.adversary_every')}); pass the "
-                        "epoch's batches (your loader)"
-                    )
-                passes = adv.adversary_epochs + (adv.warmup_epochs if self.epoch == 0 else 0)
-                flags = _flags(self.model, self.net)
-                self.model.eval()
-                self.net.eval()
-                dev = device_of(self.model)
-                train_surrogate(surrogate, self._edge, batches, self._surrogate_opt(), passes, dev)
+        if self.cfg.adversarial.enabled:
+            flags = _flags(self.model, self.net)
+            self.model.eval()  # the surrogate learns the deployed (eval-mode) edge
+            self.net.eval()
+            try:
+                self.adversary.begin_epoch(self.epoch, self._edge, batches, device_of(self.model))
+            finally:
                 _restore(flags)
-            surrogate.eval()
-            # The epoch's fixed attacker: the surrogate's eval-mode function with
-            # no weight gradients (a mirror's BNs folded: same values, faster).
-            self._attacker = fixed_attacker(surrogate)
         self.epoch += 1
         self._pending = "caps" if self.steering is not None and not self._finished else None
 
@@ -662,37 +527,11 @@ class PatrolPruner:
         total = lip
         terms["lip"] = float(lip.detach())
         if adv_cfg.enabled:
-            attacker = self._attacker or self._online_attacker(x, z)
-            adv = attacker(x, z)
+            adv = self.adversary.loss(x, z, device_of(self.model))
             total = total - adv_cfg.beta * adv
             terms["adv"] = float(adv.detach())
         self.last_terms = terms
         return out, total
-
-    def _online_attacker(self, x: torch.Tensor, z: torch.Tensor) -> Attacker:
-        """Without begin_epoch: the surrogate takes one step on this batch, then plays it."""
-        if not self._warned_online:
-            self._warned_online = True
-            warnings.warn(
-                "adversarial term without begin_epoch(loader): the surrogate takes one step "
-                "on each batch's edge features; call pruner.begin_epoch(loader) each epoch "
-                "for the recipes' schedule (adversary_every, adversary_epochs)",
-                PatrolWarning,
-                stacklevel=4,
-            )
-        surrogate = self._ensure_surrogate(x)
-        surrogate.requires_grad_(True).train()
-        fit = surrogate_fit_loss(surrogate, x, z.detach())
-        opt = self._surrogate_opt()
-        opt.zero_grad(set_to_none=True)
-        fit.backward()
-        opt.step()
-        surrogate.requires_grad_(False).eval()
-        if isinstance(surrogate, SuiteSurrogate):
-            return fixed_attacker(surrogate)
-        from patrol_compress.models.inversion import reconstruction_l2
-
-        return lambda xs, zs: reconstruction_l2(xs, surrogate(zs))
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``; under torchrun, then the gradients averaged over ranks.
@@ -796,11 +635,11 @@ class PatrolPruner:
                 self.budget, self.cfg.tau, self.example.to(device_of(self.model))
             )
         finally:
-            self._sync()
+            sync_into(self.model, self.net)
             _restore(flags)
         self._start_recovery()
         self._partition()
-        self.surrogate, self._s_opt, self._attacker = None, None, None
+        self.adversary.reset()
         self.epoch, self._explicit = 0, False
         self._freeze_edge_bn()
         return self.model
@@ -955,32 +794,6 @@ def perturbed_count(batch: int, fraction: float) -> int:
     ever disagreed, distributed runs would only draw different (still valid) noise.
     """
     return max(1, min(batch, round(fraction * batch)))
-
-
-def _pending_hook(pruner: weakref.ref[PatrolPruner], model_id: int) -> Any:
-    """A forward pre-hook for the model: apply the next step's budget caps before it runs.
-
-    A closure (not a bound method), so a deep copy of the model (the exactness
-    check, exports) copies no pruner; copies are told apart by identity.
-    """
-
-    def hook(module: nn.Module, args: object) -> None:
-        owner = pruner()
-        if owner is not None and id(module) == model_id:
-            owner._apply_pending()
-
-    return hook
-
-
-def _running_stats(module: nn.Module, args: object) -> None:
-    """Forward pre-hook: this BatchNorm normalises with its running statistics."""
-    module.training = False
-
-
-def _frozen_masked_norm(module: nn.Module, args: object) -> None:
-    """Forward pre-hook: the masked BN normalises with its running statistics (fused path)."""
-    assert isinstance(module, MaskedNorm)
-    module.bn.training = False
 
 
 def _flags(*models: nn.Module) -> list[tuple[nn.Module, bool]]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from patrol_compress.errors import UsageError
+from patrol_compress.pruning.inputs import device_of
 from patrol_compress.pruning.masks import mask_parameters
 
 if TYPE_CHECKING:
@@ -37,11 +38,12 @@ def pruner_state(pruner: PatrolPruner) -> dict[str, torch.Tensor]:
             for key, value in fista.state[p].items():
                 out[f"fista.{i}.{key}"] = value.detach().cpu().clone()
         out.update({f"steering.{k}": v for k, v in steering.state_dict().items()})
-    if pruner.surrogate is not None:
-        for key, value in pruner.surrogate.state_dict().items():
+    adversary = pruner.adversary
+    if adversary.surrogate is not None:
+        for key, value in adversary.surrogate.state_dict().items():
             out[f"surrogate.{key}"] = value.detach().cpu().clone()
-        if pruner._s_opt is not None:
-            for pid, st in pruner._s_opt.state_dict()["state"].items():
+        if adversary.opt is not None:
+            for pid, st in adversary.opt.state_dict()["state"].items():
                 for key, value in st.items():
                     out[f"surrogate_opt.{pid}.{key}"] = torch.as_tensor(value).detach().cpu()
     return out
@@ -77,11 +79,11 @@ def load_pruner_state(pruner: PatrolPruner, state: dict[str, torch.Tensor]) -> N
         steering.load_state_dict(_part(state, "steering."))
     weights = _part(state, "surrogate.")
     if weights:
-        surrogate = pruner._ensure_surrogate(None)
+        surrogate = pruner.adversary.ensure(None, device_of(pruner.model))
         surrogate.load_state_dict(weights)
         opt_state = _part(state, "surrogate_opt.")
         if opt_state:
-            opt = pruner._surrogate_opt()
+            opt = pruner.adversary.optimizer()
             per: dict[int, dict[str, torch.Tensor]] = {}
             for key, value in opt_state.items():
                 index, _, name = key.partition(".")
