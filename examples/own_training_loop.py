@@ -1,10 +1,12 @@
 """PATROL on your own CNN inside your own PyTorch loop (no recipe, no run folder).
 
-A small ResNet-style classifier with its own head is trained on generated
-shapes, then PatrolPruner prunes its edge (the layers up to ``layer2``) to half
-its size while the privacy terms are added to the task loss; the pruned network
-is fine-tuned for one epoch, split into edge and cloud, and exported to ONNX,
-whose outputs are checked against torch on the test images.
+A small ResNet-style classifier with its own head, written with a functional
+forward, is trained on generated shapes; then PatrolPruner prunes its edge
+(everything the forward runs up to ``layer2``) to half its size while the
+paper's two privacy terms (switched on here; the default is plain pruning) are
+added to the task loss; the pruned network is fine-tuned for one epoch with
+the terms kept, split into edge and cloud, and exported to ONNX, whose outputs
+are checked against torch on the test images.
 
     python examples/own_training_loop.py [--out DIR] [--threads N]
 
@@ -90,7 +92,11 @@ class Block(nn.Module):
 
 
 class ShapeNet(nn.Module):
-    """Stem, three residual stages, and its own head: pool -> flatten -> class logits."""
+    """Stem, three residual stages, and its own head: pool -> flatten -> class logits.
+
+    Written as people write them: the forward calls its modules and functions
+    directly; PatrolPruner traces it to find the edge.
+    """
 
     def __init__(self, classes: int = len(CLASSES), width: int = 16) -> None:
         super().__init__()
@@ -101,14 +107,12 @@ class ShapeNet(nn.Module):
         self.layer1 = Block(w, w, 1)
         self.layer2 = Block(w, 2 * w, 2)
         self.layer3 = Block(2 * w, 4 * w, 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
         self.fc = nn.Linear(4 * w, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for child in self.children():  # its children in order
-            x = child(x)
-        return x
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.fc(torch.flatten(x, 1))
 
 
 @torch.no_grad()
@@ -150,33 +154,30 @@ def main() -> None:
     print(f"trained:  test accuracy {acc_before:.1%}, edge (stem..layer2) {edge_before:,} params")
 
     # 2. PATROL: masks in, privacy terms added to the task loss, FISTA on the masks.
+    # The edge is everything the forward runs up to layer2 (the stem and two
+    # stages: one Lipschitz block each); the mask rate follows from the steps.
     epochs, steps_per_epoch = 3, len(x_train) // 64
     pruner = PatrolPruner(
         model,
         example_inputs=x_train[:2],
-        split="layer2",
-        budget=edge_before // 2,
-        blocks={
-            "stem": ["stem"],
-            "stages": [["layer1"], ["layer2"], ["layer3"]],
-            "head": ["pool", "flatten", "fc"],
-        },
+        split=2,
+        blocks=["layer1", "layer2", "layer3"],
+        budget=0.5,
         total_steps=epochs * steps_per_epoch,
-        replan_every=steps_per_epoch,
         config={
-            "mask_lr": 0.01,
-            "lambda1": 0.2,
-            "lambda2": 0.5,
             "lipschitz": {"alphas": [0.01, 0.001], "sigma": 0.1},
-            "adversarial": {"beta": 1e-3, "adversary_width": 16},
+            "adversarial": {"beta": 1e-3, "adversary_width": 16, "adversary_every": 1},
         },
     )
     opt = torch.optim.Adam(pruner.weights(), lr=1e-3)
     for epoch in range(epochs):
-        for xb, yb in batches(x_train, y_train, 64, seed=10 + epoch):
-            loss = F.cross_entropy(model(xb), yb) + pruner.privacy_loss(xb)
+        loader = list(batches(x_train, y_train, 64, seed=10 + epoch))
+        pruner.begin_epoch(loader)  # budget plan; the surrogate attacker refitted on loader
+        for xb, yb in loader:
+            out, privacy = pruner(xb)  # the model's logits and the terms, one edge pass
+            loss = F.cross_entropy(out, yb) + privacy
             opt.zero_grad()
-            loss.backward()
+            pruner.backward(loss)
             opt.step()
             pruner.step()
         terms = ", ".join(f"{k} {v:.3g}" for k, v in pruner.last_terms.items())
@@ -189,17 +190,21 @@ def main() -> None:
     pruner.prune()  # the same model object, its edge now narrower
     print(f"pruned:   test accuracy {accuracy(model, x_test, y_test):.1%} before recovery")
 
-    # 4. A short recovery fine-tune, privacy terms kept (new optimizer: new parameters).
+    # 4. A short recovery fine-tune, privacy terms kept (new optimizer: new parameters;
+    #    the surrogate is a fresh one on the pruned edge, fitted at this first epoch).
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     model.train()
-    for xb, yb in batches(x_train, y_train, 64, seed=20):
-        loss = F.cross_entropy(model(xb), yb) + pruner.privacy_loss(xb)
+    loader = list(batches(x_train, y_train, 64, seed=20))
+    pruner.begin_epoch(loader)
+    for xb, yb in loader:
+        out, privacy = pruner(xb)
+        loss = F.cross_entropy(out, yb) + privacy
         opt.zero_grad()
         loss.backward()
         opt.step()
     pruner.close()  # PATROL and recovery done: the edge's BatchNorms are yours again
     acc_after = accuracy(model, x_test, y_test)
-    limit = pruner.budget.params if pruner.budget is not None else None
+    limit = pruner.budget.params if pruner.budget is not None else 0
     print(
         f"after:    test accuracy {acc_after:.1%} (was {acc_before:.1%}), edge "
         f"{pruner.edge_params():,} params (was {edge_before:,}, budget {limit:,}), "

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from patrol_compress.errors import ExportError
+from patrol_compress.errors import ExportError, first_line
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -118,6 +118,6 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = ()) -> on
         inferred = onnx.shape_inference.infer_shapes(out, strict_mode=True)
         onnx.checker.check_model(inferred)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"FP16 conversion produced an invalid graph: {first}") from None
     return inferred

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
-from patrol_compress.errors import ExportError
+from patrol_compress.errors import ExportError, first_line
 
 from .base import EXPORTERS, INPUT_NAME, OUTPUT_NAME, ExportJob, Target
 from .fp16 import convert_to_fp16
@@ -58,7 +58,7 @@ def torch_to_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, o
                 training=torch.onnx.TrainingMode.EVAL,
             )
     except Exception as exc:  # torch raises many types; the user needs one line
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"torch.onnx.export failed for {path.name}: {first}") from exc
 
 
@@ -77,7 +77,7 @@ def check_onnx_file(path: Path) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "invalid model"
+        first = first_line(exc, "invalid model")
         raise ExportError(f"{path.name}: onnx.checker rejected the model: {first}") from None
 
 

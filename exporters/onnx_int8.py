@@ -39,7 +39,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
-from patrol_compress.errors import ExportError
+from patrol_compress.errors import ExportError, first_line
 
 from .base import INPUT_NAME, OUTPUT_NAME, ExportJob
 from .int8 import (
@@ -166,7 +166,7 @@ def _quantize(src: Path, dst: Path, batches: list[np.ndarray], extra: dict[str, 
     except ExportError:
         raise
     except Exception as exc:  # ORT raises plain Exceptions from many layers
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"ONNX Runtime quantization of {src.name} failed: {first}") from exc
     finally:
         prepared.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
-from patrol_compress.errors import ExportError, import_optional
+from patrol_compress.errors import ExportError, first_line, import_optional
 from patrol_compress.signal_stack import keep_signal_stack
 
 from .base import EXPORTERS, ExportJob, Target
@@ -76,7 +76,7 @@ def _export_openvino(job: ExportJob) -> list[str]:
             model = ov.convert_model(str(job.work_dir / onnx_name))
             ov.save_model(model, str(xml), compress_to_fp16=compress)
         except Exception as exc:  # OpenVINO raises its own RuntimeError types
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             raise ExportError(f"OpenVINO conversion of {onnx_name} failed: {first}") from exc
         check_parity(f"{part}.xml (OpenVINO, f32 hint)", run_openvino(xml, x), ref, job.precision)
         files += [xml.name, f"{part}.bin"]

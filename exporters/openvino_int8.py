@@ -46,7 +46,7 @@ from patrol_compress.contracts import (
     EDGE_ONNX,
     EDGE_XML,
 )
-from patrol_compress.errors import ExportError, import_optional
+from patrol_compress.errors import ExportError, first_line, import_optional
 
 from .base import INPUT_NAME, OUTPUT_NAME, ExportJob
 from .int8 import (
@@ -111,7 +111,7 @@ def _quantize(nncf: ModuleType, model: Any, items: list[np.ndarray], what: str) 
                 advanced_parameters=advanced,
             )
     except Exception as exc:  # NNCF raises its own error types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"NNCF quantization of the {what} failed: {first}") from exc
 
 
@@ -206,7 +206,7 @@ def export_openvino_int8(job: ExportJob) -> list[str]:
     except ExportError:
         raise
     except Exception as exc:  # OpenVINO raises its own RuntimeError types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"OpenVINO INT8 export failed: {first}") from exc
     finally:
         shutil.rmtree(ref, ignore_errors=True)

@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from patrol_compress.errors import ExportError, OutputExistsError
+from patrol_compress.errors import ExportError, OutputExistsError, first_line
 from patrol_compress.io import record_written, swap_in, temp_name_prefix, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
@@ -101,7 +101,7 @@ def _references(
             mid = edge(x)
             out = cloud(mid)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        first = first_line(exc)
         raise ExportError(
             f"the model does not accept inputs of shape {list(shape)}: {first}"
         ) from None

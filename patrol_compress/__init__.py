@@ -24,7 +24,7 @@ _LAZY = {
     "load_model": "patrol_compress.api",
     "partitions": "patrol_compress.api",
     "load_recipe": "patrol_compress.recipe",
-    "PatrolPruner": "patrol_compress.pruner",
+    "PatrolPruner": "patrol_compress.pruning.pruner",
 }
 
 

@@ -11,7 +11,8 @@ return its numbers; :func:`load_model` hands back the network a job saved::
     model = api.load_model("runs/quick")          # the pruned nn.Module (eval mode)
     edge, cloud = api.partitions("runs/quick")    # its edge and cloud at the run's split
 
-For your own model and training loop use :class:`patrol_compress.pruner.PatrolPruner`.
+For your own model and training loop use :class:`patrol_compress.PatrolPruner` (the same
+engine :func:`prune` drives).
 
 Heavy modules (torch, the data loaders, the exporters) are imported inside each
 function so that ``import patrol_compress`` stays cheap and torch-free.

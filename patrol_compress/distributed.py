@@ -224,16 +224,25 @@ class Dist:
             return x
         return _GatherRows.apply(x, self.rank, self.world)
 
-    def check_same(self, modules: dict[str, nn.Module], what: str) -> None:
-        """Stop if any rank's parameters or buffers differ from rank 0's (bitwise)."""
+    def check_same(
+        self,
+        modules: dict[str, nn.Module],
+        what: str,
+        tensors: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Stop if any rank's parameters, buffers or ``tensors`` differ from rank 0's (bitwise)."""
         if not self.active:
             return
         h = hashlib.blake2b(digest_size=8)
-        for name in sorted(modules):
-            for key, t in sorted(modules[name].state_dict().items()):
-                h.update(f"{name}.{key}".encode())
-                flat = t.detach().cpu().contiguous().reshape(-1)
-                h.update(flat.view(torch.uint8).numpy().tobytes())
+        named = [
+            (f"{name}.{key}", t)
+            for name in sorted(modules)
+            for key, t in sorted(modules[name].state_dict().items())
+        ]
+        for key, t in [*named, *sorted((tensors or {}).items())]:
+            h.update(key.encode())
+            flat = t.detach().cpu().contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy().tobytes())
         digest = torch.tensor(
             [int.from_bytes(h.digest(), "little", signed=True)],
             dtype=torch.int64,

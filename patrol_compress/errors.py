@@ -20,6 +20,26 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def first_line(exc: BaseException | str, default: str | None = None) -> str:
+    """The first non-empty line of an exception's message (or of a text), for one-line errors.
+
+    Third-party errors (torch, onnx, pydantic) often carry a traceback-like
+    message over many lines; a user error shows only its first line. An empty
+    message gives ``default`` (else the exception's type name, or "").
+    """
+    text = exc if isinstance(exc, str) else str(exc)
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    if default is not None:
+        return default
+    return "" if isinstance(exc, str) else type(exc).__name__
+
+
+class PatrolWarning(UserWarning):
+    """Something that will probably ruin the result but is not certain to (one line)."""
+
+
 class PatrolError(Exception):
     """Base class for errors caused by input, configuration or environment."""
 

@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from patrol_compress.errors import ArtifactError, PatrolError, StorageError, storage_error
+from patrol_compress.errors import (
+    ArtifactError,
+    PatrolError,
+    StorageError,
+    first_line,
+    storage_error,
+)
 
 _VERSIONED = (
     "patrol-compress",
@@ -253,7 +259,7 @@ def read_json(path: Path | str) -> Any:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = first_line(exc)[:120]
         raise ArtifactError(f"{p}: not valid JSON ({reason}); the file is corrupt") from None
     except IsADirectoryError:
         raise ArtifactError(f"{p}: expected a JSON file, found a folder") from None

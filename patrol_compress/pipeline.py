@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,22 +42,17 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
-from patrol_compress.errors import ArtifactError, ModelError, RecipeError, TrainingError
+from patrol_compress.errors import ArtifactError, ModelError, PatrolWarning
 from patrol_compress.io import read_json, write_json
 from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
-from patrol_compress.models.factory import load_own_weights
-from patrol_compress.pruning.budget import EdgeBudget, resolve_budget
+from patrol_compress.models.factory import load_own_weights, own_state
+from patrol_compress.pruning.budget import BudgetConfig, EdgeBudget
 from patrol_compress.pruning.masks import mask_summary
-from patrol_compress.pruning.patrol import (
-    PatrolParts,
-    StageSettings,
-    make_surrogate,
-    patrol_finetune,
-)
-from patrol_compress.pruning.structure import make_structure
-from patrol_compress.recipe import PatrolConfig, Recipe
+from patrol_compress.pruning.patrol import StageSettings, make_surrogate, patrol_finetune
+from patrol_compress.pruning.pruner import PatrolPruner
+from patrol_compress.recipe import Recipe
 from patrol_compress.run import (
     load_resized,
     load_run_model,
@@ -68,7 +64,7 @@ from patrol_compress.rundir import RunDir, open_run
 from patrol_compress.train.checkpoint import drop_checkpoints
 from patrol_compress.train.evaluate import evaluate, headline
 from patrol_compress.train.faults import fault_from_env
-from patrol_compress.train.target import check_batches, train_target
+from patrol_compress.train.target import check_batches, steps_per_epoch, train_target
 
 console = Console()
 
@@ -91,7 +87,7 @@ def fresh_model(recipe: Recipe, data: DataBundle) -> BlockNet:
         try:
             state = read_state_dict(recipe.model.pretrained)
             if recipe.model.arch == "custom":
-                load_own_weights(model, state)  # its own head too, when it has one
+                load_own_weights(model, own_state(model, state))  # its own head too
             else:
                 load_torchvision_backbone(model, state)
         except ModelError as exc:
@@ -141,15 +137,46 @@ def _check_checkpoint(recipe: Recipe, model: BlockNet) -> None:
     """``train.checkpoint`` must be weights of exactly this (unpruned) architecture."""
     if recipe.train.checkpoint is not None:
         path = recipe.train.checkpoint
-        load_resized(model, read_state_dict(path), f"train.checkpoint {path}", exact=True)
+        state = own_state(model, read_state_dict(path))
+        load_resized(model, state, f"train.checkpoint {path}", exact=True)
 
 
-def _preflight(recipe: Recipe, data: DataBundle) -> EdgeBudget | None:
-    """Everything prune can check before writing anything; returns the edge budget.
+def example_inputs(recipe: Recipe, data: DataBundle) -> torch.Tensor:
+    """The two random images every stage traces, checks and exports with (seeded)."""
+    shape = (data.channels, data.image_size, data.image_size)
+    return torch.rand(2, *shape, generator=torch.Generator().manual_seed(recipe.seed))
+
+
+def patrol_pruner(
+    recipe: Recipe,
+    data: DataBundle,
+    model: BlockNet,
+    budget: BudgetConfig | EdgeBudget | None,
+    surrogate: torch.nn.Module | None = None,
+) -> PatrolPruner:
+    """The pruner the PATROL stage drives: the recipe's split, budget and settings on ``model``."""
+    cfg = recipe.patrol
+    return PatrolPruner(
+        model,
+        example_inputs(recipe, data),
+        split=cfg.split,
+        budget=budget,
+        total_steps=max(cfg.epochs * steps_per_epoch(data, recipe.train), 1),
+        config=cfg,
+        surrogate=surrogate,
+        section="patrol",
+    )
+
+
+def _preflight(recipe: Recipe, data: DataBundle) -> tuple[EdgeBudget | None, list[str]]:
+    """Everything prune can check before writing anything; returns the budget and warnings.
 
     A training batch must be drawable from the data, the split must exist in
-    the model, the budget must be reachable on the untrained architecture and
-    ``train.checkpoint`` must fit it exactly.
+    the model and ``train.checkpoint`` must fit it exactly; then a
+    :class:`PatrolPruner` is built on the untrained architecture, so the
+    plug-in's checks are the recipe's: settings, budget (reachable, resolved
+    once here), masks, and the one-line warning of a mask schedule that would
+    empty the blocks.
     """
     cfg = recipe.patrol
     check_batches(data, recipe.train)
@@ -158,26 +185,16 @@ def _preflight(recipe: Recipe, data: DataBundle) -> EdgeBudget | None:
     if not 1 <= cfg.split <= n:
         raise ModelError(f"patrol.split: {cfg.split} is beyond this model's depth (stages 1..{n})")
     _check_checkpoint(recipe, probe)  # before masks are inserted into the probe
-    budget = None
-    if cfg.enabled and cfg.budget is not None:
-        shape = (data.channels, data.image_size, data.image_size)
-        example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(recipe.seed))
-        if distributed.current().active and (
-            cfg.budget.latency_ms is not None or "latency" in cfg.budget.fit
-        ):
-            # Each rank would time candidates differently and steer different masks.
-            raise RecipeError(
-                "patrol.budget: latency limits are measured on one machine; run this recipe "
-                "on one process (macs is the deterministic stand-in for several)"
-            )
-        if cfg.budget.latency_ms is not None or "latency" in cfg.budget.fit:
-            threads = cfg.budget.latency.threads
-            check_thread_count(threads, "patrol.budget.latency.threads")
-        budget = resolve_budget(cfg.budget, probe, shape)
-        make_structure(
-            cfg.granularity, probe, cfg.split, cfg.mask_init, example, cfg.round_to, cfg.rank
-        ).check(budget)
-    return budget
+    if not cfg.enabled:
+        return None, []
+    budget = cfg.budget
+    if budget is not None and (budget.latency_ms is not None or "latency" in budget.fit):
+        check_thread_count(budget.latency.threads, "patrol.budget.latency.threads")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PatrolWarning)
+        pruner = patrol_pruner(recipe, data, probe, cfg.budget)
+    said = [str(w.message) for w in caught if issubclass(w.category, PatrolWarning)]
+    return pruner.budget, said
 
 
 def _load_or_train_target(
@@ -221,14 +238,18 @@ def prune(
     """
     ctx = distributed.current()
     quiet = quiet or not ctx.main
-    checked: dict[str, EdgeBudget | None] = {}
+    checked: dict[str, Any] = {}
 
     def preflight(data: DataBundle) -> None:
-        checked["budget"] = _preflight(recipe, data)
+        checked["budget"], checked["warnings"] = _preflight(recipe, data)
+        for line in checked["warnings"]:
+            _say(quiet, f"warning: {line}")
 
     run, data = _open_with_data(recipe, out, resume, force, preflight)
     with run:  # the run folder stays locked until the job ends
-        metrics = _prune_stages(recipe, run, data, checked["budget"], resume, quiet)
+        metrics = _prune_stages(
+            recipe, run, data, checked["budget"], resume, quiet, checked["warnings"]
+        )
         ctx.run_on_main(lambda: drop_checkpoints(run.path, keep_checkpoints))
         return metrics
 
@@ -240,11 +261,11 @@ def _prune_stages(
     budget: EdgeBudget | None,
     resume: bool,
     quiet: bool,
+    said: list[str] | None = None,
 ) -> dict[str, Any]:
     """Every stage of :func:`prune` after the run folder is open (and locked)."""
     ctx = distributed.current()
     input_shape = (data.channels, data.image_size, data.image_size)
-    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(recipe.seed))
     cfg = recipe.patrol
 
     target = _load_or_train_target(recipe, data, run, resume, quiet)
@@ -261,9 +282,14 @@ def _prune_stages(
         "budget": budget.as_dict() if budget is not None else {"params": None, "bytes": None},
         "accuracy": {"before": acc_before},
         "edge": {},
+        "warnings": list(said or []),
     }
     if cfg.enabled:
-        final = _patrol_stages(recipe, data, run, target, budget, example, resume, quiet, metrics)
+        final = _patrol_stages(recipe, data, run, target, budget, resume, quiet, metrics)
+        collapse = accuracy_warning(metrics["accuracy"]["before"], metrics["accuracy"]["after"])
+        if collapse is not None:
+            metrics["warnings"].append(collapse)
+            _say(quiet, f"warning: {collapse}")
     else:
         _say(quiet, "patrol.enabled is false: the target model is the final model")
         final = target
@@ -291,22 +317,20 @@ def _prune_stages(
     return metrics
 
 
-def check_masks_alive(model: BlockNet, cfg: PatrolConfig) -> None:
-    """Refuse a PATROL result whose masks of a whole block are all <= tau.
+COLLAPSE_RATIO = 0.5
+"""A pruned model below this share of its target's accuracy is called collapsed."""
 
-    Such a block passes nothing on: removal would cut every channel and the
-    network would output constants (seen with Fashion-MNIST: 6,000 images made
-    4 epochs 188 FISTA steps, enough to shrink every mask from 1 to 0). The
-    cause is the L1/L2 shrinkage outpacing the task gradient, so the error
-    names the knobs instead of letting a dead model reach recovery.
-    """
-    dead = [b for b, s in mask_summary(model, cfg.tau).items() if s["sparsity"] >= 1.0]
-    if dead:
-        raise TrainingError(
-            f"patrol: every mask of {', '.join(dead)} is <= tau after PATROL, so nothing would "
-            "pass; lower patrol.mask_lr or patrol.lambda1/lambda2 (each step shrinks a mask by "
-            "about mask_lr x (lambda1 + lambda2 x mask)) and rerun with --force"
-        )
+
+def accuracy_warning(before: dict[str, float], after: dict[str, float]) -> str | None:
+    """One line when the pruned model's headline accuracy is far below the target's."""
+    key = "top1" if "top1" in before else "rank1"
+    if key not in after or before[key] <= 0 or after[key] >= COLLAPSE_RATIO * before[key]:
+        return None
+    return (
+        f"the pruned model's {key} is {after[key]:.1%}, under half the target's "
+        f"{before[key]:.1%} on the same test set (a collapse?): check patrol.mask_lr, "
+        "lambda1/lambda2 and the budget before exporting"
+    )
 
 
 def _patrol_stages(
@@ -315,45 +339,13 @@ def _patrol_stages(
     run: RunDir,
     target: BlockNet,
     budget: EdgeBudget | None,
-    example: torch.Tensor,
     resume: bool,
     quiet: bool,
     metrics: dict[str, Any],
 ) -> BlockNet:
-    ctx = distributed.current()
-    cfg = recipe.patrol
-    model = copy.deepcopy(target).cpu()
-    structure = make_structure(
-        cfg.granularity, model, cfg.split, cfg.mask_init, example, cfg.round_to, cfg.rank
-    )
-    # Seeded whether or not there is a surrogate to initialise: the stage's
-    # random draws must not depend on what ran before it in this process.
-    torch.manual_seed(recipe.seed + 2)
-    parts = PatrolParts(model, structure, make_surrogate(model, recipe, data))
-
-    if not run.done("patrol"):
-        with run.stage("patrol"):
-            history, psnr = patrol_finetune(
-                parts, data, recipe, run / CHECKPOINTS_DIR / "patrol", budget, resume, quiet
-            )
-            model.cpu()
-            check_masks_alive(model, cfg)
-
-            def save_patrol() -> None:
-                write_json(
-                    run / PATROL_DIR / PATROL_SUMMARY_FILE,
-                    {
-                        "history": history,
-                        "surrogate_psnr": psnr,
-                        "mask_sparsity": mask_summary(model, cfg.tau),
-                    },
-                )
-                save_model_file(run / PATROL_DIR / MASKED_WEIGHTS_FILE, model)
-
-            ctx.run_on_main(save_patrol)
-    else:
-        masked = run / PATROL_DIR / MASKED_WEIGHTS_FILE  # a corrupt file is one line
-        load_resized(model, read_state_dict(masked), "patrol/masked")
+    """PATROL fine-tuning, removal and recovery, each a resumable stage driving one pruner."""
+    pruner = _training_pruner(recipe, data, target, budget)
+    _patrol_stage(recipe, data, run, pruner, resume, quiet)
     summary_path = run / PATROL_DIR / PATROL_SUMMARY_FILE
     summary = read_json(summary_path)
     if not isinstance(summary, dict) or not {"mask_sparsity", "surrogate_psnr"} <= summary.keys():
@@ -364,49 +356,100 @@ def _patrol_stages(
     info = model_info(recipe, data)
     if not run.done("remove"):
         with run.stage("remove"):
-
-            def remove() -> None:
-                # The plan is decided here, once; the masks it reads are identical
-                # on every rank (checked after every epoch by run_stage).
-                model.cpu().eval()
-                removal = structure.remove(budget, cfg.tau, example)
-                info_r = {
-                    **info,
-                    "removed_blocks": removal.removed_blocks,
-                    "removal": removal.as_dict(),
-                }
-                save_run_model(run / PRUNED_DIR, model, info_r)
-
-            ctx.run_on_main(remove)
+            # The plan is decided here, once; the masks it reads are identical
+            # on every rank (checked after every epoch by run_stage).
+            distributed.current().run_on_main(lambda: _remove(run, pruner, info))
     # Every rank continues from rank 0's pruned network.
     pruned, pinfo = load_run_model(run / PRUNED_DIR, recipe.model.factory)
     metrics["removal"] = pinfo["removal"]
-
-    if not run.done("recover"):
-        with run.stage("recover"):
-            _recover(recipe, data, pruned, run, resume, quiet)
-            pruned.cpu().eval()
-            ctx.run_on_main(
-                lambda: save_run_model(
-                    run.path,
-                    pruned,
-                    {
-                        **info,
-                        "removed_blocks": pinfo.get("removed_blocks", []),
-                        "removal": pinfo["removal"],
-                        "split": cfg.split,
-                    },
-                )
-            )
+    _recover_stage(recipe, data, run, pruned, pinfo, resume, quiet)
     final, _ = load_run_model(run.path, recipe.model.factory)
     if not run.done("evaluate"):
         with run.stage("evaluate"):
-            ctx.run_on_main(
+            distributed.current().run_on_main(
                 lambda: write_json(run / PRUNED_DIR / ACCURACY_FILE, evaluate(final, data))
             )
     metrics["accuracy"]["after"] = read_json(run / PRUNED_DIR / ACCURACY_FILE)
     _say(quiet, f"pruned model: {headline(metrics['accuracy']['after'])}")
     return final
+
+
+def _training_pruner(
+    recipe: Recipe, data: DataBundle, target: BlockNet, budget: EdgeBudget | None
+) -> PatrolPruner:
+    """A pruner on a copy of the target, with the surrogate the recipe asks for.
+
+    Seeded whether or not there is a surrogate to initialise: the stage's
+    random draws must not depend on what ran before it in this process.
+    Inserting the masks draws no random numbers, so the surrogate, built
+    first, starts from the same draws as when it was built after them.
+    """
+    model = copy.deepcopy(target).cpu()
+    torch.manual_seed(recipe.seed + 2)
+    surrogate = make_surrogate(model, recipe, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PatrolWarning)  # the preflight said them
+        return patrol_pruner(recipe, data, model, budget, surrogate)
+
+
+def _patrol_stage(
+    recipe: Recipe, data: DataBundle, run: RunDir, pruner: PatrolPruner, resume: bool, quiet: bool
+) -> None:
+    """Mask fine-tuning, or (stage done) its masked weights back from ``patrol/``."""
+    model, tau = pruner.model, recipe.patrol.tau
+    if run.done("patrol"):
+        masked = run / PATROL_DIR / MASKED_WEIGHTS_FILE  # a corrupt file is one line
+        load_resized(model, read_state_dict(masked), "patrol/masked")
+        return
+    with run.stage("patrol"):
+        folder = run / CHECKPOINTS_DIR / "patrol"
+        history, psnr = patrol_finetune(pruner, data, recipe, folder, pruner.budget, resume, quiet)
+        pruner.to("cpu")
+
+        def save_patrol() -> None:
+            write_json(
+                run / PATROL_DIR / PATROL_SUMMARY_FILE,
+                {
+                    "history": history,
+                    "surrogate_psnr": psnr,
+                    "mask_sparsity": mask_summary(pruner.net, tau),
+                },
+            )
+            save_model_file(run / PATROL_DIR / MASKED_WEIGHTS_FILE, model)
+
+        distributed.current().run_on_main(save_patrol)
+
+
+def _remove(run: RunDir, pruner: PatrolPruner, info: dict[str, Any]) -> None:
+    """Remove the masked channels (rank 0) and save the pruned network for every rank."""
+    pruner.prune()
+    assert pruner.removal is not None
+    removal = pruner.removal
+    extra = {"removed_blocks": removal.removed_blocks, "removal": removal.as_dict()}
+    save_run_model(run / PRUNED_DIR, pruner.net, {**info, **extra})
+
+
+def _recover_stage(
+    recipe: Recipe,
+    data: DataBundle,
+    run: RunDir,
+    pruned: BlockNet,
+    pinfo: dict[str, Any],
+    resume: bool,
+    quiet: bool,
+) -> None:
+    if run.done("recover"):
+        return
+    with run.stage("recover"):
+        _recover(recipe, data, pruned, run, resume, quiet)
+        pruned.cpu().eval()
+        info = {
+            **model_info(recipe, data),
+            "removed_blocks": pinfo.get("removed_blocks", []),
+            "removal": pinfo["removal"],
+            "split": recipe.patrol.split,
+        }
+        distributed.current().run_on_main(lambda: save_run_model(run.path, pruned, info))
 
 
 def _recover(
@@ -433,11 +476,17 @@ def _recover(
         train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet, stage="recover")
         return
     torch.manual_seed(recipe.seed + 4)  # seeded with or without a surrogate, as in PATROL
-    surrogate = make_surrogate(pruned, recipe, data)
-    settings = StageSettings("recover", cfg.recovery_epochs, lr)
-    patrol_finetune(
-        PatrolParts(pruned, None, surrogate), data, recipe, folder, None, resume, quiet, settings
+    pruner = PatrolPruner.for_recovery(
+        pruned,
+        example_inputs(recipe, data),
+        cfg.split,
+        config=cfg,
+        surrogate=make_surrogate(pruned, recipe, data),
+        section="patrol",
     )
+    settings = StageSettings("recover", cfg.recovery_epochs, lr)
+    patrol_finetune(pruner, data, recipe, folder, None, resume, quiet, settings)
+    pruner.close()
 
 
 def _write_samples(data: DataBundle, run: RunDir) -> None:

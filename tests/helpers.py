@@ -86,6 +86,30 @@ def write_recipe(tmp_path: Path, data: dict[str, Any], name: str = "r.yaml") -> 
     return path
 
 
+def shape_images(n: int, seed: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """n noisy RGB images of one of four shapes (square, ring, bars) at a random place,
+    size and colour, and their classes: a task tiny CNNs learn in a few epochs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.25 * torch.rand(n, 3, size, size, generator=g)
+    for i, k in enumerate(y.tolist()):
+        s = int(torch.randint(size // 4, size // 4 + 6, (1,), generator=g))
+        r, c = (int(v) for v in torch.randint(0, size - s, (2,), generator=g))
+        colour = 0.5 + 0.5 * torch.rand(3, 1, 1, generator=g)
+        patch = torch.zeros(s, s)
+        if k == 0:
+            patch[:, :] = 1
+        elif k == 1:
+            patch[:, :] = 1
+            patch[2:-2, 2:-2] = 0
+        elif k == 2:
+            patch[s // 2 - 2 : s // 2 + 2, :] = 1
+        else:
+            patch[:, s // 2 - 2 : s // 2 + 2] = 1
+        x[i, :, r : r + s, c : c + s] = torch.maximum(x[i, :, r : r + s, c : c + s], colour * patch)
+    return x, y
+
+
 @torch.no_grad()
 def calibrate_bn(model: torch.nn.Module, images: torch.Tensor) -> None:
     """BN statistics of the data, as a trained net has; random ones make ReLUs drop most input."""

@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from patrol_compress.cli.app import app
 from patrol_compress.errors import RecipeError
-from patrol_compress.recipe import load_recipe, with_privacy_terms
+from patrol_compress.recipe import (
+    PatrolConfig,
+    PatrolSettings,
+    dump_recipe,
+    load_recipe,
+    parse_recipe,
+    with_privacy_terms,
+)
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
@@ -107,3 +115,30 @@ def test_shipped_recipes_default_to_the_best_measured_method(name: str) -> None:
     paper = with_privacy_terms(recipe)
     assert paper.patrol.lipschitz.enabled and paper.patrol.adversarial.enabled
     assert paper.patrol.lipschitz.alphas == recipe.patrol.lipschitz.alphas
+
+
+@pytest.mark.parametrize(
+    "budget", [{"params": 5000}, {"bytes": 20000, "macs": 10**6}, {"fit_split": 2, "fit": ["macs"]}]
+)
+def test_a_resolved_recipe_loads_again(budget: dict[str, object]) -> None:
+    """recipe.resolved.yaml spells out every default (fit: [params], fit_fraction: 1.0), and
+    export/attack read it back: a budget without fit_split must still load."""
+    recipe = parse_recipe({"name": "r", "patrol": {"budget": budget}})
+    assert parse_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+
+
+def test_the_method_settings_are_the_pruners_and_the_job_fields_the_recipes() -> None:
+    """One model of the method's settings; the recipe's section extends it with the job's."""
+    job = set(PatrolConfig.model_fields) - set(PatrolSettings.model_fields)
+    assert job == {"enabled", "split", "epochs", "lr", "budget"} | {
+        "recovery_epochs",
+        "recovery_lr",
+        "recovery_privacy",
+    }
+    section = load_recipe(Path("recipes/quickstart.yaml")).patrol
+    settings = section.settings()
+    assert type(settings) is PatrolSettings
+    assert settings.model_dump() == section.model_dump(include=set(PatrolSettings.model_fields))
+    # Defaults: a recipe that says nothing keeps the paper's terms; the pruner's are off.
+    assert PatrolConfig().lipschitz.enabled and PatrolConfig().mask_lr == 1e-2
+    assert not PatrolSettings().lipschitz.enabled and PatrolSettings().mask_lr is None

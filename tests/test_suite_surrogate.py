@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from patrol_compress.data import build_data
-from patrol_compress.errors import RecipeError
 from patrol_compress.models.inversion import reconstruction_l2
 from patrol_compress.models.split import edge_stage_blocks
 from patrol_compress.pipeline import prune
@@ -63,12 +62,22 @@ def test_prune_with_the_suite_surrogate_runs_and_reports_its_strength(tmp_path: 
     assert all("adv" in epoch for epoch in summary["history"])
 
 
-def test_mirror_stays_the_default_and_the_plugin_refuses_the_suite() -> None:
+def test_mirror_stays_the_default_and_the_plugin_takes_the_suite() -> None:
+    """The plug-in gained the suite surrogate: built from the first images it is given,
+    fitted at the first epoch, and the edge fights the strongest of its decoders."""
+    assert tiny_recipe(Path("unused")).patrol.adversarial.surrogate == "mirror"
     model = tiny_resnet()
-    with pytest.raises(RecipeError, match="config.adversarial.surrogate"):
-        PatrolPruner(
-            model,
-            torch.rand(2, 3, 32, 32),
-            split=4,
-            config={"adversarial": {"surrogate": "suite"}, "lipschitz": {"enabled": False}},
-        )
+    images = torch.rand(16, 3, 32, 32)
+    pruner = PatrolPruner(
+        model,
+        images[:2],
+        split=4,
+        total_steps=4,
+        config={"adversarial": {"surrogate": "suite", "adversary_every": 1}},
+    )
+    assert pruner.surrogate is None  # built when first needed, from the images given
+    batches = [(images[:8], None), (images[8:], None)]
+    pruner.begin_epoch(batches)
+    assert isinstance(pruner.surrogate, SuiteSurrogate)
+    _, privacy = pruner(images[:8])
+    assert set(pruner.last_terms) == {"lip", "adv"} and float(privacy.detach()) < 0

@@ -203,7 +203,7 @@ def test_patrol_finetune_with_frozen_attacker_matches_the_surrogate_itself(
 ) -> None:
     """Two epochs of PATROL: the frozen attacker gives the losses, weights and masks that
     the eval-mode surrogate gives (the code before :func:`frozen_inverter`)."""
-    from patrol_compress.pruning import patrol
+    from patrol_compress.pruning import surrogate
 
     fast_hist, fast_state = _finetune(tmp_path, "fast")
 
@@ -211,7 +211,7 @@ def test_patrol_finetune_with_frozen_attacker_matches_the_surrogate_itself(
         with torch.random.fork_rng():  # building layers draws initial weights
             return _plain_copy(net).eval().requires_grad_(False)
 
-    monkeypatch.setattr(patrol, "frozen_inverter", plain)
+    monkeypatch.setattr(surrogate, "frozen_inverter", plain)
     ref_hist, ref_state = _finetune(tmp_path, "ref")
     assert len(fast_hist) == len(ref_hist) == 2
     for a, b in zip(fast_hist, ref_hist, strict=True):

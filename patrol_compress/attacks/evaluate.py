@@ -26,6 +26,7 @@ from patrol_compress.attacks.progress import AttackProgress
 from patrol_compress.contracts import (
     ATTACK_FILE,
     ATTACK_GRID,
+    MANIFEST,
     METRICS_FILE,
     RECIPE_FILE,
     AttackResult,
@@ -562,14 +563,10 @@ def _fingerprint(
 
     artifact = cfg.adaptive.artifact
     manifest = None
-    if (
-        "adaptive" in names
-        and artifact is not None
-        and (Path(artifact) / "manifest.json").is_file()
-    ):
+    if "adaptive" in names and artifact is not None and (Path(artifact) / MANIFEST).is_file():
         from patrol_compress.io import sha256_file
 
-        manifest = sha256_file(Path(artifact) / "manifest.json")
+        manifest = sha256_file(Path(artifact) / MANIFEST)
     return fingerprint(
         model=model_digest(model),
         split=split,

@@ -23,7 +23,7 @@ from rich.markup import escape
 from typer import _click
 from typer.core import TyperCommand, TyperGroup
 
-from patrol_compress.errors import PatrolError, UsageError, storage_error
+from patrol_compress.errors import PatrolError, UsageError, first_line, storage_error
 from patrol_compress.machine import check_thread_count
 
 P = ParamSpec("P")
@@ -140,7 +140,7 @@ def debug_enabled() -> bool:
 
 def fail(message: str) -> typer.Exit:
     """Print ``error: message`` (first line only) and return the exit to raise."""
-    first = message.splitlines()[0] if message else "unknown error"
+    first = first_line(message, "unknown error")
     more = message.count("\n")
     suffix = f" (+{more} more)" if more else ""
     # The message is text, not markup: "[tensorrt]" in a pip command must survive.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, JsonValue, model_validator
+from pydantic import Discriminator, Field, JsonValue, Tag, model_validator
 
 from patrol_compress.config.base import StrictModel, read_yaml, short, validate
 from patrol_compress.config.factory import check_factory_spec
@@ -83,6 +83,23 @@ class BlocksConfig(StrictModel):
     head: list[str] = Field(default_factory=list)
 
 
+StageEnds = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+"""The module each stage ends with, as dotted paths (``[features.3, features.6]``)."""
+
+
+def _blocks_form(value: object) -> str:
+    return "paths" if isinstance(value, (list, tuple)) else "children"
+
+
+Blocks = Annotated[
+    Annotated[BlocksConfig, Tag("children")] | Annotated[StageEnds, Tag("paths")],
+    Discriminator(_blocks_form),
+]
+"""How a custom model divides into stages: groups of its top-level children (a
+mapping; its forward must run them in order), or the modules each stage ends
+with (a list of dotted paths; the forward is traced and cut there)."""
+
+
 class ModelConfig(StrictModel):
     arch: Literal["resnet18", "resnet34", "resnet50", "custom"] = "resnet18"
     width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
@@ -94,7 +111,11 @@ class ModelConfig(StrictModel):
         description="keyword arguments of model.factory (arch custom only): JSON values, so the "
         "resolved recipe and model.json hold them as written",
     )
-    blocks: BlocksConfig | None = None
+    blocks: Blocks | None = Field(
+        default=None,
+        description="arch custom: {stem, stages, head} of top-level children, or the module "
+        "paths each stage ends with ([features.3, features.6]; the forward is traced)",
+    )
     pretrained: Path | None = Field(
         default=None,
         description="torchvision-style state dict (.safetensors) for the backbone; for arch "
@@ -188,8 +209,11 @@ class BudgetConfig(StrictModel):
         sizes = [k for k in ("fit_split", "params", "bytes") if getattr(self, k) is not None]
         if len(sizes) > 1:
             raise ValueError(f"takes at most one of fit_split, params, bytes; found {sizes}")
-        for name in ("fit", "fit_fraction"):
-            if self.fit_split is None and name in self.model_fields_set:
+        # The defaults themselves are allowed: a resolved recipe spells them out.
+        defaults = {"fit": list(DEFAULT_FIT), "fit_fraction": 1.0}
+        for name, default in defaults.items():
+            given = name in self.model_fields_set and getattr(self, name) != default
+            if self.fit_split is None and given:
                 raise ValueError(f"{name} needs fit_split (the split whose measures it names)")
         if not sizes and self.macs is None and self.latency_ms is None:
             raise ValueError("needs a limit: fit_split, params or bytes, and/or macs, latency_ms")
@@ -241,20 +265,38 @@ class AdversarialConfig(StrictModel):
     adversary_width: Annotated[int, Field(ge=4, le=1024)] = 64
 
 
-class PatrolConfig(StrictModel):
-    """PATROL fine-tuning (Algorithm 1) and physical removal."""
+def _plain_pruning_lipschitz() -> LipschitzConfig:
+    return LipschitzConfig(enabled=False)
 
-    enabled: bool = True
-    split: Annotated[int, Field(ge=1, le=8)] = 4
+
+def _plain_pruning_adversarial() -> AdversarialConfig:
+    return AdversarialConfig(enabled=False)
+
+
+class PatrolSettings(StrictModel):
+    """The method's settings: what :class:`~patrol_compress.PatrolPruner` takes, whole.
+
+    Everything here changes what PATROL computes per step; what only a job
+    needs (whether to run it, where the edge ends, its budget, epochs, learning
+    rates, recovery) is the recipe's (:class:`PatrolConfig`) or the pruner's
+    arguments. Defaults are the shipped recipes' choice, plain budget-steered
+    pruning: the Lipschitz and adversarial terms are off unless their section
+    is given (README, "Does PATROL beat plain pruning?"). ``mask_lr`` None
+    follows from the number of steps by the recipes' rule
+    (:func:`~patrol_compress.pruning.steering.mask_lr_for`: a total pull on the
+    masks near 0.6 of their start).
+    """
+
     granularity: Literal["channel", "block"] = "channel"
-    epochs: Annotated[int, Field(ge=0, le=10_000)] = 10
-    lr: Annotated[float, Field(gt=0.0)] = 3e-4
-    mask_lr: Annotated[float, Field(gt=0.0)] = 1e-2
+    mask_lr: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=None,
+        description="FISTA's step on the masks; null: chosen from the number of steps so "
+        "the total pull on a mask is about 0.6 of its start (the recipes' rule)",
+    )
     mask_init: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     lambda1: Annotated[float, Field(ge=0.0)] = 1.0
     lambda2: Annotated[float, Field(ge=0.0)] = 10.0
     tau: Annotated[float, Field(ge=0.0)] = 0.0
-    budget: BudgetConfig | None = None
     round_to: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=1,
         description="keep every pruned channel group a multiple of this width (1: any width)",
@@ -270,6 +312,31 @@ class PatrolConfig(StrictModel):
         default=0.6,
         description="fraction of the PATROL stage by which budget-planned masks reach 0",
     )
+    lipschitz: LipschitzConfig = Field(default_factory=_plain_pruning_lipschitz)
+    adversarial: AdversarialConfig = Field(default_factory=_plain_pruning_adversarial)
+
+
+class PatrolConfig(PatrolSettings):
+    """A recipe's ``patrol:`` section: the method's settings plus what only the job needs.
+
+    The job's fields: ``enabled``, ``split``, ``budget``, the stage's
+    ``epochs`` and ``lr`` and the recovery fine-tune. Two defaults differ from
+    :class:`PatrolSettings`, so that recipe files keep their meaning: a recipe
+    that says nothing runs the paper's method (both privacy terms on; the
+    shipped recipes switch them off explicitly) with ``mask_lr`` 1e-2 (null
+    chooses it from the stage's steps, as the pruner does).
+    """
+
+    enabled: bool = True
+    split: Annotated[int, Field(ge=1, le=8)] = 4
+    epochs: Annotated[int, Field(ge=0, le=10_000)] = 10
+    lr: Annotated[float, Field(gt=0.0)] = 3e-4
+    mask_lr: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=1e-2,
+        description="FISTA's step on the masks; null: chosen from the stage's steps so the "
+        "total pull on a mask is about 0.6 of its start (the recipes' rule)",
+    )
+    budget: BudgetConfig | None = None
     recovery_epochs: Annotated[int, Field(ge=0)] = 2
     recovery_lr: Annotated[float, Field(gt=0.0)] | None = Field(
         default=None, description="learning rate of the recovery fine-tune (default: train.lr)"
@@ -280,6 +347,12 @@ class PatrolConfig(StrictModel):
     )
     lipschitz: LipschitzConfig = Field(default_factory=LipschitzConfig)
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+
+    def settings(self) -> PatrolSettings:
+        """The method's part of this section (what the pruner takes)."""
+        return PatrolSettings.model_validate(
+            self.model_dump(include=set(PatrolSettings.model_fields))
+        )
 
 
 class ExportConfig(StrictModel):
@@ -386,5 +459,37 @@ def with_privacy_terms(recipe: Recipe) -> Recipe:
     return recipe.model_copy(update={"patrol": patrol})
 
 
+_PATROL_KEY_ORDER = (
+    "enabled",
+    "split",
+    "granularity",
+    "epochs",
+    "lr",
+    "mask_lr",
+    "mask_init",
+    "lambda1",
+    "lambda2",
+    "tau",
+    "budget",
+    "round_to",
+    "rank",
+    "steer_until",
+    "recovery_epochs",
+    "recovery_lr",
+    "recovery_privacy",
+    "lipschitz",
+    "adversarial",
+)
+"""The ``patrol:`` keys in the order resolved recipes have always listed them.
+
+:class:`PatrolConfig` now extends :class:`PatrolSettings`, which puts the
+method's fields first; dumping in the old order keeps ``recipe.resolved.yaml``
+byte for byte what it was, so a run started before resumes after (a resumed
+run must have the same resolved recipe)."""
+
+
 def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    data = recipe.model_dump(mode="json")
+    patrol = data["patrol"]
+    data["patrol"] = {k: patrol[k] for k in _PATROL_KEY_ORDER if k in patrol} | patrol
+    return yaml.safe_dump(data, sort_keys=False)

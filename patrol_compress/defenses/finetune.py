@@ -18,7 +18,7 @@ from patrol_compress.defenses.base import DefenseContext
 from patrol_compress.errors import TrainingError
 from patrol_compress.models import split as split_model
 from patrol_compress.models.blocknet import BlockNet
-from patrol_compress.train.loop import lr_factor
+from patrol_compress.train.loop import set_lr
 from patrol_compress.train.target import loss_from_outputs, make_loader, set_epoch
 
 ExtraTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,8 +54,7 @@ def finetune(
             set_epoch(loader, epoch)
             total, n = 0.0, 0
             for i, (x, pids, _) in enumerate(loader):
-                for group in opt.param_groups:
-                    group["lr"] = ctx.sweep.lr * lr_factor(epoch + i / steps, 0, epochs)
+                set_lr(opt, ctx.sweep.lr, epoch + i / steps, 0, epochs)
                 x, pids = x.to(dev), pids.to(dev)
                 z = edge(x)
                 if before_step is not None:

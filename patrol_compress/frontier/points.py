@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from patrol_compress.contracts import ATTACK_FILE, METRICS_FILE, MODEL_FILE, STAGES_FILE
 from patrol_compress.io import read_json, write_json
 from patrol_compress.privacy_config import AttackConfig
 from patrol_compress.recipe import Recipe, dump_recipe
@@ -26,10 +27,10 @@ def ensure_target(recipe: Recipe, out: Path, log: Log) -> Path:
     """The trained (unpruned) target of ``recipe`` in ``out``; trained unless finished."""
     from patrol_compress.api import train
 
-    if (out / "metrics.json").is_file():
+    if (out / METRICS_FILE).is_file():
         return out
     start = time.perf_counter()
-    train(recipe, out=out, resume=(out / "stages.json").is_file(), quiet=True)
+    train(recipe, out=out, resume=(out / STAGES_FILE).is_file(), quiet=True)
     log(f"{out}: target trained in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -38,10 +39,10 @@ def ensure_prune(recipe: Recipe, out: Path, log: Log) -> Path:
     """``recipe`` pruned into ``out`` (resumed when interrupted, kept when finished)."""
     from patrol_compress.api import prune
 
-    if (out / "metrics.json").is_file():
+    if (out / METRICS_FILE).is_file():
         return out
     start = time.perf_counter()
-    prune(recipe, out=out, resume=(out / "stages.json").is_file(), quiet=True)
+    prune(recipe, out=out, resume=(out / STAGES_FILE).is_file(), quiet=True)
     log(f"{out}: pruned in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -58,8 +59,8 @@ def attack_point(
     """The attack of ``run`` at ``split`` into ``out`` (resumed from its finished parts)."""
     from patrol_compress.attacks import attack
 
-    if (out / "attack.json").is_file():
-        return dict(read_json(out / "attack.json"))
+    if (out / ATTACK_FILE).is_file():
+        return dict(read_json(out / ATTACK_FILE))
     start = time.perf_counter()
     resume = (out / ".attack-parts").is_dir()
     report = attack(run, attacks, split, cfg, out, label, quiet=True, resume=resume)
@@ -156,6 +157,6 @@ def from_target(recipe: Recipe, name: str, target: Path, **patrol: Any) -> Recip
 
     data = recipe.model_dump(mode="json")
     data["name"] = f"{recipe.name}_{name}"
-    data["train"]["checkpoint"] = str(target / "model.safetensors")
+    data["train"]["checkpoint"] = str(target / MODEL_FILE)
     data["patrol"] = deep_merge(data["patrol"], patrol)
     return Recipe.model_validate(data)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from patrol_compress.contracts import ATTACK_FILE, MODEL_FILE
 from patrol_compress.frontier.compare import Record, compare
 from patrol_compress.frontier.methods import BASELINE, METHODS
 from patrol_compress.frontier.plan import (
@@ -53,8 +54,8 @@ from patrol_compress.io import read_json, write_json, write_text
 from patrol_compress.privacy_config import AttackConfig
 from patrol_compress.recipe import Recipe, dump_recipe
 
-RECIPE_FILE = "frontier.recipe.yaml"
-ATTACK_FILE = "frontier.attack.yaml"
+PINNED_RECIPE = "frontier.recipe.yaml"
+PINNED_ATTACK = "frontier.attack.yaml"
 STAGES = ("all", "targets", "points", "collect")
 GOAL = {"psnr": 1.5, "ssim": 0.05}
 """Margins at matched accuracy the project asks of a method over plain pruning (dB, SSIM)."""
@@ -140,8 +141,8 @@ def make_plan(
 def _pin(work: Path, plan: FrontierPlan) -> None:
     """Remember the recipe and attack a work folder was started with; refuse others."""
     pinned = {
-        RECIPE_FILE: dump_recipe(plan.recipe),
-        ATTACK_FILE: dump_recipe(plan.recipe.model_copy(update={"attack": plan.attack})),
+        PINNED_RECIPE: dump_recipe(plan.recipe),
+        PINNED_ATTACK: dump_recipe(plan.recipe.model_copy(update={"attack": plan.attack})),
     }
     for file, text in pinned.items():
         path = work / file
@@ -194,7 +195,7 @@ def _reference(
         folder,
         plan.recipe.model_copy(update={"seed": t}),
         command,
-        {"target": target / "model.safetensors"},
+        {"target": target / MODEL_FILE},
         point=folder.name,
     )
     return report
@@ -204,9 +205,9 @@ def _point(
     plan: FrontierPlan, work: Path, p: Point, command: str, progress: Progress
 ) -> dict[str, Any]:
     folder = work / "points" / p.name
-    if (folder / "attack.json").is_file() and (folder / PROVENANCE_FILE).is_file():
-        return dict(read_json(folder / "attack.json"))
-    target = _target(plan, work, p.target_seed, progress) / "model.safetensors"
+    if (folder / ATTACK_FILE).is_file() and (folder / PROVENANCE_FILE).is_file():
+        return dict(read_json(folder / ATTACK_FILE))
+    target = _target(plan, work, p.target_seed, progress) / MODEL_FILE
     recipe = point_recipe(plan.recipe, p, target)
     run = ensure_prune(recipe, work / "runs" / p.name, progress.say)
     report = attack_point(
@@ -216,7 +217,7 @@ def _point(
         folder,
         recipe,
         command,
-        {"target": target, "pruned": run / "model.safetensors"},
+        {"target": target, "pruned": run / MODEL_FILE},
         point=p.name,
         method=p.method,
         knob=p.knob.label,
@@ -274,7 +275,7 @@ def run_frontier(
     mine = [job for i, job in enumerate(jobs) if stage != "points" or i % count == index]
     reports: dict[str, dict[str, Any]] = {}
     for done, (name, what) in enumerate(mine):
-        path = work / "points" / name / "attack.json"
+        path = work / "points" / name / ATTACK_FILE
         if stage == "collect":
             if not path.is_file():
                 raise FrontierError(f"--stage collect: {path} is missing; run the points first")

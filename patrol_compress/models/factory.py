@@ -3,9 +3,12 @@
 Built-in ResNets get the re-id head of Fig. 3. A user's own CNN plugs in with
 ``model.arch: custom`` and ``model.factory: "pkg.module:function"``: the
 function is called with ``num_classes``, ``in_channels`` and
-``model.factory_kwargs`` and returns either a ready BlockNet or any module
-whose forward runs its top-level children in order, grouped by ``model.blocks``.
-With no head block listed, the re-id head is appended on the last stage's output.
+``model.factory_kwargs`` and returns either a ready BlockNet or any module, divided into stages by
+``model.blocks``: groups of its top-level children (its forward must run them
+in order; with no head block listed, the re-id head is appended on the last
+stage's output), or the module paths each stage ends with (the forward is
+traced and cut there, :mod:`patrol_compress.models.traced`; the model keeps
+its own head).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from patrol_compress.errors import ModelError
+from patrol_compress.errors import ModelError, first_line
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.head import ReidHead, Task
 from patrol_compress.models.resnet import resnet_backbone
+from patrol_compress.models.traced import TracedNet, check_traced, trace_stages
 from patrol_compress.recipe import BlocksConfig, ModelConfig
 
 Factory = Callable[..., Any]
@@ -65,7 +69,7 @@ def import_factory(spec: str) -> Factory:
             "current folder) or pip install its package"
         ) from None
     except Exception as exc:  # the user's module failed while importing (SyntaxError, ...)
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first_line(exc, "")
         raise ModelError(
             f"model.factory '{spec}': importing '{module_name}' failed: "
             f"{type(exc).__name__}: {first}"
@@ -101,8 +105,22 @@ def _custom(
             f"model.factory '{config.factory}' returned {type(net).__name__}, not a module"
         )
     if config.blocks is None:
-        raise ModelError("model.blocks is required when model.factory returns a plain module")
+        raise ModelError(
+            "model.blocks is required when model.factory returns a plain module: the module "
+            "paths each stage ends with (e.g. [features.3, features.6]), or {stem, stages, head} "
+            "naming its top-level children in the order its forward runs them"
+        )
+    if isinstance(config.blocks, list):
+        example = torch.zeros(1, in_channels, image_size, image_size)
+        view = trace_stages(net, config.blocks, example)
+        check_traced(view, net, example)
+        return view
     return wrap_module(net, config.blocks, num_classes, in_channels, task, image_size)
+
+
+def own_state(model: BlockNet, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` in ``model``'s keys (a traced model's own keys, ``features.0.weight``, mapped)."""
+    return model.own_state(state) if isinstance(model, TracedNet) else state
 
 
 def block_view(net: nn.Module, blocks: BlocksConfig) -> BlockNet:

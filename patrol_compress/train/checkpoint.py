@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from patrol_compress.contracts import CHECKPOINT_FILE, CHECKPOINTS_DIR
-from patrol_compress.errors import ArtifactError
+from patrol_compress.errors import ArtifactError, first_line
 from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
 
 
@@ -127,7 +127,7 @@ def load_checkpoint(
             m.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ArtifactError(
-                f"{path}: checkpoint does not fit the model '{name}' ({str(exc).splitlines()[0]})"
+                f"{path}: checkpoint does not fit the model '{name}' ({first_line(exc)})"
             ) from None
     try:
         for name, opt in optimizers.items():

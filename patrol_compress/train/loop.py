@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -89,6 +90,24 @@ class EpochReporter:
 EpochFn = Callable[[int, EpochReporter], None]
 
 
+class Stateful(Protocol):
+    """Anything whose whole state is a flat dict of tensors (e.g. :class:`PatrolPruner`)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+def _stateful_tensors(stateful: dict[str, Stateful]) -> dict[str, torch.Tensor]:
+    return {f"state.{n}.{k}": v for n, obj in stateful.items() for k, v in obj.state_dict().items()}
+
+
+def _restore_stateful(stateful: dict[str, Stateful], extra: dict[str, torch.Tensor]) -> None:
+    for name, obj in stateful.items():
+        prefix = f"state.{name}."
+        obj.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
+
+
 def run_stage(
     name: str,
     folder: Path,
@@ -101,8 +120,15 @@ def run_stage(
     extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
     restore_extra: Callable[[dict[str, torch.Tensor]], None] | None = None,
     quiet: bool = False,
+    stateful: dict[str, Stateful] | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``epochs`` epochs of a stage with checkpoints in ``folder``; returns per-epoch means."""
+    """Run ``epochs`` epochs of a stage with checkpoints in ``folder``; returns per-epoch means.
+
+    ``stateful`` objects (a :class:`~patrol_compress.PatrolPruner`: masks, FISTA,
+    steering, surrogate) are checkpointed and restored with the modules, and
+    compared across ranks after every epoch like them.
+    """
+    stateful = stateful or {}
     ctx = distributed.current()
     quiet = quiet or not ctx.main
     fault = fault_from_env()
@@ -122,6 +148,7 @@ def run_stage(
             restore_rng(extra)
             if restore_extra is not None:
                 restore_extra(extra)
+            _restore_stateful(stateful, extra)
             if not quiet:
                 console.print(f"[{name}] resumed after epoch {start_epoch}/{epochs}")
     columns = (
@@ -150,8 +177,9 @@ def run_stage(
                 console.print(
                     f"[{name}] epoch {epoch + 1}/{epochs}: {shown}", highlight=False, markup=False
                 )
-            ctx.check_same(modules, f"{name} epoch {epoch + 1}")
-            extra = {**rng_state(), **(extra_state() if extra_state else {})}
+            state = _stateful_tensors(stateful)
+            ctx.check_same(modules, f"{name} epoch {epoch + 1}", state)
+            extra = {**rng_state(), **(extra_state() if extra_state else {}), **state}
             info = {"history": list(history)}
             save = functools.partial(
                 save_checkpoint, folder, epoch + 1, modules, optimizers, extra, info
@@ -197,6 +225,19 @@ def restore_rng(state: dict[str, torch.Tensor]) -> None:
         random.setstate((version, tuple(words), None if math.isnan(gauss) else gauss))
     if "rng.cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["rng.cuda"])
+
+
+def set_lr(
+    opt: torch.optim.Optimizer, base_lr: float, progress: float, warmup: float, total: float
+) -> None:
+    """The one learning-rate schedule of every training loop: ``base_lr x lr_factor(...)``.
+
+    ``progress`` counts epochs (``epoch + step / steps_per_epoch``), so the rate
+    changes every step, not only at epoch boundaries.
+    """
+    lr = base_lr * lr_factor(progress, warmup, total)
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def lr_factor(progress: float, warmup: float, total: float) -> float:

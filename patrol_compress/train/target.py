@@ -23,7 +23,7 @@ from patrol_compress.data.sampler import IdentitySampler, ShardedBatchSampler
 from patrol_compress.errors import DataError, ModelError
 from patrol_compress.machine import check_thread_count
 from patrol_compress.recipe import TrainConfig
-from patrol_compress.train.loop import EpochReporter, device, lr_factor, run_stage
+from patrol_compress.train.loop import EpochReporter, device, run_stage, set_lr
 from patrol_compress.train.losses import reid_loss
 
 
@@ -51,6 +51,19 @@ def check_batches(data: DataBundle, cfg: TrainConfig) -> None:
             "processes; choose train.identities_per_batch x instances_per_identity "
             "divisible by the number of processes"
         )
+
+
+def steps_per_epoch(data: DataBundle, cfg: TrainConfig) -> int:
+    """Steps in one epoch of :func:`make_loader`'s batches (every rank runs as many).
+
+    Computed without building the loader, which switches the training set's
+    augmentation on: a stage that reads training images before its loader
+    exists (the suite surrogate's statistics) must see them as before.
+    """
+    if data.task == "reid":
+        ids = IdentitySampler(data.train.pids, cfg.identities_per_batch, cfg.instances_per_identity)
+        return len(ids) // cfg.batch_size
+    return len(data.train) // cfg.batch_size
 
 
 def make_loader(data: DataBundle, cfg: TrainConfig, seed: int) -> DataLoader:
@@ -208,8 +221,7 @@ def train_target(
         model.train()
         set_epoch(loader, epoch)
         for i, (x, pids, _) in enumerate(ctx.batches(loader)):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(epoch + i / steps, cfg.warmup_epochs, cfg.epochs)
+            set_lr(opt, cfg.lr, epoch + i / steps, cfg.warmup_epochs, cfg.epochs)
             x, pids = x.to(dev, non_blocking=True), pids.to(dev, non_blocking=True)
             with torch.autocast(dev.type, enabled=use_amp):
                 logits, feat = training_outputs(model(x))
