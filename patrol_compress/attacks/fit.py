@@ -3,13 +3,13 @@
 The attacker's images are split once into a training part and a held-out
 validation part (seeded). Each decoder is trained with Adam on the per-pixel
 MSE (the quantity PSNR is a log of) and scored on the validation part after
-every epoch by mean per-image PSNR, the number the evaluation reports. Two
-schedules (``BlackboxConfig.schedule``): ``plateau`` halves the learning rate
-after ``patience // 2`` epochs without an improvement of ``min_delta_db`` and
-stops after ``patience`` such epochs or ``epochs`` in all; ``cosine`` decays
-it to zero over exactly ``epochs`` (the duration is then known before the
-attack starts). Either way the best validation epoch's weights are restored:
-the epoch is the attacker's choice on its own data. The validation curve,
+every epoch by mean per-image PSNR, the number the evaluation reports. The
+learning rate halves after ``patience // 2`` epochs without an improvement of
+``min_delta_db``; training stops after ``patience`` such epochs or ``epochs``
+in all, and the best validation epoch's weights are restored: the epoch is
+the attacker's choice on its own data. (A fixed cosine schedule of 20 epochs,
+which would make the duration known in advance, was measured 0.5 dB weaker on
+the quickstart's split-4 edge: ``docs/measurements.md``.) The validation curve,
 epochs run and images used are returned for ``attack.json``, so a reader can
 see whether the attacker converged. On CPU the decoders run in channels-last
 memory format (same values, faster convolutions).
@@ -177,19 +177,6 @@ def _channels_last(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
-def lr_at(cfg: BlackboxConfig, epoch: int, fraction: float, current: float) -> float:
-    """The learning rate of a step ``fraction`` into ``epoch`` under ``cfg.schedule``.
-
-    ``cosine``: from ``cfg.lr`` down to zero over ``cfg.epochs`` (fixed length,
-    so the attack's duration is known before it starts); ``plateau``: the
-    optimiser's current rate, halved by :func:`fit_decoder` on a plateau.
-    """
-    if cfg.schedule == "cosine":
-        t = min(1.0, (epoch + fraction) / max(cfg.epochs, 1))
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
-    return current
-
-
 def train_epoch(
     decoder: nn.Module,
     data: AttackerData,
@@ -203,12 +190,9 @@ def train_epoch(
     """One epoch of per-pixel MSE on the attacker's training pairs; the mean loss."""
     decoder.train()
     total, n = 0.0, 0
-    steps = max(1, math.ceil(len(data.train) / cfg.batch_size))
-    for i, (z, x) in enumerate(data.train.batches(cfg.batch_size, seed=seed + epoch, limit=limit)):
+    for z, x in data.train.batches(cfg.batch_size, seed=seed + epoch, limit=limit):
         if len(x) < 2:  # BatchNorm cannot train on a single image
             continue
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, epoch, i / steps, group["lr"])
         x = x.to(device)
         loss = nn.functional.mse_loss(decoder(z.to(device)), x)
         opt.zero_grad(set_to_none=True)
@@ -268,11 +252,11 @@ def fit_decoder(
             bad = 0
         else:
             bad += 1
-            if cfg.schedule == "plateau" and bad % max(1, cfg.patience // 2) == 0:
+            if bad % max(1, cfg.patience // 2) == 0:
                 for group in opt.param_groups:
                     group["lr"] *= 0.5
         best = max(best, val)
-        stopping = cfg.schedule == "plateau" and bad >= cfg.patience
+        stopping = bad >= cfg.patience
         if progress is not None:
             epoch_s = (time.perf_counter() - started) / (epoch + 1)
             progress.step(
@@ -304,17 +288,13 @@ def fit_decoder(
 
 
 def expected_epochs(cfg: BlackboxConfig) -> float:
-    """The epochs a decoder is expected to run: all of them on a fixed schedule, else a
-    plateau-stopped guess (see :mod:`patrol_compress.attacks.progress`)."""
-    if cfg.schedule == "cosine":
-        return float(cfg.epochs)
+    """The epochs a plateau-stopped decoder is expected to run
+    (see :mod:`patrol_compress.attacks.progress`)."""
     return float(min(cfg.epochs, TYPICAL_EPOCHS_FACTOR * cfg.patience))
 
 
 def epoch_range(cfg: BlackboxConfig) -> tuple[float, float, float]:
     """(fewest, expected, most) epochs of one decoder under ``cfg``."""
-    if cfg.schedule == "cosine":
-        return float(cfg.epochs), float(cfg.epochs), float(cfg.epochs)
     return float(min(cfg.epochs, cfg.patience + 1)), expected_epochs(cfg), float(cfg.epochs)
 
 

@@ -62,11 +62,6 @@ class BlackboxConfig(StrictModel):
         default=60, description="maximum epochs per family (training stops earlier on a plateau)"
     )
     patience: Annotated[int, Field(ge=1, le=1000)] = 5
-    schedule: Literal["plateau", "cosine"] = Field(
-        default="plateau",
-        description="plateau: halve the rate after patience//2 epochs without improvement and "
-        "stop after patience; cosine: decay the rate to 0 over all epochs (a known duration)",
-    )
     min_delta_db: Annotated[float, Field(ge=0.0, le=10.0)] = 0.05
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     max_val_images: Annotated[int, Field(ge=1)] = 1000

@@ -94,9 +94,7 @@ def attack_summary(cfg: AttackConfig, attacks: list[str]) -> str:
     images = "all training-distribution images" if not b.max_images else f"{b.max_images:,} images"
     stop = (
         f"until validation PSNR stops improving by {b.min_delta_db} dB for {b.patience} epochs "
-        f"(at most {b.epochs})"
-        if b.schedule == "plateau"
-        else f"for {b.epochs} epochs with a cosine-decayed rate, best validation epoch kept"
+        f"(at most {b.epochs}), best validation epoch kept"
     )
     parts = [
         f"black-box: families {', '.join(b.families)} (base width {b.base_width}, min width "
