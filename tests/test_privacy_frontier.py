@@ -74,8 +74,18 @@ def test_no_margin_where_accuracy_ranges_do_not_overlap() -> None:
     """A method 20 points less accurate is not 'at matched accuracy': it is called what it is."""
     c = compare(_replicated(-0.2, 3.0), "psnr", "pruning-only", "uplink", n_boot=50)
     assert c["margin"] is None and c["interval"] is None and not c["matched_accuracy"]
-    assert c["basis"].startswith("no matched accuracy: pruning-only is more accurate")
+    assert c["basis"].startswith("no matched accuracy: pruning-only is more accurate (mean")
     assert "leaks less" in c["basis"]
+
+
+def test_single_points_compare_where_their_replicates_overlap() -> None:
+    """One knob value per method: no frontier range to share, but overlapping replicate
+    accuracies still make a comparison at matched accuracy, and it says on what basis."""
+    records = [r for r in _replicated(0.001, -2.0) if r.value == 8]
+    c = compare(records, "psnr", "pruning-only", "uplink", n_boot=100)
+    assert c["matched_accuracy"] and c["margin"] == pytest.approx(2.05, abs=0.1)
+    assert c["basis"].startswith("the method's points within the baseline's accuracy range")
+    assert c["interval"] is not None
 
 
 def test_point_recipe_sets_method_knob_seed_and_target(tmp_path: Path) -> None:

@@ -81,6 +81,19 @@ def margin(baseline: Front, method: Front) -> float | None:
     return float(np.mean([interpolate(baseline, a) - interpolate(method, a) for a in grid]))
 
 
+def near_margin(baseline: Front, method: Front, lo: float, hi: float) -> float | None:
+    """Mean of baseline - method over the method's points whose accuracy lies in [lo, hi].
+
+    For frontiers that share no accuracy range (a single knob value per
+    method) but whose replicates' accuracies overlap: the baseline's frontier
+    is read at each such point, held flat beyond its own points.
+    """
+    pts = [(a, v) for a, v in method if lo <= a <= hi]
+    if not pts:
+        return None
+    return float(np.mean([interpolate(baseline, a) - v for a, v in pts]))
+
+
 def _groups(records: list[Record]) -> dict[tuple[str, float], list[Record]]:
     groups: dict[tuple[str, float], list[Record]] = {}
     for r in records:
@@ -129,16 +142,15 @@ def accuracy_range(records: list[Record], method: str) -> tuple[float, float]:
 
 
 def verdict(baseline: str, method: str, fronts: dict[str, Front]) -> str:
-    """What a comparison without a common accuracy range is: who is more accurate, who leaks."""
-    b, m = fronts[baseline], fronts[method]
-    more = baseline if b[0][0] >= m[-1][0] else method
+    """What a comparison without matched accuracy is: who is more accurate, who leaks more."""
+    acc = {m: float(np.mean([a for a, _ in fronts[m]])) for m in (baseline, method)}
+    leak = {m: float(np.mean([v for _, v in fronts[m]])) for m in (baseline, method)}
+    more = baseline if acc[baseline] >= acc[method] else method
     less = method if more == baseline else baseline
-    lk_more = float(np.mean([v for _, v in fronts[more]]))
-    lk_less = float(np.mean([v for _, v in fronts[less]]))
-    word = "less" if lk_more < lk_less else "more"
+    word = "less" if leak[more] < leak[less] else "more"
     return (
-        f"no matched accuracy: {more} is more accurate at every point and leaks {word} "
-        f"(mean {lk_more:.3f} vs {lk_less:.3f})"
+        f"no matched accuracy: {more} is more accurate (mean {acc[more] * 100:.1f}% vs "
+        f"{acc[less] * 100:.1f}%) and leaks {word} (mean {leak[more]:.3f} vs {leak[less]:.3f})"
     )
 
 
@@ -151,13 +163,18 @@ def compare(
     ranges = {m: accuracy_range(records, m) for m in (baseline, method)}
     overlap = ranges[baseline][0] <= ranges[method][1] and ranges[method][0] <= ranges[baseline][1]
     span = common_range(fronts[baseline], fronts[method])
-    point = margin(fronts[baseline], fronts[method]) if overlap else None
+    lo_b, hi_b = ranges[baseline]
+
+    def measure(b: Front, m: Front) -> float | None:
+        return margin(b, m) if span is not None else near_margin(b, m, lo_b, hi_b)
+
+    point = measure(fronts[baseline], fronts[method]) if overlap else None
     out: dict[str, Any] = {
         "metric": metric,
         "baseline": baseline,
         "method": method,
         "accuracy_ranges": {m: list(r) for m, r in ranges.items()},
-        "matched_accuracy": overlap and span is not None,
+        "matched_accuracy": overlap and point is not None,
         "common_range": None if span is None else list(span),
         "margin": point,
         "interval": None,
@@ -181,14 +198,16 @@ def compare(
         },
     }
     if point is None:
-        out["basis"] = (
-            verdict(baseline, method, fronts)
-            if span is None or not overlap
-            else "no common accuracy range"
-        )
+        out["basis"] = verdict(baseline, method, fronts)
         return out
-    lo, hi = span if span is not None else (0.0, 0.0)
-    out["basis"] = f"common accuracy range {lo * 100:.1f}-{hi * 100:.1f}%"
+    if span is not None:
+        out["basis"] = f"common accuracy range {span[0] * 100:.1f}-{span[1] * 100:.1f}%"
+    else:
+        out["basis"] = (
+            f"the method's points within the baseline's accuracy range {lo_b * 100:.1f}-"
+            f"{hi_b * 100:.1f}% (frontiers too short to share a range; the baseline's read at "
+            "each point, flat beyond its own)"
+        )
     targets = sorted({r.target_seed for r in records})
     n_img = {len(getattr(r, metric)) for r in records}
     rng = np.random.default_rng(seed)
@@ -199,7 +218,7 @@ def compare(
         sample = method_points(records, metric, images, rng, drawn)
         if baseline not in sample or method not in sample:
             continue
-        m = margin(frontier(sample[baseline]), frontier(sample[method]))
+        m = measure(frontier(sample[baseline]), frontier(sample[method]))
         if m is not None:
             boot.append(m)
     alpha = (1 - CONFIDENCE) / 2

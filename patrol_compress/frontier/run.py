@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from patrol_compress.contracts import ATTACK_FILE, MODEL_FILE
+from patrol_compress.errors import PatrolError
 from patrol_compress.frontier.compare import Record, compare
 from patrol_compress.frontier.methods import BASELINE, METHODS
 from patrol_compress.frontier.plan import (
@@ -55,7 +57,7 @@ from patrol_compress.privacy_config import AttackConfig
 from patrol_compress.recipe import Recipe, dump_recipe
 
 PINNED_RECIPE = "frontier.recipe.yaml"
-PINNED_ATTACK = "frontier.attack.yaml"
+"""The work folder's recipe, the frontier's attack settings in its ``attack:`` section."""
 STAGES = ("all", "targets", "points", "collect")
 GOAL = {"psnr": 1.5, "ssim": 0.05}
 """Margins at matched accuracy the project asks of a method over plain pruning (dB, SSIM)."""
@@ -138,22 +140,31 @@ def make_plan(
     return plan
 
 
-def _pin(work: Path, plan: FrontierPlan) -> None:
-    """Remember the recipe and attack a work folder was started with; refuse others."""
-    pinned = {
-        PINNED_RECIPE: dump_recipe(plan.recipe),
-        PINNED_ATTACK: dump_recipe(plan.recipe.model_copy(update={"attack": plan.attack})),
-    }
-    for file, text in pinned.items():
-        path = work / file
-        if path.is_file() and path.read_text(encoding="utf-8") != text:
+def _pin(work: Path, plan: FrontierPlan) -> Recipe:
+    """Remember the recipe (with the frontier's attack) a work folder was started with.
+
+    A later run must mean the same: the pinned file, read by today's schema,
+    must equal the recipe given. Fields the schema gained since, at their
+    defaults, change nothing and are accepted; anything else is refused.
+    Returns the recipe every point is built from.
+    """
+    from patrol_compress.recipe import parse_recipe
+
+    recipe = plan.recipe.model_copy(update={"attack": plan.attack})
+    path = work / PINNED_RECIPE
+    if path.is_file():
+        try:
+            pinned = parse_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+        except (PatrolError, yaml.YAMLError):
+            pinned = None
+        if pinned is None or pinned.model_dump(mode="json") != recipe.model_dump(mode="json"):
             raise FrontierError(
                 f"{path}: this work folder was started with another recipe or attack setting; "
                 "its points would not be comparable: use another --work or --name"
             )
-    for file, text in pinned.items():
-        if not (work / file).is_file():
-            write_text(work / file, text)
+    else:
+        write_text(path, dump_recipe(recipe))
+    return recipe
 
 
 class Progress:
@@ -336,7 +347,7 @@ def collect(
             "the points were attacked on different evaluation images; they cannot be compared"
         )
     refs = _references(plan, reports)
-    recipe_text = dump_recipe(plan.recipe)
+    recipe_text = dump_recipe(plan.recipe.model_copy(update={"attack": plan.attack}))
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{stem}.recipe.yaml", recipe_text)
     metric_name = str(first["accuracy"]["metric"])
