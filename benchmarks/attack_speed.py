@@ -66,7 +66,7 @@ def old_source(commit: str, work: Path) -> Path:
         fh.extractall(folder, filter="data")
     tar.unlink()
     # The old package maps exporters/ to patrol_compress.exporters by install; do it by link.
-    (folder / "patrol_compress" / "exporters").symlink_to(folder / "exporters")
+    (folder / "patrol_compress" / "exporters").symlink_to((folder / "exporters").resolve())
     return folder
 
 
@@ -79,19 +79,21 @@ def attack(
             json.loads((out / "attack.json").read_text()),
             float(json.loads((out / "seconds.json").read_text())["seconds"]),
         )
-    cmd = [sys.executable, "-m", "patrol_compress", "attack", run, "--attack", args.attacks]
-    cmd += ["--out", str(out), "--threads", "1", "--force"]
+    out = out.resolve()
+    cmd = [sys.executable, "-m", "patrol_compress", "attack", str(Path(run).resolve())]
+    cmd += ["--attack", args.attacks, "--out", str(out), "--threads", "1", "--force"]
     if split is not None:
         cmd += ["--split", str(split)]
     if args.config is not None:
-        cmd += ["--config", str(args.config)]
+        cmd += ["--config", str(args.config.resolve())]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
+    # The old package is imported from its own folder: ``-m`` puts the working directory
+    # first on sys.path, ahead of this checkout's editable install.
+    cwd = source if source is not None else ROOT
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(out / "log.txt", "w") as log:
-        subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=True)
     seconds = time.perf_counter() - start
     (out / "seconds.json").write_text(json.dumps({"seconds": seconds}))
     return json.loads((out / "attack.json").read_text()), seconds
