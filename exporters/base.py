@@ -57,10 +57,15 @@ class ExportJob:
     calibrated on data and judged by task accuracy, which random tensors cannot do."""
     quantization: dict[str, Any] | None = None
     """What an INT8 target did (split tensor scale/zero-point, parity); the manifest records it."""
+    uplink: dict[str, Any] | None = None
+    """A quantized uplink (bits, per-channel step and lower end): the edge sends its uint8
+    codes and the cloud decodes them (:mod:`patrol_compress.uplink`)."""
 
     @property
     def sent_dtype(self) -> str:
         """Element type of the edge output, i.e. of what goes over the uplink."""
+        if self.uplink is not None:
+            return "uint8"
         return {"fp16": "float16", "int8": "uint8"}.get(self.precision, "float32")
 
 

@@ -38,6 +38,16 @@ def file_entries(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _bytes_sent(job: ExportJob, edge_out: list[int], element_bytes: int) -> int:
+    """What one image's uplink takes on the wire: sub-byte codes packed, else the tensor."""
+    values = int(np.prod(edge_out))
+    if job.uplink is not None:
+        from patrol_compress.uplink import packed_bytes
+
+        return packed_bytes(values, int(job.uplink["bits"]))
+    return values * element_bytes
+
+
 def build_manifest(
     job: ExportJob,
     files: Iterable[str],
@@ -70,7 +80,7 @@ def build_manifest(
             "params": count_params(job.edge),
             "weight_bytes": weight_bytes(job.edge, job.precision),
             "macs": count_macs(job.edge, job.input_shape),
-            "bytes_sent": int(np.prod(edge_out)) * element_bytes,
+            "bytes_sent": _bytes_sent(job, edge_out, element_bytes),
         },
         "cloud": {
             "params": count_params(job.cloud, cloud_used),
@@ -83,6 +93,13 @@ def build_manifest(
         manifest["notes"] = dict(job.notes)
     if job.quantization is not None:
         manifest["quantization"] = dict(job.quantization)
+    if job.uplink is not None:
+        values = int(np.prod(edge_out))
+        manifest["uplink"] = {
+            **job.uplink,
+            "uplink_bits_max": values * int(job.uplink["bits"]),
+            "packed_bytes": _bytes_sent(job, edge_out, element_bytes),
+        }
     manifest.update(extra or {})
     check_record(Manifest, manifest, job.work_dir / MANIFEST)  # what every reader will check
     return manifest

@@ -34,12 +34,25 @@ from .base import EXPORTERS, INPUT_NAME, OUTPUT_NAME, ExportJob, Target
 from .fp16 import convert_to_fp16
 from .parity import check_parity
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+}
 
 
-def torch_to_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int) -> None:
-    """Export ``module`` (eval mode) to one ONNX file with a dynamic batch dimension."""
-    example = torch.zeros(2, *input_shape)
+def torch_to_onnx(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    path: Path,
+    opset: int,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Export ``module`` (eval mode) to one ONNX file with a dynamic batch dimension.
+
+    ``dtype`` is the input's: uint8 for a cloud that receives quantized-uplink codes.
+    """
+    example = torch.zeros(2, *input_shape, dtype=dtype)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The deprecation notice of the TorchScript exporter is expected (see above).
@@ -110,8 +123,10 @@ def export_onnx(job: ExportJob) -> list[str]:
     edge_path = job.work_dir / EDGE_ONNX
     cloud_path = job.work_dir / CLOUD_ONNX
     torch_to_onnx(job.edge, job.input_shape, edge_path, job.opset)
-    torch_to_onnx(job.cloud, tuple(job.edge_ref.shape[1:]), cloud_path, job.opset)
+    cloud_in = torch.uint8 if job.uplink is not None else torch.float32
+    torch_to_onnx(job.cloud, tuple(job.edge_ref.shape[1:]), cloud_path, job.opset, cloud_in)
     if job.precision == "fp16":
+        # A quantized uplink's uint8 codes stay uint8: only float tensors become fp16.
         _to_fp16_file(edge_path, keep=INPUT_NAME)
         _to_fp16_file(cloud_path, keep=OUTPUT_NAME)
     for path in (edge_path, cloud_path):

@@ -30,6 +30,10 @@ FP32_RTOL = 1e-3
 FP32_ATOL = 1e-5  # relative to max(1, max|ref|), see the module docstring
 FP16_RTOL = 1e-2
 FP16_ATOL = 1e-2  # relative to max|ref|, see the module docstring
+CODES_MAX_MISMATCH = {"fp32": 0.01, "fp16": 0.05}
+"""A quantized uplink's uint8 codes: the share of codes that may differ from torch's, by
+one step at most. Rounding sends a value that lands on a level's boundary either way, so
+a float difference of one ulp can flip a code; a wrong export differs by many steps."""
 
 
 def tolerance(precision: str, ref: np.ndarray) -> tuple[float, float]:
@@ -41,10 +45,28 @@ def tolerance(precision: str, ref: np.ndarray) -> tuple[float, float]:
     return FP32_RTOL, FP32_ATOL * max(scale, 1.0)
 
 
+def check_codes(what: str, got: np.ndarray, ref: np.ndarray, precision: str) -> float:
+    """Quantized-uplink codes: equal to torch's but for boundary ties (``CODES_MAX_MISMATCH``)."""
+    if got.dtype != np.uint8:
+        raise ExportError(f"{what}: sends {got.dtype}, expected the uplink's uint8 codes")
+    diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
+    worst = int(diff.max()) if diff.size else 0
+    share = float((diff > 0).mean()) if diff.size else 0.0
+    allowed = CODES_MAX_MISMATCH.get(precision, 0.01)
+    if worst > 1 or share > allowed:
+        raise ExportError(
+            f"{what}: uplink codes differ from torch's on {share:.1%} of values (at most "
+            f"{worst} steps; allowed {allowed:.0%} by one step)"
+        )
+    return float(worst)
+
+
 def check_parity(what: str, got: np.ndarray, ref: np.ndarray, precision: str) -> float:
     """Raise ExportError unless ``got`` matches ``ref``; returns the max absolute error."""
     if tuple(got.shape) != tuple(ref.shape):
         raise ExportError(f"{what}: output shape {tuple(got.shape)} != torch {tuple(ref.shape)}")
+    if ref.dtype == np.uint8:
+        return check_codes(what, got, ref, precision)
     got32 = got.astype(np.float32)
     if not np.isfinite(ref).all():
         raise ExportError(f"{what}: torch's own output has NaN/Inf (non-finite weights?)")

@@ -91,6 +91,46 @@ def _check_int8(data: Int8Data, shape: tuple[int, int, int]) -> None:
         raise ExportError("INT8 calibration images hold NaN/Inf")
 
 
+class UplinkCloud(torch.nn.Module):
+    """The cloud partition of a quantized uplink: decode the received codes, then the cloud."""
+
+    def __init__(self, decode: torch.nn.Module, cloud: torch.nn.Module) -> None:
+        super().__init__()
+        self.decode = decode
+        self.cloud = cloud
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.cloud(self.decode(codes))
+
+
+def _uplink_parts(
+    edge: torch.nn.Module, target: str, precision: str
+) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+    """For an edge ending in a quantized uplink: it now emits uint8 codes; the cloud's
+    decoder and the manifest's record of the code (None for an fp32 uplink)."""
+    from patrol_compress.uplink import find_uplink
+
+    quant = find_uplink(edge)
+    if quant is None:
+        return None
+    if precision == "int8" or target == "tensorrt":
+        raise ExportError(
+            f"the model's uplink is quantized to {quant.bits} bits; {target} {precision} export "
+            "of such a model is not supported: export fp32 or fp16 to onnx or openvino (the "
+            "uplink is already quantized)"
+        )
+    quant.emit_codes()
+    decode = quant.decoder()
+    record = {
+        "bits": quant.bits,
+        "channels": int(quant.hi.numel()),
+        "step": [float(v) for v in decode.step.flatten()],
+        "lo": [float(v) for v in decode.lo.flatten()],
+        "decode": "in cloud.onnx: value = code * step + lo, per channel",
+    }
+    return decode, record
+
+
 def _references(
     edge: torch.nn.Module, cloud: torch.nn.Module, shape: tuple[int, int, int], seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,7 +248,9 @@ def export_partitions(
         )
 
     work_model = copy.deepcopy(model).float().cpu().eval()
-    edge, cloud = split_model(work_model, split)
+    edge, cloud_part = split_model(work_model, split)
+    uplink = _uplink_parts(edge, target, precision)
+    cloud: torch.nn.Module = cloud_part if uplink is None else UplinkCloud(uplink[0], cloud_part)
     sample, edge_ref, cloud_ref = _references(edge, cloud, shape, seed)
 
     created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
@@ -234,6 +276,7 @@ def export_partitions(
             opt_batch=opt_batch,
             max_batch=max_batch,
             int8=int8 if precision == "int8" else None,
+            uplink=None if uplink is None else uplink[1],
         )
         files = exporter.run(job)
         manifest = build_manifest(job, files, split, target, extra_manifest)

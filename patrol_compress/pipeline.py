@@ -62,9 +62,10 @@ from patrol_compress.run import (
 )
 from patrol_compress.rundir import RunDir, open_run
 from patrol_compress.train.checkpoint import drop_checkpoints
-from patrol_compress.train.evaluate import evaluate, headline
+from patrol_compress.train.evaluate import evaluate, headline, test_datasets
 from patrol_compress.train.faults import fault_from_env
 from patrol_compress.train.target import check_batches, steps_per_epoch, train_target
+from patrol_compress.uplink import calibrate_uplink, measure_uplink, uplink_record
 
 console = Console()
 
@@ -371,7 +372,35 @@ def _patrol_stages(
             )
     metrics["accuracy"]["after"] = read_json(run / PRUNED_DIR / ACCURACY_FILE)
     _say(quiet, f"pruned model: {headline(metrics['accuracy']['after'])}")
+    if distributed.current().main:
+        uplink = measure_uplink(final, recipe.patrol.split, evaluation_images(data))
+        if uplink is not None:
+            metrics["uplink"] = uplink
+            _say(
+                quiet,
+                f"uplink: at most {uplink['uplink_bits_max']} bits per image (bound); codes "
+                f"use about {uplink['empirical_entropy_bits']} bits on "
+                f"{uplink['entropy_images']} evaluation images (estimate)",
+            )
     return final
+
+
+UPLINK_ENTROPY_IMAGES = 1000
+"""Evaluation images the uplink's empirical entropy is estimated on (the first ones)."""
+
+
+def evaluation_images(data: DataBundle) -> torch.Tensor:
+    """The first evaluation images (test, or query then gallery), augmentation off."""
+    images: list[torch.Tensor] = []
+    for ds in test_datasets(data):
+        was = ds.augment
+        ds.set_augment(False)
+        try:
+            take = min(len(ds), UPLINK_ENTROPY_IMAGES - len(images))
+            images += [ds[i][0] for i in range(take)]
+        finally:
+            ds.set_augment(was)
+    return torch.stack(images)
 
 
 def _training_pruner(
@@ -389,7 +418,25 @@ def _training_pruner(
     surrogate = make_surrogate(model, recipe, data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PatrolWarning)  # the preflight said them
-        return patrol_pruner(recipe, data, model, budget, surrogate)
+        pruner = patrol_pruner(recipe, data, model, budget, surrogate)
+    calibrate_uplink(model, recipe.patrol.split, calibration_images(data))
+    return pruner
+
+
+UPLINK_CALIBRATION_IMAGES = 256
+"""Training images (the first ones, in order) whose features set the uplink's first range."""
+
+
+def calibration_images(data: DataBundle) -> torch.Tensor:
+    """The first training images, augmentation off: a deterministic calibration batch
+    (indexed directly: a DataLoader would draw from the global generator)."""
+    was = data.train.augment
+    data.train.set_augment(False)
+    try:
+        n = min(len(data.train), UPLINK_CALIBRATION_IMAGES)
+        return torch.stack([data.train[i][0] for i in range(n)])
+    finally:
+        data.train.set_augment(was)
 
 
 def _patrol_stage(
@@ -425,8 +472,18 @@ def _remove(run: RunDir, pruner: PatrolPruner, info: dict[str, Any]) -> None:
     pruner.prune()
     assert pruner.removal is not None
     removal = pruner.removal
-    extra = {"removed_blocks": removal.removed_blocks, "removal": removal.as_dict()}
+    extra = {
+        "removed_blocks": removal.removed_blocks,
+        "removal": removal.as_dict(),
+        **_uplink_info(pruner.net, pruner.split),
+    }
     save_run_model(run / PRUNED_DIR, pruner.net, {**info, **extra})
+
+
+def _uplink_info(model: BlockNet, split: int) -> dict[str, Any]:
+    """``model.json``'s record of a quantized uplink (nothing for an fp32 one)."""
+    record = uplink_record(model, split)
+    return {} if record is None else {"uplink": record}
 
 
 def _recover_stage(
@@ -448,6 +505,7 @@ def _recover_stage(
             "removed_blocks": pinfo.get("removed_blocks", []),
             "removal": pinfo["removal"],
             "split": recipe.patrol.split,
+            **_uplink_info(pruned, recipe.patrol.split),
         }
         distributed.current().run_on_main(lambda: save_run_model(run.path, pruned, info))
 

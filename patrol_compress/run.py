@@ -38,6 +38,7 @@ from patrol_compress.models.factory import key_mismatch
 from patrol_compress.models.head import ReidHead
 from patrol_compress.models.residual import remove_residual_branches
 from patrol_compress.recipe import ModelConfig
+from patrol_compress.uplink.quant import UplinkQuant
 
 
 def save_model_file(path: Path, model: nn.Module) -> str:
@@ -121,11 +122,34 @@ def load_run_model(
         config, meta["num_classes"], meta["in_channels"], meta["task"], meta["image_size"], code
     )
     state = read_state_dict(weights)
+    if meta.get("uplink"):
+        _put_uplink_back(model, meta, meta_path)
     if meta.get("removed_blocks"):
         remove_residual_branches(model, meta["removed_blocks"])
     load_resized(model, state, str(weights))
     model.eval()
     return model, meta
+
+
+def _put_uplink_back(model: BlockNet, meta: dict[str, Any], meta_path: Path) -> None:
+    """The quantized uplink ``model.json`` records, inserted before the weights are read."""
+    from patrol_compress.uplink import BITS, insert_uplink
+
+    record = meta["uplink"]
+    ok = (
+        isinstance(record, dict)
+        and record.get("bits") in BITS
+        and isinstance(record.get("split"), int)
+        and isinstance(record.get("init_quantile", 0.999), (int, float))
+    )
+    if not ok:
+        raise ArtifactError(
+            f"{meta_path}: 'uplink' must be {{bits: 1|2|4|8, split: K}}, found {str(record)[:60]!r}"
+        )
+    shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+    insert_uplink(
+        model, record["split"], record["bits"], shape, float(record.get("init_quantile", 0.999))
+    )
 
 
 def allowed_factory(
@@ -290,6 +314,12 @@ def _resized(
                 f"{source}: '{ckey}' has {state[ckey].shape[0]} classes, the model has "
                 f"{module.classifier.out_features}; these weights are from another model"
             )
+    if isinstance(module, UplinkQuant):
+        hkey = f"{name}.hi"
+        if hkey in state and state[hkey].shape[0] != module.hi.numel():
+            _check_shape(hkey, tuple(state[hkey].shape), (module.hi.numel(),), source, exact)
+            return UplinkQuant(int(state[hkey].shape[0]), module.bits, module.init_quantile)
+        return None
     if key not in state:
         return None
     shape = tuple(state[key].shape)

@@ -95,3 +95,166 @@ def test_pruning_the_stream_narrows_the_uplink_range() -> None:
     with torch.no_grad():
         after = net[2].codes(net[1](net[0](x)))
     assert torch.equal(after, before[:, [0, 2, 3, 5]])
+
+
+# ------------------------------------------------------------------ through the recipe
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from patrol_compress import api  # noqa: E402
+from patrol_compress.cli.app import app  # noqa: E402
+from patrol_compress.uplink import find_uplink  # noqa: E402
+
+from .helpers import tiny_recipe_dict, write_recipe  # noqa: E402
+
+BITS = 2
+CHANNELS_ALLOWED = 8
+POSITIONS = 4  # the tiny ResNet's 2x2 map at split 4, 32 px
+
+
+def uplink_recipe(root: Path, **budget: Any) -> dict[str, Any]:
+    data = tiny_recipe_dict(root, lipschitz={"enabled": False}, adversarial={"enabled": False})
+    data["train"]["epochs"] = 1
+    data["patrol"]["uplink"] = {"bits": BITS}
+    data["patrol"]["budget"] = {
+        "fit_split": 2,
+        "uplink_bits": BITS * POSITIONS * CHANNELS_ALLOWED,
+        **budget,
+    }
+    return data
+
+
+@pytest.fixture(scope="module")
+def uplink_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uplink")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        api.prune(uplink_recipe(root), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"
+
+
+def test_the_budget_prunes_the_crossing_channels_until_the_bits_fit(uplink_run: Path) -> None:
+    metrics = json.loads((uplink_run / "metrics.json").read_text())
+    after = metrics["edge"]["after"]
+    channels, h, w = after["output_shape"]
+    assert channels <= CHANNELS_ALLOWED and h * w == POSITIONS
+    assert after["uplink_bits_max"] == channels * h * w * BITS <= BITS * POSITIONS * 8
+    assert after["bytes_sent"] == -(-channels * h * w * BITS // 8)  # packed
+    assert metrics["budget"]["uplink_bits"] == BITS * POSITIONS * CHANNELS_ALLOWED
+    assert after["params"] <= metrics["budget"]["params"]  # the other limits still hold
+    up = metrics["uplink"]
+    assert up["uplink_bits_max"] == after["uplink_bits_max"]
+    assert 0 < up["empirical_entropy_bits"] <= up["uplink_bits_max"]
+    assert "estimate" in up["entropy_note"]
+    # Only the crossing channels had to go for the uplink: an inner group keeps more.
+    before = metrics["edge"]["before"]["output_shape"][0]
+    assert channels < before
+
+
+def test_a_saved_quantized_run_reloads_to_the_same_function(uplink_run: Path) -> None:
+    model = api.load_model(uplink_run)
+    quant = find_uplink(model)
+    assert quant is not None and quant.bits == BITS and bool(quant.initialised)
+    x = torch.rand(3, 3, 32, 32)
+    edge, _ = api.partitions(uplink_run)
+    with torch.no_grad():
+        sent = edge(x)
+    for c in range(sent.shape[1]):
+        assert len(torch.unique(sent[:, c])) <= 2**BITS  # every value one of 2**bits levels
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_the_export_sends_uint8_codes_and_the_cloud_decodes_them(
+    uplink_run: Path, tmp_path: Path, target: str
+) -> None:
+    run = Path(shutil.copytree(uplink_run, tmp_path / "run"))
+    manifest = api.export(run, split=4, target=target)
+    assert manifest["edge_output_dtype"] == "uint8"
+    up = manifest["uplink"]
+    channels = manifest["edge_output_shape"][0]
+    assert up["bits"] == BITS and len(up["step"]) == len(up["lo"]) == channels
+    assert up["uplink_bits_max"] == channels * POSITIONS * BITS
+    assert (
+        manifest["edge"]["bytes_sent"] == up["packed_bytes"] == -(-channels * POSITIONS * BITS // 8)
+    )
+    if target == "onnx":
+        import onnxruntime as ort
+
+        folder = run / "export" / "onnx-split4-fp32"
+        edge = ort.InferenceSession(str(folder / "edge.onnx"), providers=["CPUExecutionProvider"])
+        cloud = ort.InferenceSession(str(folder / "cloud.onnx"), providers=["CPUExecutionProvider"])
+        assert cloud.get_inputs()[0].type == "tensor(uint8)"
+        x = torch.rand(4, 3, 32, 32)
+        codes = edge.run(None, {edge.get_inputs()[0].name: x.numpy()})[0]
+        assert codes.dtype == np.uint8 and int(codes.max()) <= 2**BITS - 1
+        model = api.load_model(run)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        out = cloud.run(None, {cloud.get_inputs()[0].name: codes})[0]
+        assert np.abs(out - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_the_adaptive_attack_reads_what_the_cloud_receives(
+    uplink_run: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(uplink_run, tmp_path / "run"))
+    api.export(run, split=4, target="onnx")
+    config = {
+        "max_eval_images": 8,
+        "blackbox": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
+        "adaptive": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
+        "recogniser": {"steps": 2, "width": 4},
+    }
+    report = api.attack(run, ["blackbox", "adaptive"], config=config, out=tmp_path / "a")
+    info = report["attacks"]["adaptive"]["info"]
+    assert info["sent_dtype"] == "uint8" and info["bytes_sent"] == report["edge"]["bytes_sent"]
+    assert report["edge"]["uplink_bits_max"] <= BITS * POSITIONS * CHANNELS_ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("patch", "words"),
+    [
+        ({"uplink": {"bits": 3}}, "patrol.uplink.bits"),
+        ({"uplink": {"bits": 0}}, "patrol.uplink.bits"),
+        ({"budget": {"fit_split": 2, "uplink_bits": 0}}, "patrol.budget.uplink_bits"),
+        ({"budget": {"fit_split": 2, "uplink_bits": -8}}, "patrol.budget.uplink_bits"),
+        ({"budget": {"fit_split": 2, "uplink_bits": 2.5}}, "patrol.budget.uplink_bits"),
+        ({"budget": {"fit_split": 2, "uplink_bits": 3}}, "uplink"),  # no width meets 3 bits
+    ],
+)
+def test_bad_uplink_settings_are_one_line_before_any_training(
+    tmp_path: Path, patch: dict[str, Any], words: str
+) -> None:
+    data = uplink_recipe(tmp_path)
+    data["patrol"].update(patch)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")  # an earlier run's file must not be touched
+    result = CliRunner().invoke(
+        app, ["prune", str(write_recipe(tmp_path, data)), "--out", str(out), "--force"]
+    )
+    assert result.exit_code == 2, result.output
+    assert words in result.output and result.output.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_a_model_with_its_own_forward_cannot_take_the_quantizer() -> None:
+    from patrol_compress import PatrolPruner
+    from patrol_compress.errors import ModelError
+    from patrol_compress.testing.cnns import vgg11_bn
+
+    with pytest.raises(ModelError, match="uplink.bits"):
+        PatrolPruner(
+            vgg11_bn(),
+            torch.rand(2, 3, 32, 32),
+            split="features.14",
+            config={"uplink": {"bits": 4}},
+        )

@@ -168,10 +168,29 @@ def verified_edge(artifact: Path, split: int) -> tuple[EdgeFiles, dict[str, Any]
     return EdgeFiles(runtime, blobs), manifest
 
 
-def split_code(manifest: dict[str, Any], artifact: Path) -> tuple[float, int] | None:
-    """(scale, zero point) of an edge that sends uint8; None for a float edge."""
+Code = tuple[np.ndarray, np.ndarray]
+"""How the cloud turns the uint8 an edge sends into values: ``real = code * mul + add``."""
+
+
+def split_code(manifest: dict[str, Any], artifact: Path) -> Code | None:
+    """The decoding of an edge that sends uint8; None for a float edge.
+
+    An INT8 export codes the split tensor with one scale and zero point
+    (``quantization.split_tensor``); a quantized uplink with a step and a lower
+    end per channel (``uplink``).
+    """
     if manifest.get("edge_output_dtype") != "uint8":
         return None
+    uplink = manifest.get("uplink")
+    if isinstance(uplink, dict):
+        try:
+            step = np.asarray(uplink["step"], dtype=np.float32).reshape(1, -1, 1, 1)
+            lo = np.asarray(uplink["lo"], dtype=np.float32).reshape(1, -1, 1, 1)
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(
+                f"{artifact / MANIFEST}: uplink lacks its per-channel step and lo"
+            ) from None
+        return step, lo
     q = manifest.get("quantization") or {}
     code = q.get("split_tensor")
     if not isinstance(code, dict):
@@ -179,7 +198,8 @@ def split_code(manifest: dict[str, Any], artifact: Path) -> tuple[float, int] | 
             f"{artifact / MANIFEST}: the edge sends uint8 but quantization.split_tensor "
             "(scale, zero point) is missing"
         )
-    return float(code["scale"]), int(code["zero_point"])
+    scale = np.float32(code["scale"])
+    return np.asarray(scale), np.asarray(-scale * np.float32(code["zero_point"]))
 
 
 def ort_features(model_bytes: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -220,7 +240,7 @@ def ov_features(xml: bytes, weights: bytes, threads: int) -> Callable[[np.ndarra
     return run
 
 
-def artifact_features(edge: EdgeFiles, code: tuple[float, int] | None, threads: int) -> FeatureFn:
+def artifact_features(edge: EdgeFiles, code: Code | None, threads: int) -> FeatureFn:
     """Feature function backed by the artifact's runtime; uint8 is dequantized as the cloud does."""
     if edge.runtime == "onnxruntime":
         run = ort_features(next(iter(edge.blobs.values())), threads)
@@ -234,8 +254,8 @@ def artifact_features(edge: EdgeFiles, code: tuple[float, int] | None, threads: 
             sent = run(x[i : i + ORT_BATCH].numpy())
             real = sent.astype(np.float32)
             if code is not None:
-                real = np.float32(code[0]) * (real - np.float32(code[1]))
-            out.append(torch.from_numpy(real))
+                real = real * code[0] + code[1]
+            out.append(torch.from_numpy(np.ascontiguousarray(real, dtype=np.float32)))
         return torch.cat(out).float()
 
     return features
@@ -335,6 +355,9 @@ of their largest magnitude (on the :data:`PROBE_IMAGES` probe images) computes t
 function: decoders trained on the torch edge's features are then reused instead of
 trained again (ONNX Runtime and torch agree to ~1e-6 in fp32)."""
 SHARED_ARTIFACT = "adaptive_artifact"
+UPLINK_TIE_SHARE = 0.01
+"""A quantized uplink's codes may differ from torch's by one step on this share of values
+(rounding ties; the exporters' parity allows as much) and still count as the same function."""
 
 
 @dataclass
@@ -350,11 +373,22 @@ class ArtifactSource:
     """Largest |artifact - torch| feature difference on the probe images."""
     scale: float
     """Largest |torch| feature on the probe images."""
+    mismatch_share: float = 0.0
+    """Share of probe features that differ from the torch edge's at all."""
 
     @property
     def same_function(self) -> bool:
-        float_edge = self.manifest.get("edge_output_dtype") in (None, "float32")
-        return float_edge and self.max_abs_diff <= SAME_FUNCTION_RTOL * max(self.scale, 1e-12)
+        """An fp32 edge within :data:`SAME_FUNCTION_RTOL`, or a quantized uplink whose decoded
+        codes are the torch edge's but for boundary ties (at most one step, on at most
+        ``UPLINK_TIE_SHARE`` of the values)."""
+        dtype = self.manifest.get("edge_output_dtype")
+        if dtype in (None, "float32"):
+            return self.max_abs_diff <= SAME_FUNCTION_RTOL * max(self.scale, 1e-12)
+        uplink = self.manifest.get("uplink")
+        if dtype != "uint8" or not isinstance(uplink, dict):
+            return False
+        step = max(float(v) for v in uplink.get("step", [0.0])) if uplink.get("step") else 0.0
+        return self.mismatch_share <= UPLINK_TIE_SHARE and self.max_abs_diff <= step * 1.001
 
 
 def artifact_source(ctx: AttackContext) -> ArtifactSource:
@@ -393,6 +427,11 @@ def artifact_source(ctx: AttackContext) -> ArtifactSource:
         features,
         float((from_artifact - from_torch).abs().max()),
         float(from_torch.abs().max()),
+        float(
+            ((from_artifact - from_torch).abs() > 1e-6 * float(from_torch.abs().max()))
+            .float()
+            .mean()
+        ),
     )
     ctx.shared[SHARED_ARTIFACT] = source
     return source

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Discriminator, Field, JsonValue, Tag, model_validator
+from pydantic import Discriminator, Field, JsonValue, StrictInt, Tag, model_validator
 
 from patrol_compress.config.base import StrictModel, read_yaml, short, validate
 from patrol_compress.config.factory import check_factory_spec
@@ -202,6 +202,12 @@ class BudgetConfig(StrictModel):
         f = self.fit_fraction
         return float(f.get(limit, 1.0)) if isinstance(f, dict) else float(f)
 
+    uplink_bits: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None,
+        description="bits per image the uplink may carry: crossing channels x positions x "
+        "patrol.uplink.bits (32 without quantization); the budget prunes the channels that "
+        "cross the split until it fits",
+    )
     latency: LatencySettings = Field(default_factory=LatencySettings)
 
     @model_validator(mode="after")
@@ -215,8 +221,10 @@ class BudgetConfig(StrictModel):
             given = name in self.model_fields_set and getattr(self, name) != default
             if self.fit_split is None and given:
                 raise ValueError(f"{name} needs fit_split (the split whose measures it names)")
-        if not sizes and self.macs is None and self.latency_ms is None:
-            raise ValueError("needs a limit: fit_split, params or bytes, and/or macs, latency_ms")
+        if not sizes and self.macs is None and self.latency_ms is None and not self.uplink_bits:
+            raise ValueError(
+                "needs a limit: fit_split, params or bytes, and/or macs, latency_ms, uplink_bits"
+            )
         if len(set(self.fit)) != len(self.fit):
             raise ValueError(f"fit lists a limit twice: {self.fit}")
         if self.fit_split is not None:
@@ -273,6 +281,21 @@ def _plain_pruning_adversarial() -> AdversarialConfig:
     return AdversarialConfig(enabled=False)
 
 
+class UplinkConfig(StrictModel):
+    """The quantized uplink: what crosses the split is ``bits``-bit codes per value.
+
+    ``bits`` null keeps the fp32 uplink. With 8, 4, 2 or 1, the edge ends in a
+    per-channel quantizer whose range is learned during mask fine-tuning and
+    recovery (:mod:`patrol_compress.uplink.quant`); it starts at the
+    ``init_quantile`` of each channel's values on the first training batch.
+    The uplink then carries at most ``bits`` x channels x positions bits per
+    image, the bound ``metrics.json`` and every export record.
+    """
+
+    bits: Literal[1, 2, 4, 8] | None = None
+    init_quantile: Annotated[float, Field(gt=0.5, le=1.0)] = 0.999
+
+
 class PatrolSettings(StrictModel):
     """The method's settings: what :class:`~patrol_compress.PatrolPruner` takes, whole.
 
@@ -314,6 +337,7 @@ class PatrolSettings(StrictModel):
     )
     lipschitz: LipschitzConfig = Field(default_factory=_plain_pruning_lipschitz)
     adversarial: AdversarialConfig = Field(default_factory=_plain_pruning_adversarial)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
 
 
 class PatrolConfig(PatrolSettings):

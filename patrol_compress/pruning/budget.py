@@ -18,6 +18,13 @@ A budget is one or more limits, all of which must hold after removal
   machine (:mod:`patrol_compress.pruning.latency`) with a stated runtime,
   thread count and batch. Measured, not modelled, because kernel choice and
   per-layer overhead decide latency at these sizes, not MACs alone.
+* ``uplink``: bits per image crossing the split, channels x positions x bits
+  per value (:class:`UplinkLimit`). Only the channels that cross the split
+  (the split stage's stream: the groups a cloud layer or the uplink quantizer
+  reads) count, so this limit is met by removing the lowest-ranked of *those*
+  channels first (:func:`uplink_plan`), before the global threshold meets the
+  other limits: a threshold low enough for the uplink would cut every other
+  group just as deep.
 
 :func:`estimate_cost` predicts the edge's parameters and MACs after a plan
 *without* pruning anything, from the dependency groups (which layer loses which
@@ -83,6 +90,42 @@ class LatencyLimit:
 
 
 @dataclass(frozen=True)
+class UplinkLimit:
+    """At most ``bits`` per image may cross the split: channels x ``positions`` x ``value_bits``.
+
+    ``value_bits`` is the quantized uplink's bits per value (32 for fp32),
+    ``positions`` the edge output's H x W.
+    """
+
+    bits: int
+    value_bits: int
+    positions: int
+
+    def channels(self) -> int:
+        """The most crossing channels that fit."""
+        return self.bits // (self.value_bits * self.positions)
+
+    def describe(self) -> str:
+        return (
+            f"{self.bits} bits per image ({self.positions} positions x {self.value_bits} bits: "
+            f"at most {self.channels()} channels)"
+        )
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Which mask groups' channels cross the split, and how many crossing channels none owns."""
+
+    groups: tuple[int, ...]
+    fixed: int
+
+    def channels(self, mg: MaskGroups, plan: Plan) -> int:
+        """Crossing channels left after ``plan``."""
+        kept = sum(len(mg.groups[g][0].idxs) - len(plan[g]) for g in self.groups)
+        return self.fixed + kept
+
+
+@dataclass(frozen=True)
 class EdgeBudget:
     """Every limit the edge must meet after removal; each one given must hold.
 
@@ -93,10 +136,14 @@ class EdgeBudget:
     params: int | None = None
     macs: int | None = None
     latency: LatencyLimit | None = None
+    uplink: UplinkLimit | None = None
 
     def as_dict(self) -> dict[str, object]:
         lat = self.latency
+        up = self.uplink
         return {
+            "uplink_bits": up.bits if up else None,
+            "uplink_value_bits": up.value_bits if up else None,
             "params": self.params,
             "bytes": self.params * BYTES_PER_PARAM if self.params is not None else None,
             "macs": self.macs,
@@ -111,10 +158,11 @@ class EdgeBudget:
 
 @dataclass(frozen=True)
 class Cost:
-    """What an edge weighs and computes: parameters and MACs per image."""
+    """What an edge weighs and computes: parameters and MACs per image, crossing channels."""
 
     params: int
     macs: int
+    uplink_channels: int | None = None
 
     def violations(self, budget: EdgeBudget) -> list[str]:
         """The static limits this cost breaks, as readable phrases."""
@@ -123,6 +171,11 @@ class Cost:
             out.append(f"{self.params} parameters > {budget.params}")
         if budget.macs is not None and self.macs > budget.macs:
             out.append(f"{self.macs} MACs > {budget.macs}")
+        up = budget.uplink
+        if up is not None and self.uplink_channels is not None:
+            sent = self.uplink_channels * up.positions * up.value_bits
+            if sent > up.bits:
+                out.append(f"{sent} uplink bits per image > {up.bits}")
         return out
 
 
@@ -193,9 +246,15 @@ def _drops(mg: MaskGroups, plan: Plan) -> tuple[dict[int, set[int]], dict[int, s
 
 
 def estimate_cost(
-    model: BlockNet, split: int, mg: MaskGroups, plan: Plan, spatial: dict[int, int] | None = None
+    model: BlockNet,
+    split: int,
+    mg: MaskGroups,
+    plan: Plan,
+    spatial: dict[int, int] | None = None,
+    crossing: Crossing | None = None,
 ) -> Cost:
-    """Edge parameters and MACs after removing ``plan`` (MACs need ``spatial``, else 0)."""
+    """Edge parameters and MACs after removing ``plan`` (MACs need ``spatial``, else 0),
+    and the crossing channels left (with ``crossing``)."""
     out_drop, in_drop = _drops(mg, plan)
     params = macs = 0
     for top in edge_modules(model, split):
@@ -204,7 +263,7 @@ def estimate_cost(
             params += p
             if spatial is not None:
                 macs += mac * spatial.get(id(m), 0)
-    return Cost(params, macs)
+    return Cost(params, macs, None if crossing is None else crossing.channels(mg, plan))
 
 
 def estimate_params(model: BlockNet, split: int, mg: MaskGroups, plan: Plan) -> int:
@@ -307,13 +366,70 @@ def round_plan(scores: torch.Tensor, idxs: list[int], round_to: int) -> list[int
     return sorted(ranked[: n - target])
 
 
-def plan_at(scores: list[torch.Tensor], threshold: float, round_to: int) -> Plan:
-    """Every channel scored <= ``threshold`` (one kept per group), rounded to ``round_to``."""
-    return [round_plan(s, removable(s, threshold), round_to) for s in scores]
+def plan_at(
+    scores: list[torch.Tensor], threshold: float, round_to: int, forced: Plan | None = None
+) -> Plan:
+    """Every channel scored <= ``threshold`` (one kept per group), rounded to ``round_to``,
+    plus the ``forced`` removals (an uplink limit's; they keep a multiple of ``round_to``,
+    so rounding the union up never gives one back)."""
+    out = []
+    for i, s in enumerate(scores):
+        idxs = removable(s, threshold)
+        if forced is not None and forced[i]:
+            idxs = sorted(set(idxs) | set(forced[i]))
+        out.append(round_plan(s, idxs, round_to))
+    return out
+
+
+def _keep_count(size: int, want: int, round_to: int) -> int:
+    """Channels a group may keep: at most ``want``, a multiple of ``round_to``, at least one
+    (or ``round_to``, or all when the group is narrower)."""
+    floor = min(size, round_to) if round_to > 1 else 1
+    keep = (want // round_to) * round_to if round_to > 1 else want
+    return max(floor, min(size, keep))
+
+
+def uplink_plan(
+    scores: list[torch.Tensor], crossing: Crossing, limit: UplinkLimit, round_to: int
+) -> Plan | None:
+    """The fewest lowest-ranked crossing channels whose removal makes the uplink fit.
+
+    Channels are taken lowest score first over every prunable crossing group;
+    each group then keeps a multiple of ``round_to`` (at least one, or
+    ``round_to``). None when even that cannot fit (a budget no width meets).
+    """
+    plan: Plan = [[] for _ in scores]
+    prunable = [g for g in crossing.groups if not torch.isinf(scores[g]).any()]
+    fixed = crossing.fixed + sum(len(scores[g]) for g in crossing.groups if g not in prunable)
+    room = limit.channels() - fixed
+    total = sum(len(scores[g]) for g in prunable)
+    if total <= room:
+        return plan
+    order = sorted(
+        ((float(scores[g][i]), g, i) for g in prunable for i in range(len(scores[g]))),
+        key=lambda t: t[0],
+    )
+    removed: dict[int, list[int]] = {g: [] for g in prunable}
+    for _, g, i in order:
+        if total - sum(len(v) for v in removed.values()) <= room:
+            break
+        if len(scores[g]) - len(removed[g]) > 1:
+            removed[g].append(i)
+    for g in prunable:
+        keep = _keep_count(len(scores[g]), len(scores[g]) - len(removed[g]), round_to)
+        ranked = sorted(range(len(scores[g])), key=lambda i: float(scores[g][i]))
+        plan[g] = sorted(ranked[: len(scores[g]) - keep])
+    kept = sum(len(scores[g]) - len(plan[g]) for g in prunable)
+    return plan if kept <= room else None
 
 
 def narrowest_cost(
-    model: BlockNet, split: int, mg: MaskGroups, spatial: dict[int, int] | None, round_to: int = 1
+    model: BlockNet,
+    split: int,
+    mg: MaskGroups,
+    spatial: dict[int, int] | None,
+    round_to: int = 1,
+    crossing: Crossing | None = None,
 ) -> tuple[Plan, Cost]:
     """The smallest legal edge: every prunable group keeps one channel (or ``round_to``)."""
     scores = mg.scores()
@@ -323,7 +439,7 @@ def narrowest_cost(
         else []
         for s in scores
     ]
-    return plan, estimate_cost(model, split, mg, plan, spatial)
+    return plan, estimate_cost(model, split, mg, plan, spatial, crossing)
 
 
 def check_feasible(
@@ -334,9 +450,10 @@ def check_feasible(
     spatial: dict[int, int] | None = None,
     round_to: int = 1,
     measure: Measure | None = None,
+    crossing: Crossing | None = None,
 ) -> Cost:
     """Raise a :class:`BudgetError` naming the limit the narrowest legal edge cannot meet."""
-    plan, low = narrowest_cost(model, split, mg, spatial, round_to)
+    plan, low = narrowest_cost(model, split, mg, spatial, round_to, crossing)
     broken = low.violations(budget)
     if not broken and budget.latency is not None and measure is not None:
         ms = measure(plan)
@@ -361,6 +478,7 @@ def plan_for_budget(
     round_to: int = 1,
     measure: Measure | None = None,
     per_cost: bool = False,
+    crossing: Crossing | None = None,
 ) -> PlanResult:
     """Smallest removal (threshold >= tau on ranking scores) that meets every limit.
 
@@ -383,8 +501,17 @@ def plan_for_budget(
     def result(t: float, plan: Plan, cost: Cost) -> PlanResult:
         return PlanResult(plan, cost, measured.get(t))
 
-    base = plan_at(mg.scores(), tau, round_to)  # exactly the masks <= tau, no tie-break
-    cost = estimate_cost(model, split, mg, base, spatial)
+    forced = None
+    if budget.uplink is not None and crossing is not None:
+        forced = uplink_plan(scores, crossing, budget.uplink, round_to)
+        if forced is None:
+            raise BudgetError(
+                f"no width of the crossing channels at split {split} fits "
+                f"{budget.uplink.describe()}"
+            )
+    # Exactly the masks <= tau (no tie-break), plus what the uplink limit forces.
+    base = plan_at(mg.scores(), tau, round_to, forced)
+    cost = estimate_cost(model, split, mg, base, spatial, crossing)
     if not cost.violations(budget) and latency_ok(tau, base):
         return result(tau, base, cost)
     finite = torch.cat([s[torch.isfinite(s)] for s in scores])
@@ -394,8 +521,8 @@ def plan_for_budget(
         hi, best = len(cands) - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            plan = plan_at(scores, cands[mid], round_to)
-            if fits(cands[mid], plan, estimate_cost(model, split, mg, plan, spatial)):
+            plan = plan_at(scores, cands[mid], round_to, forced)
+            if fits(cands[mid], plan, estimate_cost(model, split, mg, plan, spatial, crossing)):
                 best, hi = mid, mid - 1
             else:
                 lo = mid + 1
@@ -406,7 +533,7 @@ def plan_for_budget(
         raise BudgetError(f"no removal of the edge at split {split} meets {budget}")
     chosen = static
     if budget.latency is not None and measure is not None:
-        first = plan_at(scores, cands[static], round_to)
+        first = plan_at(scores, cands[static], round_to, forced)
         if not latency_ok(cands[static], first):
             found = search(static + 1, lambda t, p, _c: latency_ok(t, p))
             if found is None:
@@ -416,18 +543,24 @@ def plan_for_budget(
                     f"{min(measured.values()):.3f} ms"
                 )
             chosen = found
-    plan = plan_at(scores, cands[chosen], round_to)
-    return result(cands[chosen], plan, estimate_cost(model, split, mg, plan, spatial))
+    plan = plan_at(scores, cands[chosen], round_to, forced)
+    return result(cands[chosen], plan, estimate_cost(model, split, mg, plan, spatial, crossing))
 
 
 def resolve_budget(
-    cfg: BudgetConfig, unpruned: BlockNet, input_shape: tuple[int, ...]
+    cfg: BudgetConfig,
+    unpruned: BlockNet,
+    input_shape: tuple[int, ...],
+    split: int | None = None,
+    value_bits: int = 32,
 ) -> EdgeBudget:
     """The recipe's limits as numbers; ``fit_split``'s are measured on the unpruned model.
 
     ``input_shape`` is one image (C, H, W). A ``fit: [latency]`` limit times the
     unpruned ``fit_split`` edge here, with the recipe's latency settings, so the
-    pruned edge is compared with what it replaces on the same machine.
+    pruned edge is compared with what it replaces on the same machine. An
+    ``uplink_bits`` limit needs the ``split`` (its output's positions) and the
+    bits each crossing value takes (``patrol.uplink.bits``, 32 for fp32).
     """
     fit = cfg.fit if cfg.fit_split is not None else []
     params = cfg.params
@@ -452,4 +585,19 @@ def resolve_budget(
             ms = measure_model_ms(unpruned, cfg.fit_split, input_shape, limit)
             ms *= cfg.fraction("latency")
             limit = LatencyLimit(ms, lat.runtime, lat.threads, lat.batch, lat.seconds)
-    return EdgeBudget(params, macs, limit)
+    uplink = None
+    if cfg.uplink_bits is not None:
+        if split is None:
+            raise BudgetError("an uplink_bits limit needs the split whose output crosses")
+        _, h, w = edge_output_shape(unpruned, split, input_shape)
+        uplink = UplinkLimit(cfg.uplink_bits, value_bits, h * w)
+    return EdgeBudget(params, macs, limit, uplink)
+
+
+def edge_output_shape(
+    model: BlockNet, split: int, input_shape: tuple[int, ...]
+) -> tuple[int, int, int]:
+    """C, H, W of what crosses the split for one image."""
+    from patrol_compress.models.split import block_shapes, edge_stage_blocks
+
+    return block_shapes(edge_stage_blocks(model, split), input_shape)[-1][1]

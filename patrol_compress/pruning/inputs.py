@@ -336,8 +336,10 @@ def edge_budget(
     split: int,
     input_shape: tuple[int, int, int],
     names: Names,
+    value_bits: int = 32,
 ) -> EdgeBudget | None:
-    """The budget's limits as numbers (``fit_split`` measured on the unpruned view)."""
+    """The budget's limits as numbers (``fit_split`` measured on the unpruned view;
+    ``value_bits``: bits per crossing value, ``uplink.bits`` or 32)."""
     if cfg is None:
         return None
     check_distributed_budget(cfg, names)
@@ -354,7 +356,7 @@ def edge_budget(
             f"{names.arg('budget')}.fit_split ({fit_path or fit}) must be a split "
             f"shallower than {names.arg('split')} ({split})"
         )
-    return resolve_budget(cfg, view, input_shape)
+    return resolve_budget(cfg, view, input_shape, split, value_bits)
 
 
 def sync_into(model: nn.Module, view: BlockNet) -> None:

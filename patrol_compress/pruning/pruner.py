@@ -68,6 +68,7 @@ from patrol_compress.pruning.structure import (
 )
 from patrol_compress.pruning.surrogate import build_surrogate, suite_surrogate, surrogate_psnr
 from patrol_compress.regularizers import fused_lipschitz
+from patrol_compress.uplink import find_uplink, insert_uplink
 
 Structure = ChannelStructure | BlockStructure
 
@@ -141,7 +142,11 @@ class PatrolPruner:
         view, k = view_of(model, blocks, split, fit_path, example, names)
         check_terms(settings, k, names)
         self._setup(model, view, example, k, settings, names)
-        edge_budget = resolve_edge_budget(cfg, fit_path, view, k, self.input_shape, names)
+        self._insert_uplink()
+        value_bits = settings.uplink.bits or 32
+        edge_budget = resolve_edge_budget(
+            cfg, fit_path, view, k, self.input_shape, names, value_bits
+        )
         total_steps = whole_steps(total_steps, "total_steps")
         if edge_budget is not None and total_steps is None:
             raise UsageError(
@@ -260,6 +265,25 @@ class PatrolPruner:
         """The edge as Lipschitz blocks and the cloud, over the view's current children."""
         self._edge: list[StageBlock] = edge_stage_blocks(self.net, self.split)
         self._cloud = split_model(self.net, self.split)[1]
+
+    def _insert_uplink(self) -> None:
+        """Quantize what crosses the split (``config.uplink.bits``): a child of the model.
+
+        Calibrated on the first training batch (or by the recipe on its data,
+        :func:`~patrol_compress.uplink.calibrate_uplink`), before its range learns.
+        """
+        bits = self.cfg.uplink.bits
+        if bits is None or find_uplink(self.net) is not None:
+            return
+        if self.net is not self.model:
+            raise ModelError(
+                f"{self.names.field('uplink.bits')}: a quantized uplink is added as a child of the "
+                "network, so the network must be a BlockNet whose forward runs its children (a "
+                "recipe's model, or patrol_compress.models.build_model); this model runs its own "
+                "forward"
+            )
+        insert_uplink(self.net, self.split, bits, self.input_shape, self.cfg.uplink.init_quantile)
+        self._partition()
 
     def _insert_masks(self) -> Structure:
         flags = _flags(self.model, self.net)

@@ -30,6 +30,7 @@ from patrol_compress.errors import ModelError
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.head import ReidHead
 from patrol_compress.pruning.masks import ChannelMask, MaskedNorm
+from patrol_compress.uplink.quant import UplinkPruner, UplinkQuant
 
 EQUIVALENCE_ATOL = 1e-5
 
@@ -116,7 +117,7 @@ def build_mask_groups(model: BlockNet, example: torch.Tensor) -> MaskGroups:
                 model,
                 example_inputs=example.to(next(model.parameters()).device),
                 forward_fn=_trace_forward,
-                customized_pruners={ChannelMask: MaskPruner()},
+                customized_pruners={ChannelMask: MaskPruner(), UplinkQuant: UplinkPruner()},
             )
     finally:
         model.train(was)

@@ -24,12 +24,14 @@ from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning import blocks as blockops
 from patrol_compress.pruning.budget import (
     Cost,
+    Crossing,
     EdgeBudget,
     LatencyLimit,
     Measure,
     Plan,
     PlanResult,
     check_feasible,
+    edge_output_shape,
     estimate_cost,
     layer_cost,
     layer_spatial,
@@ -46,6 +48,7 @@ from patrol_compress.pruning.masks import (
     insert_channel_masks,
 )
 from patrol_compress.pruning.remove import (
+    MaskGroups,
     apply_plan,
     build_mask_groups,
     check_equivalence,
@@ -82,6 +85,27 @@ class Removal:
         }
 
 
+def find_crossing(model: BlockNet, split: int, mg: MaskGroups, example: torch.Tensor) -> Crossing:
+    """The mask groups whose channels cross the split: those a cloud layer reads (the next
+    stage's convolutions, the head) or the uplink quantizer holds; the rest of the edge
+    output's channels are owned by no prunable group (``fixed``)."""
+    from patrol_compress.models.split import split as split_model
+    from patrol_compress.uplink.quant import UplinkQuant
+
+    cloud = {id(m) for m in split_model(model, split)[1].modules()}
+    groups = tuple(
+        i
+        for i, g in enumerate(mg.groups)
+        if any(
+            id(item.dep.target.module) in cloud or isinstance(item.dep.target.module, UplinkQuant)
+            for item in g
+        )
+    )
+    channels = edge_output_shape(model, split, tuple(example.shape[1:]))[0]
+    owned = sum(len(mg.groups[i][0].idxs) for i in groups)
+    return Crossing(groups, max(0, channels - owned))
+
+
 def _edge_cost(model: BlockNet, split: int, example: torch.Tensor) -> tuple[int, int]:
     edge = edge_modules(model, split)
     return count_params(edge), count_macs(nn.Sequential(*edge), tuple(example.shape[1:]))
@@ -113,6 +137,7 @@ class ChannelStructure:
         self.example = example
         insert_channel_masks(model, split, init)
         self.mg = build_mask_groups(model, example)
+        self.crossing = find_crossing(model, split, self.mg, example)
         self.spatial = layer_spatial(edge_modules(model, split), example)
 
     def _measure(self, budget: EdgeBudget) -> Measure | None:
@@ -142,6 +167,7 @@ class ChannelStructure:
             self.spatial,
             self.round_to,
             self._measure(budget),
+            self.crossing,
         )
 
     def projected_params(self, tau: float) -> int:
@@ -159,6 +185,7 @@ class ChannelStructure:
             self.round_to,
             self._measure(budget),
             self.per_cost,
+            self.crossing,
         )
 
     def budget_caps(self, budget: EdgeBudget, tau: float) -> dict[nn.Parameter, torch.Tensor]:
@@ -180,6 +207,7 @@ class ChannelStructure:
     def remove(self, budget: EdgeBudget | None, tau: float, example: torch.Tensor) -> Removal:
         hard_zero(self.model, tau)
         self.mg = build_mask_groups(self.model, example)
+        self.crossing = find_crossing(self.model, self.split, self.mg, example)
         kind, latency = "threshold", None
         if budget is not None:
             # plan_for_budget returns the threshold plan itself when it already fits.
@@ -241,7 +269,9 @@ class BlockStructure:
                     continue
                 p, mac = layer_cost(m, set(), set())
                 params, macs = params + p, macs + mac * self.spatial.get(id(m), 0)
-        return Cost(params, macs)
+        # Removing branches never narrows the stream: every crossing channel stays.
+        crossing = edge_output_shape(self.model, self.split, tuple(self.example.shape[1:]))[0]
+        return Cost(params, macs, crossing)
 
     def _latency_without(self, dead: list[str], limit: LatencyLimit) -> float:
         @torch.no_grad()

@@ -57,7 +57,15 @@ class UplinkQuant(nn.Module):
         self.register_buffer("signed", torch.tensor(False))
         self.register_buffer("initialised", torch.tensor(False))
         self.emit = "fake"
-        """``fake`` (dequantized floats, training and torch inference) or ``codes`` (uint8)."""
+        """``fake`` (dequantized floats, training and torch inference), ``codes`` (uint8, the
+        exported edge) or ``bypass`` (the unquantized features, to calibrate on)."""
+        self._frozen_signed: bool | None = None
+
+    def emit_codes(self) -> None:
+        """From now on send the uint8 codes (an export's copy of the edge); the range's sign is
+        read once here, so a traced export holds no data-dependent branch."""
+        self._frozen_signed = bool(self.signed)
+        self.emit = "codes"
 
     @property
     def levels(self) -> int:
@@ -81,15 +89,18 @@ class UplinkQuant(nn.Module):
 
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(lo, hi) per channel, shaped 1 x C x 1 x 1, hi at least MIN_RANGE above lo."""
-        lo = self.lo if bool(self.signed) else self.lo.detach()
+        signed = self._frozen_signed if self._frozen_signed is not None else bool(self.signed)
+        lo = self.lo if signed else self.lo.detach()
         hi = torch.maximum(self.hi, lo.detach() + MIN_RANGE)
         return lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.initialised):
-            self.calibrate(x)
+        if self.emit == "bypass":
+            return x
         if self.emit == "codes":
             return self.codes(x)
+        if self.training and not bool(self.initialised):
+            self.calibrate(x)  # the first training batch, when nobody calibrated before
         lo, hi = self.bounds()
         step = (hi - lo) / self.levels
         clipped = torch.minimum(torch.maximum(x, lo), hi)
