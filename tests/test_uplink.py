@@ -258,3 +258,30 @@ def test_a_model_with_its_own_forward_cannot_take_the_quantizer() -> None:
             split="features.14",
             config={"uplink": {"bits": 4}},
         )
+
+
+def test_uplink_plan_takes_only_crossing_channels_and_keeps_round_to() -> None:
+    """The uplink limit removes the lowest-ranked channels of the split's stream and nothing
+    else; kept widths stay multiples of round_to; a limit below one such width is refused."""
+    from patrol_compress.pruning.budget import UplinkLimit, ranking_scores, uplink_plan
+    from patrol_compress.pruning.structure import ChannelStructure
+
+    from .helpers import tiny_resnet
+
+    model = tiny_resnet()
+    example = torch.rand(2, 3, 32, 32)
+    structure = ChannelStructure(model, 4, 1.0, example, round_to=4)
+    crossing = structure.crossing
+    assert len(crossing.groups) == 1 and crossing.fixed == 0
+    stream = crossing.groups[0]
+    width = len(structure.mg.groups[stream][0].idxs)
+    scores = ranking_scores(structure.mg)
+    limit = UplinkLimit(bits=2 * POSITIONS * 10, value_bits=2, positions=POSITIONS)
+    plan = uplink_plan(scores, crossing, limit, round_to=4)
+    assert plan is not None
+    assert all(not idxs for g, idxs in enumerate(plan) if g != stream)
+    kept = width - len(plan[stream])
+    assert kept == 8  # at most 10 fit; a multiple of 4
+    lowest = sorted(range(width), key=lambda i: float(scores[stream][i]))[: width - kept]
+    assert sorted(plan[stream]) == sorted(lowest)
+    assert uplink_plan(scores, crossing, UplinkLimit(2 * POSITIONS * 3, 2, POSITIONS), 4) is None

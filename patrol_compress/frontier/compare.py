@@ -45,6 +45,8 @@ class Record:
     accuracy: float
     psnr: list[float]
     ssim: list[float]
+    uplink_bits: int | None = None
+    """Bits one image's uplink can carry at most (the edge report's ``uplink_bits_max``)."""
 
 
 Front = list[tuple[float, float]]
@@ -154,6 +156,18 @@ def verdict(baseline: str, method: str, fronts: dict[str, Front]) -> str:
     )
 
 
+def bit_labels(records: list[Record], methods: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Per method, the uplink bound of each knob value's point, keyed as the svg looks it up
+    (its mean accuracy): the plane's third axis."""
+    out: dict[str, dict[str, str]] = {}
+    for (m, _), rs in _groups(records).items():
+        bits = [r.uplink_bits for r in rs if r.uplink_bits is not None]
+        if m in methods and bits:
+            key = f"{float(np.mean([r.accuracy for r in rs])):.6f}"
+            out.setdefault(m, {})[key] = f"{int(round(float(np.mean(bits))))} b"
+    return out
+
+
 def compare(
     records: list[Record], metric: str, baseline: str, method: str, n_boot: int, seed: int = 0
 ) -> dict[str, Any]:
@@ -182,6 +196,7 @@ def compare(
         "resamples": RESAMPLES,
         "frontiers": fronts,
         "points": {m: pts[m] for m in (baseline, method)},
+        "labels": bit_labels(records, (baseline, method)),
         "replicates": {
             m: [
                 {

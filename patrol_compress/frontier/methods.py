@@ -86,3 +86,19 @@ register_method(
         },
     )
 )
+register_method(
+    Method(
+        "uplink",
+        "plain pruning with a quantized uplink (usually swept by uplink.bits): what crosses the "
+        "split is b-bit codes with learned per-channel ranges",
+        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, "uplink": {"bits": 8}},
+    )
+)
+register_method(
+    Method(
+        "uplink-narrow",
+        "a 2-bit uplink whose crossing channels the budget prunes (usually swept by "
+        "budget.uplink_bits): fewer channels and fewer bits cross the split",
+        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, "uplink": {"bits": 2}},
+    )
+)

@@ -2,9 +2,11 @@
 
 A *knob* is the ``patrol:`` setting varied to span accuracy (``[METHOD:]PATH=V1,V2``,
 e.g. ``recovery_epochs=4,8,12`` or ``uplink:uplink.bits=8,4,2``); every method
-needs one. Every point's recipe is built and validated when the plan is made,
-so a misspelt path, a value the schema refuses or an unknown method is one
-line (:class:`FrontierError`) before a target is trained.
+needs one. A list setting is scaled by each value
+(``patrol:lipschitz.alphas=0.5,1,2``). Every point's recipe is built and
+validated when the plan is made, so a misspelt path, a value the schema
+refuses or an unknown method is one line (:class:`FrontierError`) before a
+target is trained.
 """
 
 from __future__ import annotations
@@ -118,13 +120,7 @@ def point_recipe(base: Recipe, point: Point, target_weights: Path | None) -> Rec
     last = point.knob.path[-1]
     if not isinstance(node, dict) or last not in node:
         raise FrontierError(f"--knob {point.knob.label}: patrol has no '{last}'")
-    old = node[last]
-    integral = isinstance(old, int) and not isinstance(old, bool)
-    if integral and point.value != int(point.value):
-        raise FrontierError(
-            f"--knob {point.knob.label}={point.value:g}: patrol.{point.knob.label} is an integer"
-        )
-    node[last] = int(point.value) if integral else point.value
+    node[last] = _knob_value(node[last], point)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -133,6 +129,25 @@ def point_recipe(base: Recipe, point: Point, target_weights: Path | None) -> Rec
         raise FrontierError(
             f"--knob {point.knob.label}={point.value:g} ({point.method}): {where}: {first['msg']}"
         ) from None
+
+
+def _knob_value(old: Any, point: Point) -> Any:
+    """The setting's new value: the knob's value, as an integer where the setting is one
+    (or unset and the value whole), and for a list of numbers the list scaled by it
+    (``lipschitz.alphas=0.5,1,2`` halves and doubles the recipe's per-block weights)."""
+    v = point.value
+    if isinstance(old, list):
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in old):
+            raise FrontierError(f"--knob {point.knob.label}: not a list of numbers to scale")
+        return [x * v for x in old]
+    integral = isinstance(old, int) and not isinstance(old, bool)
+    if integral and v != int(v):
+        raise FrontierError(
+            f"--knob {point.knob.label}={v:g}: patrol.{point.knob.label} is an integer"
+        )
+    if integral or (old is None and float(v).is_integer()):
+        return int(v)
+    return v
 
 
 def plan_points(

@@ -30,26 +30,29 @@ def summary_table(
     for r in records:
         groups.setdefault((r.method, r.value), []).append(r)
     out = [
-        "| method | knob | replicates (t/s) | accuracy % | PSNR dB | SSIM |",
-        "|---|---|---|---|---|---|",
+        "| method | knob | replicates (t/s) | uplink bits/image | accuracy % | PSNR dB | SSIM |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (m, v), rs in groups.items():
         rs = sorted(rs, key=lambda r: (r.target_seed, r.seed))
         reps = ", ".join(f"{r.target_seed}/{r.seed}" for r in rs)
+        bits = sorted({r.uplink_bits for r in rs if r.uplink_bits is not None})
+        shown = "-" if not bits else "/".join(f"{b:,}" for b in bits)
         out.append(
-            f"| {m} | {v:g} | {reps} | {_cell([r.accuracy * 100 for r in rs], '.1f')} | "
+            f"| {m} | {v:g} | {reps} | {shown} | {_cell([r.accuracy * 100 for r in rs], '.1f')} | "
             f"{_cell([float(np.mean(r.psnr)) for r in rs], '.2f')} | "
             f"{_cell([float(np.mean(r.ssim)) for r in rs], '.3f')} |"
         )
     for label, ref in refs.items():
         out.append(
-            f"| {label} (reference) | - | {ref['replicates']} | "
+            f"| {label} (reference) | - | {ref['replicates']} | {ref.get('uplink_bits', '-')} | "
             f"{_cell([a * 100 for a in ref['accuracy']], '.1f')} | "
             f"{_cell(ref['psnr'], '.2f')} | {_cell(ref['ssim'], '.3f')} |"
         )
     for label, f in floors.items():
         out.append(
-            f"| floor: {label.replace('_', ' ')} | - | - | - | {f['psnr']:.2f} | {f['ssim']:.3f} |"
+            f"| floor: {label.replace('_', ' ')} | - | - | - | - | {f['psnr']:.2f} | "
+            f"{f['ssim']:.3f} |"
         )
     return out
 

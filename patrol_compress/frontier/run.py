@@ -249,6 +249,7 @@ def record_of(report: dict[str, Any], p: Point) -> Record:
         float(report["accuracy"]["value"]),
         list(best["per_image"]["psnr"]),
         list(best["per_image"]["ssim"]),
+        (report.get("edge") or {}).get("uplink_bits_max"),
     )
 
 
@@ -317,6 +318,7 @@ def _references(plan: FrontierPlan, reports: dict[str, dict[str, Any]]) -> dict[
             "accuracy": [float(r["accuracy"]["value"]) for r in rs],
             "psnr": [float(r["strongest"]["psnr"]) for r in rs],
             "ssim": [float(r["strongest"]["ssim"]) for r in rs],
+            "uplink_bits": f"{int(rs[0]['edge'].get('uplink_bits_max') or 0):,}",
         }
     return refs
 
