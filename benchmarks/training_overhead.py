@@ -1,15 +1,17 @@
 """Training overhead of PATROL: seconds per PATROL epoch over a plain fine-tuning epoch.
 
 Both are measured in the same run, on the same data, model and batch sampler,
-through the project's own training code: ``train_target`` (the plain
-supervised step) and ``patrol_finetune`` (masks + FISTA, fused Lipschitz pass,
-surrogate attacker with its periodic retraining, budget steering). A PATROL
-"epoch" is averaged over ``adversary_every`` epochs so the surrogate's
-retraining is amortised as it is in a real run. Each configuration is timed
-``--repeats`` times, interleaved, and the median is kept; each repeat's
-PATROL time over the plain time measured just before it (the paired ratio) is
-printed too, with the load average, since a busy or drifting machine moves
-the ratio by about 10% between repeats here.
+through the project's own stages: ``train_target`` (the plain supervised
+step) and the recipe's PATROL stage itself, i.e. the pruner
+``pipeline.training_pruner`` builds (the recipe's structure: ``round_to``,
+``rank``, budget, surrogate, uplink) driven by ``patrol_finetune`` (masks +
+FISTA, fused Lipschitz pass, surrogate attacker with its periodic retraining,
+budget steering). A PATROL "epoch" is averaged over ``adversary_every``
+epochs so the surrogate's retraining is amortised as it is in a real run.
+The two are timed ``--repeats`` times, interleaved; the headline is the
+median of the paired ratios (each repeat's PATROL time over the plain time
+measured just before it), since a busy or drifting machine moves the ratio
+by about 10% between repeats here; the load average is printed too.
 
 Target (issue): <= 2.0x at split 4.
 
@@ -20,7 +22,6 @@ Target (issue): <= 2.0x at split 4.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shlex
 import statistics
@@ -33,12 +34,11 @@ from typing import Any
 import torch
 
 from patrol_compress.data import build_data
-from patrol_compress.io import package_versions, write_json, write_text
-from patrol_compress.pipeline import fresh_model
-from patrol_compress.pruning.budget import resolve_budget
-from patrol_compress.pruning.patrol import PatrolParts, build_surrogate, patrol_finetune
-from patrol_compress.pruning.structure import make_structure
-from patrol_compress.recipe import Recipe, load_recipe, with_privacy_terms
+from patrol_compress.io import write_json, write_text
+from patrol_compress.pipeline import fresh_model, training_pruner
+from patrol_compress.provenance import provenance
+from patrol_compress.pruning.patrol import patrol_finetune
+from patrol_compress.recipe import Recipe, dump_recipe, load_recipe, with_privacy_terms
 from patrol_compress.train.target import train_target
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,22 +72,15 @@ def time_plain(recipe: Recipe, data: Any, epochs: int, folder: Path) -> float:
 
 
 def time_patrol(recipe: Recipe, data: Any, split: int, epochs: int, folder: Path) -> float:
-    patrol = recipe.patrol.model_copy(update={"split": split, "epochs": epochs})
+    """Seconds per epoch of the recipe's own PATROL stage at ``split`` (no shortcut)."""
+    budget = recipe.patrol.budget
+    if budget is not None and (budget.fit_split or 0) >= split:
+        budget = None  # a shallower split has no smaller split's budget to fit
+    patrol = recipe.patrol.model_copy(update={"split": split, "epochs": epochs, "budget": budget})
     r = recipe.model_copy(update={"patrol": patrol})
-    model = fresh_model(r, data)
-    shape = (data.channels, data.image_size, data.image_size)
-    example = torch.rand(2, *shape)
-    budget = None
-    if patrol.budget is not None and (patrol.budget.fit_split or 0) < split:
-        budget = resolve_budget(patrol.budget, copy.deepcopy(model), shape)
-    structure = make_structure(patrol.granularity, model, split, patrol.mask_init, example)
-    surrogate = (
-        build_surrogate(model, split, shape, patrol.adversarial.adversary_width)
-        if patrol.adversarial.enabled
-        else None
-    )
+    pruner = training_pruner(r, data, fresh_model(r, data), None)
     start = time.perf_counter()
-    patrol_finetune(PatrolParts(model, structure, surrogate), data, r, folder, budget, False, True)
+    patrol_finetune(pruner, data, r, folder, pruner.budget, False, True)
     return (time.perf_counter() - start) / epochs
 
 
@@ -115,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     for k in splits:
         sec = statistics.median(patrol[k])
         # Each repeat's PATROL time over the plain time measured just before it:
-        # how far the ratio moves with the machine's state within this run.
+        # the headline is their median, their range how far the machine moved it.
         paired = [p / q for p, q in zip(patrol[k], plain, strict=True)]
         rows.append(
             {
                 "split": k,
                 "patrol_s_per_epoch": sec,
                 "plain_s_per_epoch": base,
-                "ratio": sec / base,
+                "ratio": statistics.median(paired),
+                "ratio_of_medians": sec / base,
                 "ratio_per_repeat": paired,
             }
         )
@@ -135,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "epochs_averaged": epochs,
         "train_images": len(data.train),
-        "versions": package_versions(),
+        "provenance": provenance(f"python benchmarks/{command}", dump_recipe(recipe)),
         "rows": rows,
         "target_ratio_split4": 2.0,
         "load_average_start": load_start,
@@ -155,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average (1/5/15 min) at start {_load(load_start)}, at end "
         f"{_load(report['load_average_end'])}.",
         "",
-        "| split | PATROL s/epoch | plain s/epoch | ratio | ratio per repeat (min-max) |",
+        "| split | PATROL s/epoch | plain s/epoch | median paired ratio | paired (min-max) |",
         "|---|---|---|---|---|",
     ]
     lines += [

@@ -345,7 +345,7 @@ def _patrol_stages(
     metrics: dict[str, Any],
 ) -> BlockNet:
     """PATROL fine-tuning, removal and recovery, each a resumable stage driving one pruner."""
-    pruner = _training_pruner(recipe, data, target, budget)
+    pruner = training_pruner(recipe, data, target, budget)
     _patrol_stage(recipe, data, run, pruner, resume, quiet)
     summary_path = run / PATROL_DIR / PATROL_SUMMARY_FILE
     summary = read_json(summary_path)
@@ -403,10 +403,11 @@ def evaluation_images(data: DataBundle) -> torch.Tensor:
     return torch.stack(images)
 
 
-def _training_pruner(
+def training_pruner(
     recipe: Recipe, data: DataBundle, target: BlockNet, budget: EdgeBudget | None
 ) -> PatrolPruner:
-    """A pruner on a copy of the target, with the surrogate the recipe asks for.
+    """The PATROL stage's pruner: on a copy of the target, with the surrogate the recipe asks
+    for (benchmarks time the stage through this very function).
 
     Seeded whether or not there is a surrogate to initialise: the stage's
     random draws must not depend on what ran before it in this process.
