@@ -408,6 +408,7 @@ def bench(
         "edge_macs": manifest["edge"].get("macs"),
         "weight_bytes": manifest["edge"].get("weight_bytes"),
         "bytes_sent_per_image": sent,
+        "uplink_bits_max": (manifest.get("uplink") or {}).get("uplink_bits_max"),
         "uplink_mbps": uplink_mbps,
         "transfer_ms_per_image": round(per_transfer, 4) if per_transfer is not None else None,
         "rss_method": rss_method,

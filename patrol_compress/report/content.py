@@ -48,6 +48,12 @@ PLANE_GUIDE = (
     "Points of one series are joined in order of defense strength (then split). "
     "The dashed line is the mean-image baseline. Good defenses sit low and to the right."
 )
+EDGE_GUIDE = (
+    "The edge runs the stem and the first split stages; bytes sent are what it uploads per "
+    "image (fp32 features, or the packed codes of a quantized uplink). Uplink bits is a hard "
+    "bound: one image's uplink carries at most that many bits, so no attacker, present or "
+    "future, can learn more than that about the image from what crosses the split."
+)
 QUANTIZATION_GUIDE = (
     "The same edge exported in fp32 and int8 (patrol-compress export --precision int8), each "
     "attacked by the adaptive attack, which trains on what that artifact actually sends (the "

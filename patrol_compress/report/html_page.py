@@ -13,6 +13,7 @@ import json
 from html import escape
 
 from patrol_compress.report.content import (
+    EDGE_GUIDE,
     PLANE_GUIDE,
     QUANTIZATION_GUIDE,
     READING_GUIDE,
@@ -83,8 +84,7 @@ def render_html(report: Report) -> str:
         parts.append(f'<p class="note unplotted">{escape(report.unplotted_note)}</p>')
     parts += [
         '<h2 id="edge-section">Edge partition</h2>',
-        '<p class="note">The edge runs the stem and the first <i>split</i> stages; '
-        "bytes sent are the fp32 features it uploads per image.</p>",
+        f'<p class="note">{escape(EDGE_GUIDE)}</p>',
         _table(report.edge, report),
         '<h2 id="grids-section">Reconstruction grids</h2>',
         *_grids(report),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from patrol_compress.report.content import (
+    EDGE_GUIDE,
     PLANE_GUIDE,
     QUANTIZATION_GUIDE,
     READING_GUIDE,
@@ -66,8 +67,7 @@ def render_markdown(report: Report, assets: Assets) -> str:
     lines += [
         "## Edge partition",
         "",
-        "The edge runs the stem and the first *split* stages; bytes sent are the fp32 "
-        "features it uploads per image.",
+        EDGE_GUIDE,
         "",
         *_table(report.edge),
         "",

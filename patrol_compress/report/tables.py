@@ -88,6 +88,7 @@ def edge_table(points: list[Point]) -> Table:
         "weight bytes (fp32)",
         "MACs / image",
         "bytes sent / image",
+        "uplink bits / image (bound)",
         "budget params",
         "budget from split",
     ]
@@ -105,6 +106,7 @@ def edge_table(points: list[Point]) -> Table:
                 count(edge.get("weight_bytes"), " B"),
                 count(edge.get("macs")),
                 count(edge.get("bytes_sent"), " B"),
+                count(edge.get("uplink_bits_max")),
                 count(budget.get("params")),
                 MISSING if budget.get("fit_split") is None else str(budget["fit_split"]),
             ]
