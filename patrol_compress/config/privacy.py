@@ -34,7 +34,8 @@ class BlackboxConfig(StrictModel):
 
     Strength is set here, never by the victim: ``families`` are the decoder
     families trained (:mod:`patrol_compress.attacks.decoders`), and the
-    strongest on the evaluation images is reported. ``upsample`` and ``lift``
+    one with the highest PSNR on the attacker's own validation images is
+    reported (the evaluation images only score). ``upsample`` and ``lift``
     have ``base_width`` channels at the feature map's resolution whatever the
     edge's (pruned) width; ``mirror`` follows the edge's shapes, capped by
     ``max_width`` and floored by ``min_width``.

@@ -55,15 +55,21 @@ def attack_point(
     out: Path,
     log: Log,
     label: str | None = None,
+    quiet: bool = True,
 ) -> dict[str, Any]:
-    """The attack of ``run`` at ``split`` into ``out`` (resumed from its finished parts)."""
+    """The attack of ``run`` at ``split`` into ``out`` (resumed from its finished parts).
+
+    ``quiet=False`` prints the attack's own progress lines (part, epoch,
+    validation score, estimate): a frontier point's attack runs for many
+    minutes, and a shard log with one line per point left its reader guessing.
+    """
     from patrol_compress.attacks import attack
 
     if (out / ATTACK_FILE).is_file():
         return dict(read_json(out / ATTACK_FILE))
     start = time.perf_counter()
     resume = (out / ".attack-parts").is_dir()
-    report = attack(run, attacks, split, cfg, out, label, quiet=True, resume=resume)
+    report = attack(run, attacks, split, cfg, out, label, quiet=quiet, resume=resume)
     s = report["strongest"]
     log(
         f"{out.name}: acc {report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']}/"

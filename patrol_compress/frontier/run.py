@@ -200,7 +200,14 @@ def _reference(
     target = _target(plan, work, t, progress)
     folder = work / "points" / f"none-split{k}-t{t}"
     report = attack_point(
-        target, k, plan.attack, plan.attacks, folder, progress.say, f"no defense split {k} t{t}"
+        target,
+        k,
+        plan.attack,
+        plan.attacks,
+        folder,
+        progress.say,
+        f"no defense split {k} t{t}",
+        quiet=progress.log is None,
     )
     write_provenance(
         folder,
@@ -222,7 +229,14 @@ def _point(
     recipe = point_recipe(plan.recipe, p, target)
     run = ensure_prune(recipe, work / "runs" / p.name, progress.say)
     report = attack_point(
-        run, recipe.patrol.split, plan.attack, plan.attacks, folder, progress.say, p.name
+        run,
+        recipe.patrol.split,
+        plan.attack,
+        plan.attacks,
+        folder,
+        progress.say,
+        p.name,
+        quiet=progress.log is None,
     )
     write_provenance(
         folder,
