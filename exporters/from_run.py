@@ -19,7 +19,7 @@ from .int8 import DEFAULT_CALIBRATION_IMAGES, MAX_DROP_POINTS
 from .partitions import check_target, export_partitions
 
 if TYPE_CHECKING:
-    from patrol_compress.recipe import ExportConfig, Recipe
+    from patrol_compress.config.recipe import ExportConfig, Recipe
 
     from .int8 import Int8Data
 
@@ -45,7 +45,7 @@ def run_recipe(run_dir: Path) -> tuple[Recipe, Path] | None:
     That is ``RUN/recipe.resolved.yaml``, or the parent's for a prune run's
     ``RUN/target`` (the same lookup as ``attack``).
     """
-    from patrol_compress.recipe import load_recipe
+    from patrol_compress.config.recipe import load_recipe
 
     for folder in (run_dir, run_dir.parent):
         if (folder / RECIPE_FILE).is_file():
@@ -55,7 +55,7 @@ def run_recipe(run_dir: Path) -> tuple[Recipe, Path] | None:
 
 def recipe_export_settings(run_dir: Path) -> ExportConfig:
     """The ``export:`` section of the recipe the run was made with, else the defaults."""
-    from patrol_compress.recipe import ExportConfig
+    from patrol_compress.config.recipe import ExportConfig
 
     found = run_recipe(run_dir)
     return found[0].export if found is not None else ExportConfig()

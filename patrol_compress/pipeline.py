@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from patrol_compress import distributed
+from patrol_compress.config.recipe import Recipe
 from patrol_compress.contracts import (
     ACCURACY_FILE,
     CHECKPOINTS_DIR,
@@ -52,7 +53,6 @@ from patrol_compress.pruning.budget import BudgetConfig, EdgeBudget
 from patrol_compress.pruning.masks import mask_summary
 from patrol_compress.pruning.patrol import StageSettings, make_surrogate, patrol_finetune
 from patrol_compress.pruning.pruner import PatrolPruner
-from patrol_compress.recipe import Recipe
 from patrol_compress.run import (
     load_resized,
     load_run_model,

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from patrol_compress.config.recipe import ModelConfig
 from patrol_compress.contracts import META_FILE, MODEL_FILE
 from patrol_compress.errors import ArtifactError, ModelError
 from patrol_compress.io import atomic_path, contained_file, read_json, sha256_file, write_json
@@ -37,7 +38,6 @@ from patrol_compress.models import BlockNet, build_model
 from patrol_compress.models.factory import key_mismatch
 from patrol_compress.models.head import ReidHead
 from patrol_compress.models.residual import remove_residual_branches
-from patrol_compress.recipe import ModelConfig
 from patrol_compress.uplink.quant import UplinkQuant
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_BELOW_PIPELINE = ("attacks", "defenses", "report")
 ABOVE_THEM = ("patrol_compress.pipeline", "patrol_compress.pruning.patrol")
+# Compatibility re-exports of patrol_compress.config, kept for users' imports only.
+CONFIG_SHIMS = ("patrol_compress.recipe", "patrol_compress.privacy_config")
 
 
 def _modules() -> dict[str, Path]:
@@ -116,6 +118,18 @@ def test_attacks_defenses_and_report_do_not_import_the_pipeline_or_patrol_traini
         if name.split(".")[1:2] and name.split(".")[1] in JOBS_BELOW_PIPELINE:
             for target in _imports(name, path, module_level=False):
                 if target in ABOVE_THEM:
+                    bad.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert bad == []
+
+
+def test_the_library_imports_the_config_package_not_its_shims() -> None:
+    """``patrol_compress.recipe`` and ``.privacy_config`` are for users: the package itself
+    imports :mod:`patrol_compress.config`, so a shim can never sit inside a cycle."""
+    bad = []
+    for name, path in MODULES.items():
+        if name not in CONFIG_SHIMS:
+            for target in _imports(name, path, module_level=False):
+                if target in CONFIG_SHIMS:
                     bad.append(f"{path.relative_to(ROOT)} -> {target}")
     assert bad == []
 

@@ -447,7 +447,7 @@ def reusable(ctx: AttackContext, source: ArtifactSource, will_run_blackbox: bool
     """
     if not source.same_function:
         return False
-    from patrol_compress.privacy_config import BlackboxConfig
+    from patrol_compress.config.privacy import BlackboxConfig
 
     own = BlackboxConfig.model_fields.keys()
     mine = {k: v for k, v in ctx.config.adaptive.model_dump().items() if k in own}

@@ -23,6 +23,8 @@ from patrol_compress.attacks.base import ATTACKS, AttackContext, AttackError
 from patrol_compress.attacks.data import AttackData, build_attack_data
 from patrol_compress.attacks.parts import PartStore
 from patrol_compress.attacks.progress import AttackProgress
+from patrol_compress.config.privacy import AttackConfig, load_attack_config
+from patrol_compress.config.recipe import Recipe, load_recipe
 from patrol_compress.contracts import (
     ATTACK_FILE,
     ATTACK_GRID,
@@ -47,8 +49,6 @@ from patrol_compress.metrics.image import (
 )
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import check_split
-from patrol_compress.privacy_config import AttackConfig, load_attack_config
-from patrol_compress.recipe import Recipe, load_recipe
 from patrol_compress.record_pair import replace_pair
 
 DEFAULT_ATTACKS = ("blackbox", "whitebox", "adaptive")

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from patrol_compress.config.privacy import AttackConfig, DefenseSweep
+from patrol_compress.config.recipe import Recipe
 from patrol_compress.contracts import (
     ATTACK_FILE,
     DEFENSES_DIR,
@@ -32,8 +34,6 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.errors import ArtifactError, RecipeError
 from patrol_compress.io import read_json, write_json
-from patrol_compress.privacy_config import AttackConfig, DefenseSweep
-from patrol_compress.recipe import Recipe
 
 if TYPE_CHECKING:  # torch is imported where a sweep runs, not for the CLI's --help
     import torch

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from patrol_compress.config.privacy import AttackConfig
+from patrol_compress.config.recipe import Recipe, dump_recipe
 from patrol_compress.contracts import ATTACK_FILE, MODEL_FILE
 from patrol_compress.errors import PatrolError
 from patrol_compress.frontier.compare import Record, compare
@@ -53,8 +55,6 @@ from patrol_compress.frontier.points import (
 )
 from patrol_compress.frontier.render import comparison_line, summary_table, svg
 from patrol_compress.io import read_json, write_json, write_text
-from patrol_compress.privacy_config import AttackConfig
-from patrol_compress.recipe import Recipe, dump_recipe
 
 PINNED_RECIPE = "frontier.recipe.yaml"
 """The work folder's recipe, the frontier's attack settings in its ``attack:`` section."""
@@ -148,7 +148,7 @@ def _pin(work: Path, plan: FrontierPlan) -> Recipe:
     defaults, change nothing and are accepted; anything else is refused.
     Returns the recipe every point is built from.
     """
-    from patrol_compress.recipe import parse_recipe
+    from patrol_compress.config.recipe import parse_recipe
 
     recipe = plan.recipe.model_copy(update={"attack": plan.attack})
     path = work / PINNED_RECIPE

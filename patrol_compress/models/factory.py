@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from patrol_compress.config.recipe import BlocksConfig, ModelConfig
 from patrol_compress.errors import ModelError, first_line
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.head import ReidHead, Task
 from patrol_compress.models.resnet import resnet_backbone
 from patrol_compress.models.traced import TracedNet, check_traced, trace_stages
-from patrol_compress.recipe import BlocksConfig, ModelConfig
 
 Factory = Callable[..., Any]
 """A custom architecture's factory, called with num_classes, in_channels and factory_kwargs."""

@@ -55,13 +55,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from patrol_compress.config.recipe import BudgetConfig
 from patrol_compress.errors import BudgetError
 from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning.masks import ChannelMask
 from patrol_compress.pruning.remove import MaskGroups, removable
-from patrol_compress.recipe import BudgetConfig
 
 BYTES_PER_PARAM = 4
 TIE_BREAK = 1e-4
