@@ -175,7 +175,7 @@ def test_fp16_export_halves_the_uplink_and_stays_within_tolerance(tmp_path: Path
 def test_parity_mismatch_raises_and_leaves_no_artifact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import patrol_compress.exporters.onnx as onnx_exporter
+    import patrol_compress.exporters.onnx_float as onnx_exporter
 
     real = onnx_exporter.run_onnxruntime
 
