@@ -133,9 +133,9 @@ def export_run(
     training images and must keep task accuracy within 1 point of FP32 on its
     test set, else nothing is written (unless ``allow_parity_fail``).
     ``trust_model_code`` allows importing a custom ``model.factory`` the run
-    names (:func:`patrol_compress.run.load_run_model`).
+    names (:func:`patrol_compress.models.saved.load_run_model`).
     """
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     _check_arguments(split, target, precision, calibration_images)
     check_target(target, precision)  # before loading the model: fail fast

@@ -26,7 +26,7 @@ from patrol_compress.errors import ExportError, OutputExistsError, first_line
 from patrol_compress.io import record_written, swap_in, temp_name_prefix, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
-from patrol_compress.run import state_sha256
+from patrol_compress.models.saved import state_sha256
 
 from .base import EXPORTERS, PRECISIONS, ExportJob, Precision, Target
 from .int8 import Int8Data, require_data

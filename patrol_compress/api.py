@@ -173,7 +173,7 @@ def load_model(
         model = api.load_model("runs/quick")
         logits_or_embedding = model(images)
     """
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     return load_run_model(_as_path(run_dir, "run_dir"), factory, trust_model_code)[0]
 
@@ -197,8 +197,8 @@ def partitions(
         output = cloud(features)
     """
     from patrol_compress.errors import ModelError
+    from patrol_compress.models.saved import load_run_model
     from patrol_compress.models.split import split as split_model
-    from patrol_compress.run import load_run_model
 
     if split is not None and (isinstance(split, bool) or not isinstance(split, int)):
         raise ModelError(f"split must be a whole number of stages, found {split!r}")

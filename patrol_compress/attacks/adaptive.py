@@ -280,7 +280,7 @@ def check_belongs(artifact: Path, manifest: dict[str, Any], ctx: AttackContext) 
     """
     from patrol_compress.contracts import META_FILE
     from patrol_compress.io import read_json
-    from patrol_compress.run import state_sha256
+    from patrol_compress.models.saved import state_sha256
 
     where = artifact / MANIFEST
     if manifest.get("model_sha256") is not None:

@@ -246,12 +246,12 @@ def attack(
     folder the adaptive attack queries (overrides ``adaptive.artifact``), e.g.
     an INT8 export, to measure what its uint8 uplink leaks. ``trust_model_code``
     allows importing a custom ``model.factory`` the run names
-    (:func:`patrol_compress.run.load_run_model`). ``resume`` keeps the parts an
+    (:func:`patrol_compress.models.saved.load_run_model`). ``resume`` keeps the parts an
     interrupted attack into the same ``out`` finished
     (:mod:`patrol_compress.attacks.parts`).
     Returns what ``attack.json`` holds.
     """
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     names = _names(attacks)
     precision = _artifact_precision(artifact, names)

@@ -146,13 +146,13 @@ def defend(
     ``config`` replaces the recipe's ``attack:`` section (benchmarks size the
     attacker for the machine). ``trust_model_code`` allows importing the custom
     ``model.factory`` the run's ``model.json`` names
-    (:func:`patrol_compress.run.load_run_model`).
+    (:func:`patrol_compress.models.saved.load_run_model`).
     """
     from patrol_compress.attacks.evaluate import attack_model, find_recipe
     from patrol_compress.data import build_data
     from patrol_compress.metrics.edge import edge_report
+    from patrol_compress.models.saved import load_run_model
     from patrol_compress.models.split import check_split
-    from patrol_compress.run import load_run_model
     from patrol_compress.train.loop import device
 
     run = Path(run_dir)
