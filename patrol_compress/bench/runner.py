@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.bench.manifest_check import staged_copy
 from patrol_compress.bench.memory import PeakRss
 from patrol_compress.bench.runtimes import (
     RUNTIME_NAMES,
@@ -46,6 +45,7 @@ from patrol_compress.bench.runtimes import (
     Runtime,
     runtime_version,
 )
+from patrol_compress.bench.staging import staged_copy
 from patrol_compress.bench.timing import (
     DEFAULT_SECONDS,
     DEFAULT_WARMUP_SECONDS,

@@ -91,7 +91,7 @@ def _need(root: Path, name: str, why: str, opts: dict[str, Any]) -> Path:
     ``opts["verified"]`` holds the names :func:`verify_manifest` checked; a file
     the manifest does not list (dropped from it, or added next to it) is never
     loaded. The path returned is the private copy in ``opts["stage"]`` (see
-    :func:`~patrol_compress.bench.manifest_check.staged_copy`) when there is one.
+    :func:`~patrol_compress.bench.staging.staged_copy`) when there is one.
     """
     path = root / name
     if not path.is_file():
