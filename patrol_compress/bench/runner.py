@@ -53,7 +53,7 @@ from patrol_compress.bench.timing import (
     Budget,
 )
 from patrol_compress.contracts import MANIFEST, verify_manifest
-from patrol_compress.errors import ArtifactError, OutputExistsError
+from patrol_compress.errors import ArtifactError, OutputExistsError, first_line
 from patrol_compress.io import package_versions, write_json
 from patrol_compress.machine import check_thread_count
 
@@ -236,7 +236,7 @@ def _time_batches(
                 measure(how.warmup)
                 timing = measure(how.timed)
             except Exception as exc:  # runtimes raise their own types; the user needs one line
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                first = first_line(exc)[:200]
                 raise ArtifactError(
                     f"{root}: the edge partition does not run on input shape "
                     f"{[batch, *input_shape]} (manifest.json's input_shape): {first}"

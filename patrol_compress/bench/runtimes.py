@@ -48,7 +48,7 @@ import numpy as np
 
 from patrol_compress.bench.timing import Budget, Timing, gc_paused, parallel, sequential
 from patrol_compress.contracts import EDGE_BIN, EDGE_ENGINE, EDGE_ONNX, EDGE_XML
-from patrol_compress.errors import ArtifactError, PatrolError, import_optional
+from patrol_compress.errors import ArtifactError, PatrolError, first_line, import_optional
 
 
 class BenchError(PatrolError):
@@ -111,8 +111,7 @@ def _runtime_refused(root: Path, name: str, runtime: str, exc: Exception) -> Art
     Runtimes load from a copy holding only the listed files, so a model that
     needs another file (ONNX external data the manifest does not list) fails here.
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = (lines[0] if lines else type(exc).__name__)[:200]
+    detail = first_line(exc)[:200]
     return ArtifactError(
         f"{root / name}: {runtime} cannot load it ({detail}); a corrupt model, or one that "
         "needs files manifest.json does not list (external data); re-export the artifact"

@@ -93,7 +93,7 @@ def _custom(
     try:
         net = fn(num_classes=num_classes, in_channels=in_channels, **config.factory_kwargs)
     except Exception as exc:  # the user's function: a wrong signature or its own error
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc, "")[:200]  # the type is named beside it
         raise ModelError(
             f"model.factory '{spec}' failed when called with num_classes, in_channels and "
             f"factory_kwargs: {type(exc).__name__}: {first}"
