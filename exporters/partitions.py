@@ -207,6 +207,17 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """An existing output must be a folder, and is replaced only with ``force``: checked
+    before the model is copied or anything is written, so a refused export costs nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder")
+    if out_dir.exists() and not force:
+        raise OutputExistsError(
+            f"{out_dir} already exists; pass --force to replace its export files"
+        )
+
+
 def export_partitions(
     model: BlockNet,
     split: int,
@@ -240,12 +251,7 @@ def export_partitions(
     if precision == "int8":
         _check_int8(require_data(int8), shape)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a folder")
-    if out_dir.exists() and not force:
-        raise OutputExistsError(
-            f"{out_dir} already exists; pass --force to replace its export files"
-        )
+    _check_out_dir(out_dir, force)
 
     work_model = copy.deepcopy(model).float().cpu().eval()
     edge, cloud_part = split_model(work_model, split)
