@@ -130,7 +130,7 @@ def build_variants(
     """
     if args.pruned_run:
         from patrol_compress.io import read_json
-        from patrol_compress.run import load_run_model
+        from patrol_compress.models.saved import load_run_model
 
         runs = [_parse_run(spec) for spec in args.pruned_run]
         target, info = load_run_model(runs[0][1] / "target")

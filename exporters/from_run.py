@@ -19,7 +19,7 @@ from .int8 import DEFAULT_CALIBRATION_IMAGES, MAX_DROP_POINTS
 from .partitions import check_target, export_partitions
 
 if TYPE_CHECKING:
-    from patrol_compress.recipe import ExportConfig, Recipe
+    from patrol_compress.config.recipe import ExportConfig, Recipe
 
     from .int8 import Int8Data
 
@@ -45,7 +45,7 @@ def run_recipe(run_dir: Path) -> tuple[Recipe, Path] | None:
     That is ``RUN/recipe.resolved.yaml``, or the parent's for a prune run's
     ``RUN/target`` (the same lookup as ``attack``).
     """
-    from patrol_compress.recipe import load_recipe
+    from patrol_compress.config.recipe import load_recipe
 
     for folder in (run_dir, run_dir.parent):
         if (folder / RECIPE_FILE).is_file():
@@ -55,7 +55,7 @@ def run_recipe(run_dir: Path) -> tuple[Recipe, Path] | None:
 
 def recipe_export_settings(run_dir: Path) -> ExportConfig:
     """The ``export:`` section of the recipe the run was made with, else the defaults."""
-    from patrol_compress.recipe import ExportConfig
+    from patrol_compress.config.recipe import ExportConfig
 
     found = run_recipe(run_dir)
     return found[0].export if found is not None else ExportConfig()
@@ -133,9 +133,9 @@ def export_run(
     training images and must keep task accuracy within 1 point of FP32 on its
     test set, else nothing is written (unless ``allow_parity_fail``).
     ``trust_model_code`` allows importing a custom ``model.factory`` the run
-    names (:func:`patrol_compress.run.load_run_model`).
+    names (:func:`patrol_compress.models.saved.load_run_model`).
     """
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     _check_arguments(split, target, precision, calibration_images)
     check_target(target, precision)  # before loading the model: fail fast

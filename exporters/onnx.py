@@ -1,143 +1,28 @@
-"""ONNX export of the edge and cloud partitions, checked against torch.
+"""The ``onnx`` target: edge.onnx and cloud.onnx at the job's precision.
 
-Exporter choice: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``).
-Measured on the target machine (``docs/measurements.md``, "Splitting and
-export") it exports a partition in ~0.1-0.3 s against ~3-7 s for the dynamo
-exporter, writes exactly the requested opset (dynamo writes opset 20 and
-down-converts through a fallback path with a warning), writes one self-contained
-file, and folds BatchNorm into the convolutions. Both gave ORT parity <= 3e-6,
-so nothing is lost in numbers, and exports run in every test. The TorchScript
-exporter is deprecated; torch is pinned below 2.15 in pyproject, where it still
-ships, and every export is checked by ``onnx.checker`` and by ORT parity, so a
-torch that changes its behaviour fails loudly here rather than producing a wrong
-artifact.
-
-The partitions arrive as deep copies in eval mode (see ``docs/measurements.md``:
-the exporter restores a container's mode and would flip shared BatchNorms to
-training).
+fp32 and fp16 are written by :mod:`.onnx_float`, INT8 by :mod:`.onnx_int8`
+(which quantizes :mod:`.onnx_float`'s fp32 files). This module only chooses
+between them and registers the target, so the imports run one way: the target
+imports both exports, the INT8 export imports the float one, and the float
+export imports neither. The ONNX file tools stay importable from here
+(``run_onnxruntime``, ``check_onnx_file``, ``torch_to_onnx``), the path
+users' code and the examples use.
 """
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
+from .base import EXPORTERS, ExportJob, Target
+from .onnx_float import check_onnx_file, export_onnx_float, run_onnxruntime, torch_to_onnx
+from .onnx_int8 import export_onnx_int8
 
-import numpy as np
-import onnx
-import torch
-from torch import nn
-
-from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
-from patrol_compress.errors import ExportError, first_line
-
-from .base import EXPORTERS, INPUT_NAME, OUTPUT_NAME, ExportJob, Target
-from .fp16 import convert_to_fp16
-from .parity import check_parity
-
-_ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(uint8)": np.uint8,
-}
-
-
-def torch_to_onnx(
-    module: nn.Module,
-    input_shape: tuple[int, ...],
-    path: Path,
-    opset: int,
-    dtype: torch.dtype = torch.float32,
-) -> None:
-    """Export ``module`` (eval mode) to one ONNX file with a dynamic batch dimension.
-
-    ``dtype`` is the input's: uint8 for a cloud that receives quantized-uplink codes.
-    """
-    example = torch.zeros(2, *input_shape, dtype=dtype)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The deprecation notice of the TorchScript exporter is expected (see above).
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                do_constant_folding=True,
-                training=torch.onnx.TrainingMode.EVAL,
-            )
-    except Exception as exc:  # torch raises many types; the user needs one line
-        first = first_line(exc)
-        raise ExportError(f"torch.onnx.export failed for {path.name}: {first}") from exc
-
-
-def check_onnx_file(path: Path) -> None:
-    """Run the ONNX checker and refuse weights stored outside the file."""
-    siblings = [p.name for p in path.parent.glob(f"{path.name}.data")]
-    model = onnx.load(str(path), load_external_data=False)
-    external = [
-        t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-    ]
-    if external or siblings:
-        raise ExportError(
-            f"{path.name}: weights were written to external data ({(external or siblings)[:3]}); "
-            "expected a single self-contained file"
-        )
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        first = first_line(exc, "invalid model")
-        raise ExportError(f"{path.name}: onnx.checker rejected the model: {first}") from None
-
-
-def run_onnxruntime(path: Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Run an ONNX file on ORT's CPU provider; ``x`` is cast to the model's input type."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    dtype = _ORT_DTYPES.get(inp.type)
-    if dtype is None:
-        raise ExportError(f"{path.name}: unexpected input type {inp.type}")
-    return np.asarray(session.run(None, {inp.name: x.astype(dtype)})[0])
-
-
-def _to_fp16_file(path: Path, keep: str) -> None:
-    model = onnx.load(str(path))
-    onnx.save(convert_to_fp16(model, keep_fp32=[keep]), str(path))
+__all__ = ["check_onnx_file", "export_onnx", "run_onnxruntime", "torch_to_onnx"]
 
 
 def export_onnx(job: ExportJob) -> list[str]:
     """Write edge.onnx and cloud.onnx at ``job.precision`` and check both with ORT."""
     if job.precision == "int8":
-        from .onnx_int8 import export_onnx_int8
-
         return export_onnx_int8(job)
-    edge_path = job.work_dir / EDGE_ONNX
-    cloud_path = job.work_dir / CLOUD_ONNX
-    torch_to_onnx(job.edge, job.input_shape, edge_path, job.opset)
-    cloud_in = torch.uint8 if job.uplink is not None else torch.float32
-    torch_to_onnx(job.cloud, tuple(job.edge_ref.shape[1:]), cloud_path, job.opset, cloud_in)
-    if job.precision == "fp16":
-        # A quantized uplink's uint8 codes stay uint8: only float tensors become fp16.
-        _to_fp16_file(edge_path, keep=INPUT_NAME)
-        _to_fp16_file(cloud_path, keep=OUTPUT_NAME)
-    for path in (edge_path, cloud_path):
-        check_onnx_file(path)
-    edge_out = run_onnxruntime(edge_path, job.sample)
-    check_parity(f"{EDGE_ONNX} (onnxruntime)", edge_out, job.edge_ref, job.precision)
-    if edge_out.dtype != np.dtype(job.sent_dtype):
-        raise ExportError(f"{EDGE_ONNX}: output type {edge_out.dtype}, expected {job.sent_dtype}")
-    cloud_out = run_onnxruntime(cloud_path, job.edge_ref)
-    check_parity(f"{CLOUD_ONNX} (onnxruntime)", cloud_out, job.cloud_ref, job.precision)
-    return [EDGE_ONNX, CLOUD_ONNX]
+    return export_onnx_float(job)
 
 
 EXPORTERS.add(

@@ -53,6 +53,7 @@ from .int8 import (
     quiet_tools,
     require_data,
 )
+from .onnx_float import check_onnx_file, export_onnx_float
 
 
 def _producer(graph: onnx.GraphProto, name: str) -> onnx.NodeProto | None:
@@ -208,14 +209,12 @@ def _threads() -> int:
 
 def export_onnx_int8(job: ExportJob) -> list[str]:
     """Write INT8 edge.onnx (float in, uint8 out) and cloud.onnx (uint8 in), parity-judged."""
-    from .onnx import check_onnx_file, export_onnx
-
     data: Int8Data = require_data(job.int8)
     ref = Path(tempfile.mkdtemp(prefix=".fp32-reference.", dir=job.work_dir))
     edge_path, cloud_path = job.work_dir / EDGE_ONNX, job.work_dir / CLOUD_ONNX
     threads = _threads()
     try:
-        export_onnx(dataclasses.replace(job, work_dir=ref, precision="fp32", int8=None))
+        export_onnx_float(dataclasses.replace(job, work_dir=ref, precision="fp32", int8=None))
         _quantize(ref / EDGE_ONNX, edge_path, calibration_batches(data.calibration), {})
         edge_model = onnx.load(str(edge_path))
         split = cut_edge(edge_model)

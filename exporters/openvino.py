@@ -1,50 +1,27 @@
-"""OpenVINO IR (edge.xml/.bin, cloud.xml/.bin) converted from the checked ONNX files.
+"""The ``openvino`` target: OpenVINO IR (edge.xml/.bin, cloud.xml/.bin) at the job's precision.
 
-Converting from the ONNX file (rather than from torch again) means the IR and
-the ONNX in the same artifact describe the same graph, and the FP16 artifact
-keeps the FP16 split tensor of the ONNX. ``ov.save_model`` compresses weights
-to FP16 *by default*; the flag is always passed explicitly so an fp32 artifact
-really holds fp32 weights. Parity is checked with
-``INFERENCE_PRECISION_HINT="f32"``: without it this CPU runs in bf16 and misses
-torch by ~2e-2 (``docs/measurements.md``), which would hide real export errors.
+fp32 and fp16 IR are converted from the checked ONNX files by
+:mod:`.openvino_float`, INT8 IR is quantized by NNCF in :mod:`.openvino_int8`.
+This module only chooses between them, keeps the thread's signal stack, and
+registers the target, so the imports run one way: the target imports both
+exports, the INT8 export imports the float one's runtime pieces, and the float
+export imports neither. ``F32_CONFIG``, ``import_openvino`` and
+``run_openvino`` stay importable from here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from types import ModuleType
-from typing import Any
-
-import numpy as np
-
-from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
-from patrol_compress.errors import ExportError, first_line, import_optional
 from patrol_compress.signal_stack import keep_signal_stack
 
 from .base import EXPORTERS, ExportJob, Target
-from .onnx import export_onnx
-from .parity import check_parity
+from .openvino_float import F32_CONFIG, export_openvino_float, import_openvino, run_openvino
+from .openvino_int8 import export_openvino_int8
 
-F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
-
-
-def import_openvino() -> ModuleType:
-    """The ``openvino`` module, or MissingExtraError naming the extra to install."""
-    return import_optional("openvino", "openvino", "OpenVINO export")
+__all__ = ["F32_CONFIG", "export_openvino", "import_openvino", "run_openvino"]
 
 
 def _check_available() -> None:
     import_openvino()
-
-
-def run_openvino(path: Path, x: np.ndarray, config: dict[str, Any] | None = None) -> np.ndarray:
-    """Compile an IR (or ONNX) file on CPU and run it once; ``x`` is cast to the input type."""
-    ov = import_openvino()
-    core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", dict(F32_CONFIG if config is None else config))
-    dtype = compiled.input(0).get_element_type().to_dtype()
-    result = compiled({0: x.astype(dtype)})
-    return np.asarray(result[compiled.output(0)])
 
 
 def export_openvino(job: ExportJob) -> list[str]:
@@ -61,26 +38,8 @@ def export_openvino(job: ExportJob) -> list[str]:
 
 def _export_openvino(job: ExportJob) -> list[str]:
     if job.precision == "int8":
-        from .openvino_int8 import export_openvino_int8
-
         return export_openvino_int8(job)
-    ov = import_openvino()
-    files = export_onnx(job)
-    compress = job.precision == "fp16"
-    for part, onnx_name, x, ref in (
-        ("edge", EDGE_ONNX, job.sample, job.edge_ref),
-        ("cloud", CLOUD_ONNX, job.edge_ref, job.cloud_ref),
-    ):
-        xml = job.work_dir / f"{part}.xml"
-        try:
-            model = ov.convert_model(str(job.work_dir / onnx_name))
-            ov.save_model(model, str(xml), compress_to_fp16=compress)
-        except Exception as exc:  # OpenVINO raises its own RuntimeError types
-            first = first_line(exc)
-            raise ExportError(f"OpenVINO conversion of {onnx_name} failed: {first}") from exc
-        check_parity(f"{part}.xml (OpenVINO, f32 hint)", run_openvino(xml, x), ref, job.precision)
-        files += [xml.name, f"{part}.bin"]
-    return files
+    return export_openvino_float(job)
 
 
 EXPORTERS.add(

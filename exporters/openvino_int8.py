@@ -59,8 +59,8 @@ from .int8 import (
     quiet_tools,
     require_data,
 )
-from .onnx import export_onnx
-from .openvino import F32_CONFIG, import_openvino
+from .onnx_float import export_onnx_float
+from .openvino_float import F32_CONFIG, import_openvino
 
 
 def import_nncf() -> ModuleType:
@@ -172,7 +172,7 @@ def export_openvino_int8(job: ExportJob) -> list[str]:
     ref = Path(tempfile.mkdtemp(prefix=".fp32-reference.", dir=job.work_dir))
     items = [data.calibration[i : i + 1] for i in range(len(data.calibration))]
     try:
-        export_onnx(dataclasses.replace(job, work_dir=ref, precision="fp32", int8=None))
+        export_onnx_float(dataclasses.replace(job, work_dir=ref, precision="fp32", int8=None))
         for part, onnx_name in (("edge", EDGE_ONNX), ("cloud", CLOUD_ONNX)):
             ov.save_model(
                 ov.convert_model(str(ref / onnx_name)),

@@ -26,7 +26,7 @@ from patrol_compress.errors import ExportError, OutputExistsError, first_line
 from patrol_compress.io import record_written, swap_in, temp_name_prefix, write_json
 from patrol_compress.models import BlockNet
 from patrol_compress.models import split as split_model
-from patrol_compress.run import state_sha256
+from patrol_compress.models.saved import state_sha256
 
 from .base import EXPORTERS, PRECISIONS, ExportJob, Precision, Target
 from .int8 import Int8Data, require_data
@@ -207,6 +207,17 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """An existing output must be a folder, and is replaced only with ``force``: checked
+    before the model is copied or anything is written, so a refused export costs nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder")
+    if out_dir.exists() and not force:
+        raise OutputExistsError(
+            f"{out_dir} already exists; pass --force to replace its export files"
+        )
+
+
 def export_partitions(
     model: BlockNet,
     split: int,
@@ -240,12 +251,7 @@ def export_partitions(
     if precision == "int8":
         _check_int8(require_data(int8), shape)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a folder")
-    if out_dir.exists() and not force:
-        raise OutputExistsError(
-            f"{out_dir} already exists; pass --force to replace its export files"
-        )
+    _check_out_dir(out_dir, force)
 
     work_model = copy.deepcopy(model).float().cpu().eval()
     edge, cloud_part = split_model(work_model, split)

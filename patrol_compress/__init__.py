@@ -23,7 +23,7 @@ _LAZY = {
     "defend": "patrol_compress.api",
     "load_model": "patrol_compress.api",
     "partitions": "patrol_compress.api",
-    "load_recipe": "patrol_compress.recipe",
+    "load_recipe": "patrol_compress.config.recipe",
     "PatrolPruner": "patrol_compress.pruning.pruner",
 }
 

@@ -27,13 +27,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from patrol_compress.config.recipe import Recipe, load_recipe, parse_recipe
 from patrol_compress.contracts import ATTACK_FILE, DEFENSES_DIR
 from patrol_compress.errors import RecipeError, UsageError, storage_errors
-from patrol_compress.recipe import Recipe, load_recipe, parse_recipe
 
 if TYPE_CHECKING:
+    from patrol_compress.config.privacy import AttackConfig
     from patrol_compress.models import BlockNet
-    from patrol_compress.privacy_config import AttackConfig
     from patrol_compress.report.build import ReportFiles
 
 RecipeLike = Recipe | Mapping[str, Any] | str | Path
@@ -173,7 +173,7 @@ def load_model(
         model = api.load_model("runs/quick")
         logits_or_embedding = model(images)
     """
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     return load_run_model(_as_path(run_dir, "run_dir"), factory, trust_model_code)[0]
 
@@ -197,8 +197,8 @@ def partitions(
         output = cloud(features)
     """
     from patrol_compress.errors import ModelError
+    from patrol_compress.models.saved import load_run_model
     from patrol_compress.models.split import split as split_model
-    from patrol_compress.run import load_run_model
 
     if split is not None and (isinstance(split, bool) or not isinstance(split, int)):
         raise ModelError(f"split must be a whole number of stages, found {split!r}")
@@ -284,7 +284,7 @@ def _whole(value: object, name: str) -> None:
 def _attack_config(config: object) -> AttackConfig | Path | None:
     """``config`` of :func:`attack`: an AttackConfig, a mapping of one, or a YAML file's path."""
     from patrol_compress.config.base import validate
-    from patrol_compress.privacy_config import AttackConfig
+    from patrol_compress.config.privacy import AttackConfig
 
     if config is None or isinstance(config, AttackConfig):
         return config
@@ -415,10 +415,10 @@ def frontier(
         api.frontier("recipes/quickstart.yaml", methods=["pruning-only", "patrol"],
                      knobs=["recovery_epochs=8,16"], seeds=[0, 1], target_seeds=[0, 1])
     """
+    from patrol_compress.config.privacy import load_attack_config
+    from patrol_compress.config.recipe import load_recipe
     from patrol_compress.frontier import make_plan, run_frontier
-    from patrol_compress.privacy_config import load_attack_config
     from patrol_compress.provenance import command_line
-    from patrol_compress.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     plan = make_plan(

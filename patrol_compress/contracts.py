@@ -173,7 +173,7 @@ class Manifest(Record):
     dequantize with it) and the accuracy parity."""
     model_sha256: str | None = None
     """sha256 of the exported model's weights and buffers in memory
-    (:func:`patrol_compress.run.state_sha256`): whose export this is."""
+    (:func:`patrol_compress.models.saved.state_sha256`): whose export this is."""
     weights_sha256: str | None = None
     """``export RUN``: sha256 of the run's ``model.safetensors``."""
 

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from patrol_compress import distributed
+from patrol_compress.config.recipe import Recipe
 from patrol_compress.contracts import (
     ACCURACY_FILE,
     CHECKPOINTS_DIR,
@@ -48,18 +49,17 @@ from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
 from patrol_compress.models.factory import load_own_weights, own_state
-from patrol_compress.pruning.budget import BudgetConfig, EdgeBudget
-from patrol_compress.pruning.masks import mask_summary
-from patrol_compress.pruning.patrol import StageSettings, make_surrogate, patrol_finetune
-from patrol_compress.pruning.pruner import PatrolPruner
-from patrol_compress.recipe import Recipe
-from patrol_compress.run import (
+from patrol_compress.models.saved import (
     load_resized,
     load_run_model,
     read_state_dict,
     save_model_file,
     save_run_model,
 )
+from patrol_compress.pruning.budget import BudgetConfig, EdgeBudget
+from patrol_compress.pruning.masks import mask_summary
+from patrol_compress.pruning.patrol import StageSettings, make_surrogate, patrol_finetune
+from patrol_compress.pruning.pruner import PatrolPruner
 from patrol_compress.rundir import RunDir, open_run
 from patrol_compress.train.checkpoint import drop_checkpoints
 from patrol_compress.train.evaluate import evaluate, headline, test_datasets

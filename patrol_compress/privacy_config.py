@@ -1,7 +1,10 @@
-"""Attack and baseline-defense settings: the recipe's ``attack:`` and ``defenses:`` sections.
+"""Attack and baseline-defense settings (compatibility re-exports).
 
-The schema lives in :mod:`patrol_compress.config.privacy`; this module keeps
-the public import path ``patrol_compress.privacy_config`` working.
+The recipe's ``attack:`` and ``defenses:`` sections live in
+:mod:`patrol_compress.config.privacy`. This module only re-exports them so
+that the public import path ``patrol_compress.privacy_config`` keeps working
+for users; nothing inside the package imports through it (the library
+imports :mod:`patrol_compress.config` directly).
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Recipes: validated YAML that describes a whole run.
+"""Recipes: validated YAML that describes a whole run (compatibility re-exports).
 
 The schema lives in :mod:`patrol_compress.config.recipe` (on the strict base
-and YAML reader of :mod:`patrol_compress.config.base`); this module keeps the
-public import path ``patrol_compress.recipe`` working.
+and YAML reader of :mod:`patrol_compress.config.base`). This module only
+re-exports it so that the public import path ``patrol_compress.recipe``, which
+the README and users' code use, keeps working; nothing inside the package
+imports through it (the library imports :mod:`patrol_compress.config`
+directly, so the shim can never close an import cycle).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from patrol_compress import distributed
+from patrol_compress.config.recipe import Recipe, dump_recipe
 from patrol_compress.contracts import (
     ATTACK_FILE,
     ATTACK_GRID,
@@ -59,7 +60,6 @@ from patrol_compress.io import (
     write_text,
 )
 from patrol_compress.locking import LOCK_FILE, FolderLock, acquire
-from patrol_compress.recipe import Recipe, dump_recipe
 
 OWNED = (
     STAGES_FILE,

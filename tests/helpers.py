@@ -127,8 +127,8 @@ def tiny_attack_run(
 ) -> Path:
     """An unpruned width-0.125 ResNet run (BN calibrated) with its resolved recipe."""
     from patrol_compress.data import build_data
+    from patrol_compress.models.saved import save_run_model
     from patrol_compress.recipe import dump_recipe
-    from patrol_compress.run import save_run_model
 
     data = tiny_recipe_dict(root)
     data["data"].update(

@@ -24,10 +24,10 @@ from patrol_compress.attacks.decoders import DecoderSpec, Standardize, build_dec
 from patrol_compress.attacks.evaluate import find_recipe
 from patrol_compress.data import build_data
 from patrol_compress.models import split as split_model
+from patrol_compress.models.saved import load_run_model
 from patrol_compress.privacy_config import BlackboxConfig
 from patrol_compress.pruning.masks import fold_masks, insert_channel_masks, iter_masks
 from patrol_compress.pruning.remove import apply_plan, build_mask_groups, plan_by_threshold
-from patrol_compress.run import load_run_model
 
 from .helpers import tiny_attack_run
 

@@ -226,7 +226,7 @@ def test_blackbox_beats_mean_image(run_copy: Path) -> None:
 
 
 def test_adaptive_attack_uses_the_exported_edge(run_copy: Path) -> None:
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     model, _ = load_run_model(run_copy)
     artifact = run_copy / "export" / f"onnx-split{SPLIT}-fp32"
@@ -239,7 +239,7 @@ def test_adaptive_attack_uses_the_exported_edge(run_copy: Path) -> None:
 
 
 def test_tampered_edge_onnx_is_refused(run_copy: Path) -> None:
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     model, _ = load_run_model(run_copy)
     artifact = run_copy / "export" / f"onnx-split{SPLIT}-fp32"

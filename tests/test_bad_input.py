@@ -22,8 +22,8 @@ from typer.testing import CliRunner, Result
 
 from patrol_compress.cli.app import app
 from patrol_compress.models import build_model
+from patrol_compress.models.saved import save_model_file
 from patrol_compress.recipe import ModelConfig, parse_recipe
-from patrol_compress.run import save_model_file
 
 from .helpers import tiny_recipe_dict, write_recipe
 

@@ -15,14 +15,13 @@ from patrol_compress.models import BlockNet, build_model
 from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning.budget import (
     EdgeBudget,
-    LatencyLimit,
     Plan,
     estimate_cost,
     plan_at,
     ranking_scores,
     resolve_budget,
 )
-from patrol_compress.pruning.latency import EdgeTimer, measure_model_ms
+from patrol_compress.pruning.latency import EdgeTimer, LatencyLimit, measure_model_ms
 from patrol_compress.pruning.masks import MaskedNorm, iter_masks
 from patrol_compress.pruning.remove import EQUIVALENCE_ATOL
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure

@@ -14,8 +14,8 @@ from patrol_compress.data import build_data
 from patrol_compress.errors import ModelError
 from patrol_compress.models.factory import build_model, load_own_weights
 from patrol_compress.models.head import ReidHead
+from patrol_compress.models.saved import load_run_model
 from patrol_compress.recipe import parse_recipe
-from patrol_compress.run import load_run_model
 
 from .helpers import tiny_recipe_dict
 

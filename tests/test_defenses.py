@@ -21,9 +21,9 @@ from patrol_compress.defenses.perturb import (
 )
 from patrol_compress.errors import RecipeError
 from patrol_compress.models import split
+from patrol_compress.models.saved import load_run_model
 from patrol_compress.privacy_config import DefenseSweep
 from patrol_compress.recipe import load_recipe, parse_recipe
-from patrol_compress.run import load_run_model
 
 from .helpers import tiny_attack_run, tiny_recipe_dict, tiny_resnet
 

@@ -37,7 +37,7 @@ from patrol_compress.exporters.int8 import (
 )
 from patrol_compress.exporters.onnx_int8 import ort_pipeline
 from patrol_compress.models import BlockNet
-from patrol_compress.run import load_run_model
+from patrol_compress.models.saved import load_run_model
 from patrol_compress.signal_stack import current_signal_stack
 
 from .helpers import tiny_attack_run

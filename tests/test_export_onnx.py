@@ -175,7 +175,7 @@ def test_fp16_export_halves_the_uplink_and_stays_within_tolerance(tmp_path: Path
 def test_parity_mismatch_raises_and_leaves_no_artifact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import patrol_compress.exporters.onnx as onnx_exporter
+    import patrol_compress.exporters.onnx_float as onnx_exporter
 
     real = onnx_exporter.run_onnxruntime
 
@@ -304,7 +304,7 @@ def test_fp16_converter_rejects_unknown_boundary_names() -> None:
 
 def test_cli_export_writes_default_folder_and_respects_force(tmp_path: Path) -> None:
     from patrol_compress.cli.app import app
-    from patrol_compress.run import save_run_model
+    from patrol_compress.models.saved import save_run_model
 
     run = tmp_path / "run"
     save_run_model(run, tiny_resnet(), tiny_model_info(split=2))
@@ -325,8 +325,8 @@ def test_cli_export_writes_default_folder_and_respects_force(tmp_path: Path) -> 
 
 def test_export_defaults_come_from_the_run_recipes_export_section(tmp_path: Path) -> None:
     from patrol_compress.exporters import export_run
+    from patrol_compress.models.saved import save_run_model
     from patrol_compress.recipe import dump_recipe, parse_recipe
-    from patrol_compress.run import save_run_model
 
     from .helpers import tiny_recipe_dict
 

@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from patrol_compress.api import prune
-from patrol_compress.run import load_run_model
+from patrol_compress.models.saved import load_run_model
 
 from .helpers import tiny_recipe
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from patrol_compress.errors import BudgetError, OutputExistsError, TrainingError
+from patrol_compress.models.saved import load_run_model
 from patrol_compress.pipeline import prune
-from patrol_compress.run import load_run_model
 from patrol_compress.train.faults import FAULT_ENV
 
 from .helpers import tiny_recipe, tiny_recipe_dict, write_recipe

@@ -12,6 +12,7 @@ from torch import nn
 from patrol_compress.errors import BudgetError
 from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models import BlockNet, build_model, split
+from patrol_compress.models.saved import load_run_model, save_run_model
 from patrol_compress.models.split import edge_modules
 from patrol_compress.pruning.budget import EdgeBudget, estimate_cost, estimate_params, layer_spatial
 from patrol_compress.pruning.fista import FISTA
@@ -25,7 +26,6 @@ from patrol_compress.pruning.remove import (
 )
 from patrol_compress.pruning.structure import BlockStructure, ChannelStructure
 from patrol_compress.recipe import ModelConfig
-from patrol_compress.run import load_run_model, save_run_model
 from patrol_compress.testing.tiny import randomize_bn
 
 from .helpers import tiny_mobilenet_net, tiny_model_info

@@ -207,7 +207,7 @@ def build(**kwargs):
 @pytest.fixture
 def custom_run(tmp_path: Path) -> Path:
     """A saved custom-architecture model (the MobileNet-style test CNN), split 2."""
-    from patrol_compress.run import save_run_model
+    from patrol_compress.models.saved import save_run_model
 
     from .helpers import tiny_mobilenet_net
 
@@ -531,7 +531,7 @@ def test_attack_artifact_must_be_this_runs_edge(tmp_path: Path, run_dir: Path, c
     from onnx import numpy_helper
 
     from patrol_compress.exporters import export_partitions
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     run = copy_run(run_dir, tmp_path)
     artifact = Path(shutil.copytree(run / "export" / "onnx-split2-fp32", tmp_path / "art"))

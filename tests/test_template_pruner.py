@@ -26,6 +26,7 @@ from patrol_compress import PatrolPruner, api
 from patrol_compress.data import build_data
 from patrol_compress.io import read_json
 from patrol_compress.models import BlockNet
+from patrol_compress.models.saved import load_run_model
 from patrol_compress.pruning.budget import resolve_budget
 from patrol_compress.pruning.patrol import (
     PatrolParts,
@@ -36,7 +37,6 @@ from patrol_compress.pruning.patrol import (
 from patrol_compress.pruning.structure import make_structure
 from patrol_compress.pruning.surrogate import build_surrogate
 from patrol_compress.recipe import Recipe, parse_recipe
-from patrol_compress.run import load_run_model
 from patrol_compress.train.loop import set_lr
 from patrol_compress.train.target import (
     loss_from_outputs,

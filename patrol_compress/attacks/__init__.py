@@ -15,7 +15,7 @@ from patrol_compress.attacks import blackbox as _blackbox  # noqa: F401  (regist
 from patrol_compress.attacks import whitebox as _whitebox  # noqa: F401  (registers "whitebox")
 from patrol_compress.attacks.base import ATTACKS, Attack, AttackContext, AttackError, Reconstruction
 from patrol_compress.attacks.evaluate import DEFAULT_ATTACKS, attack, attack_model
-from patrol_compress.privacy_config import AttackConfig, load_attack_config
+from patrol_compress.config.privacy import AttackConfig, load_attack_config
 
 __all__ = [
     "ATTACKS",

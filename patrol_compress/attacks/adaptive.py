@@ -67,7 +67,7 @@ from patrol_compress.attacks.blackbox import (
 from patrol_compress.attacks.fit import AttackerData, Pairs, attacker_pairs
 from patrol_compress.attacks.progress import PartEstimate
 from patrol_compress.contracts import MANIFEST
-from patrol_compress.errors import ArtifactError, PatrolError
+from patrol_compress.errors import ArtifactError, PatrolError, first_line
 from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.image import psnr_per_image
 
@@ -263,8 +263,7 @@ def artifact_features(edge: EdgeFiles, code: Code | None, threads: int) -> Featu
 
 def runtime_refused(artifact: Path, edge: EdgeFiles, exc: Exception) -> ArtifactError:
     """One line for a runtime that cannot load or run the verified edge (corrupt, truncated)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = (lines[0] if lines else type(exc).__name__)[:160]
+    detail = first_line(exc)[:160]
     return ArtifactError(
         f"{artifact / next(iter(edge.blobs))}: {edge.runtime} cannot run the edge ({detail}); "
         "a corrupt or truncated model file: re-export the artifact"
@@ -280,7 +279,7 @@ def check_belongs(artifact: Path, manifest: dict[str, Any], ctx: AttackContext) 
     """
     from patrol_compress.contracts import META_FILE
     from patrol_compress.io import read_json
-    from patrol_compress.run import state_sha256
+    from patrol_compress.models.saved import state_sha256
 
     where = artifact / MANIFEST
     if manifest.get("model_sha256") is not None:
@@ -447,7 +446,7 @@ def reusable(ctx: AttackContext, source: ArtifactSource, will_run_blackbox: bool
     """
     if not source.same_function:
         return False
-    from patrol_compress.privacy_config import BlackboxConfig
+    from patrol_compress.config.privacy import BlackboxConfig
 
     own = BlackboxConfig.model_fields.keys()
     mine = {k: v for k, v in ctx.config.adaptive.model_dump().items() if k in own}

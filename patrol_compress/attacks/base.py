@@ -25,10 +25,10 @@ from torch.utils.data import Dataset
 
 from patrol_compress.attacks.parts import PartStore
 from patrol_compress.attacks.progress import AttackProgress, PartEstimate
+from patrol_compress.config.privacy import AttackConfig
 from patrol_compress.data.base import Item
 from patrol_compress.errors import PatrolError
 from patrol_compress.models.blocknet import BlockNet
-from patrol_compress.privacy_config import AttackConfig
 from patrol_compress.registry import Registry
 
 Shapes = list[tuple[tuple[int, int, int], tuple[int, int, int]]]

@@ -46,9 +46,9 @@ from patrol_compress.attacks.fit import (
     time_epoch,
 )
 from patrol_compress.attacks.progress import PartEstimate
+from patrol_compress.config.privacy import BlackboxConfig
 from patrol_compress.errors import TrainingError
 from patrol_compress.metrics.image import psnr_per_image, ssim_per_image
-from patrol_compress.privacy_config import BlackboxConfig
 
 SHARED_INVERSION = "blackbox_inversion"
 """Key in :attr:`AttackContext.shared` of the black-box attack's :class:`Inversion`."""

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from patrol_compress.config.privacy import AttackConfig
 from patrol_compress.data.base import DataBundle, Item, ReidDataset
 from patrol_compress.errors import DataError
-from patrol_compress.privacy_config import AttackConfig
 
 Ref = tuple[ReidDataset, int]
 

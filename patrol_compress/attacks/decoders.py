@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from patrol_compress.attacks.base import Shapes
+from patrol_compress.config.privacy import BlackboxConfig
 from patrol_compress.models.inversion import InversionNet
-from patrol_compress.privacy_config import BlackboxConfig
 from patrol_compress.registry import Registry
 
 DEAD_CHANNEL_RTOL = 1e-6

@@ -23,6 +23,8 @@ from patrol_compress.attacks.base import ATTACKS, AttackContext, AttackError
 from patrol_compress.attacks.data import AttackData, build_attack_data
 from patrol_compress.attacks.parts import PartStore
 from patrol_compress.attacks.progress import AttackProgress
+from patrol_compress.config.privacy import AttackConfig, load_attack_config
+from patrol_compress.config.recipe import Recipe, load_recipe
 from patrol_compress.contracts import (
     ATTACK_FILE,
     ATTACK_GRID,
@@ -47,8 +49,6 @@ from patrol_compress.metrics.image import (
 )
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import check_split
-from patrol_compress.privacy_config import AttackConfig, load_attack_config
-from patrol_compress.recipe import Recipe, load_recipe
 from patrol_compress.record_pair import replace_pair
 
 DEFAULT_ATTACKS = ("blackbox", "whitebox", "adaptive")
@@ -246,12 +246,12 @@ def attack(
     folder the adaptive attack queries (overrides ``adaptive.artifact``), e.g.
     an INT8 export, to measure what its uint8 uplink leaks. ``trust_model_code``
     allows importing a custom ``model.factory`` the run names
-    (:func:`patrol_compress.run.load_run_model`). ``resume`` keeps the parts an
+    (:func:`patrol_compress.models.saved.load_run_model`). ``resume`` keeps the parts an
     interrupted attack into the same ``out`` finished
     (:mod:`patrol_compress.attacks.parts`).
     Returns what ``attack.json`` holds.
     """
-    from patrol_compress.run import load_run_model
+    from patrol_compress.models.saved import load_run_model
 
     names = _names(attacks)
     precision = _artifact_precision(artifact, names)
@@ -442,8 +442,6 @@ def attack_model(
     in as given. ``data_bundle`` reuses already-built data.
     """
     from patrol_compress.data import build_data
-    from patrol_compress.metrics.edge import edge_report
-    from patrol_compress.train.evaluate import evaluate
 
     names = _names(attacks)
     check_split(model, split)
@@ -452,61 +450,16 @@ def attack_model(
     attacker_train = attacker_train_split(recipe) if cfg.attacker_data == "train" else None
     data = build_attack_data(bundle, cfg, attacker_train)
     ctx = _context(run_dir, split, cfg, data, model, meta, quiet)
-
-    accuracy_all = evaluate(model, bundle)
-    metric = "top1" if "top1" in accuracy_all else "rank1"
-    edge = (facts or {}).get("edge")
-    if edge is None:  # a defense passes the undefended edge's size (its wrappers hide convs)
-        edge = edge_report(model, split, ctx.input_shape)
-        edge.pop("per_block")
+    accuracy, edge = _own_accuracy_and_edge(model, bundle, split, ctx.input_shape, facts)
 
     start = time.perf_counter()
     recogniser = _recogniser(data, cfg)
     recogniser_s = time.perf_counter() - start
-
     region = region_boxes(data, cfg)
-    ctx.progress = AttackProgress(None if quiet else _print_line)
     ctx.parts = PartStore(out_dir, _fingerprint(model, split, cfg, data, names), resume)
-    done = set(ctx.parts.names())
-    ctx.shared["will_run_blackbox"] = "blackbox" in names
-    plan = [part for name in names for part in ATTACKS.get(name)().estimate(ctx, done)]
-    ctx.progress.announce(plan, sorted(done))
-    results: dict[str, Any] = {}
-    recons: dict[str, torch.Tensor] = {}
-    full_set = image_set(data.eval_images)
-    for name in names:
-        start = time.perf_counter()
-        rec = ATTACKS.get(name)().run(ctx)
-        seconds = time.perf_counter() - start
-        if len(rec.images) != len(data.eval_images):
-            raise AttackError(
-                f"attack '{name}' reconstructed {len(rec.images)} of the "
-                f"{len(data.eval_images)} evaluation images; every attack scores all of them"
-            )
-        recons[name] = rec.images
-        scores = _score(data.eval_images, rec.images, data.eval_labels, recogniser, region)
-        floor = attack_floor(data, len(rec.images))
-        results[name] = {
-            **scores,
-            "image_set": full_set,
-            "val_psnr": rec.info.get("val_psnr"),
-            "converged": beats_floor(scores, floor),
-            "floor": floor,
-            "seconds": round(seconds, 2),
-            "info": rec.info,
-        }
-        ctx.progress.say(
-            f"{name}: {scores['psnr']:.2f} dB / SSIM {scores['ssim']:.3f} on "
-            f"{len(rec.images)} evaluation images (validation {rec.info.get('val_psnr', 0):.2f} dB)"
-        )
-
-    floors = {
-        "mean_image": data.mean_image.expand_as(data.eval_images),
-        "label_only": data.label_only,
-    }
-    floor_scores: dict[str, dict[str, Any]] = {}
-    for key, guess in floors.items():
-        floor_scores[key] = _score(data.eval_images, guess, data.eval_labels, recogniser, region)
+    done = set(ctx.parts.names())  # finished parts of an interrupted attack (resume)
+    results, recons = _run_attacks(ctx, names, done, data, recogniser, region, quiet)
+    floor_scores = _floor_scores(data, recogniser, region)
     best = strongest(results)
     report = {
         "run": None if run_dir is None else str(run_dir),
@@ -516,7 +469,7 @@ def attack_model(
         "budget": None,
         **(facts or {}),
         "split": split,
-        "accuracy": {"metric": metric, "value": accuracy_all[metric], "all": accuracy_all},
+        "accuracy": accuracy,
         "edge": edge,
         "strongest": best,
         "attack_failed": not best["converged"],
@@ -547,6 +500,97 @@ def attack_model(
     )
     ctx.parts.clear()  # attack.json holds everything the finished parts were for
     return report
+
+
+def _own_accuracy_and_edge(
+    model: BlockNet,
+    bundle: DataBundle,
+    split: int,
+    input_shape: tuple[int, int, int],
+    facts: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The attacked model's own accuracy (its headline metric and all) and edge size.
+
+    ``attack.json`` records both, so each point of the privacy-utility plane
+    says what the privacy cost in accuracy and size without another file.
+    """
+    from patrol_compress.metrics.edge import edge_report
+    from patrol_compress.train.evaluate import evaluate
+
+    accuracy_all = evaluate(model, bundle)
+    metric = "top1" if "top1" in accuracy_all else "rank1"
+    edge = (facts or {}).get("edge")
+    if edge is None:  # a defense passes the undefended edge's size (its wrappers hide convs)
+        edge = edge_report(model, split, input_shape)
+        edge.pop("per_block")
+    return {"metric": metric, "value": accuracy_all[metric], "all": accuracy_all}, edge
+
+
+def _run_attacks(
+    ctx: AttackContext,
+    names: list[str],
+    done: set[str],
+    data: AttackData,
+    recogniser: torch.nn.Module,
+    region: tuple[Any, str] | None,
+    quiet: bool,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Run each attack in turn; return its scored result and its reconstructions, by name.
+
+    The plan is announced first (the parts ``done`` names are reused from
+    ``ctx.parts``, not rerun), so a long job says up front what it will do;
+    ``quiet`` keeps the progress lines off the console. Every attack must
+    rebuild all the evaluation images: scores over different image sets do
+    not compare (:func:`strongest`).
+    """
+    ctx.progress = progress = AttackProgress(None if quiet else _print_line)
+    ctx.shared["will_run_blackbox"] = "blackbox" in names
+    plan = [part for name in names for part in ATTACKS.get(name)().estimate(ctx, done)]
+    progress.announce(plan, sorted(done))
+    results: dict[str, Any] = {}
+    recons: dict[str, torch.Tensor] = {}
+    full_set = image_set(data.eval_images)
+    for name in names:
+        start = time.perf_counter()
+        rec = ATTACKS.get(name)().run(ctx)
+        seconds = time.perf_counter() - start
+        if len(rec.images) != len(data.eval_images):
+            raise AttackError(
+                f"attack '{name}' reconstructed {len(rec.images)} of the "
+                f"{len(data.eval_images)} evaluation images; every attack scores all of them"
+            )
+        recons[name] = rec.images
+        scores = _score(data.eval_images, rec.images, data.eval_labels, recogniser, region)
+        floor = attack_floor(data, len(rec.images))
+        results[name] = {
+            **scores,
+            "image_set": full_set,
+            "val_psnr": rec.info.get("val_psnr"),
+            "converged": beats_floor(scores, floor),
+            "floor": floor,
+            "seconds": round(seconds, 2),
+            "info": rec.info,
+        }
+        progress.say(
+            f"{name}: {scores['psnr']:.2f} dB / SSIM {scores['ssim']:.3f} on "
+            f"{len(rec.images)} evaluation images (validation {rec.info.get('val_psnr', 0):.2f} dB)"
+        )
+    return results, recons
+
+
+def _floor_scores(
+    data: AttackData, recogniser: torch.nn.Module, region: tuple[Any, str] | None
+) -> dict[str, dict[str, Any]]:
+    """The two guesses that need no features (the mean image, the label's mean), scored as
+    the attacks are: what an attack must beat before its score means anything."""
+    floors = {
+        "mean_image": data.mean_image.expand_as(data.eval_images),
+        "label_only": data.label_only,
+    }
+    floor_scores: dict[str, dict[str, Any]] = {}
+    for key, guess in floors.items():
+        floor_scores[key] = _score(data.eval_images, guess, data.eval_labels, recogniser, region)
+    return floor_scores
 
 
 def _print_line(text: str) -> None:

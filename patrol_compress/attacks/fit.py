@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from patrol_compress.attacks.base import FeatureFn
 from patrol_compress.attacks.progress import TYPICAL_EPOCHS_FACTOR, AttackProgress
+from patrol_compress.config.privacy import BlackboxConfig
 from patrol_compress.data.base import Item
 from patrol_compress.errors import TrainingError
 from patrol_compress.metrics.image import psnr_per_image
-from patrol_compress.privacy_config import BlackboxConfig
 
 LOAD_BATCH = 256
 STATS_IMAGES = 4096

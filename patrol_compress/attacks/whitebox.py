@@ -61,8 +61,8 @@ from patrol_compress.attacks.blackbox import (
 )
 from patrol_compress.attacks.fit import Pairs
 from patrol_compress.attacks.progress import PartEstimate
+from patrol_compress.config.privacy import WhiteboxConfig
 from patrol_compress.metrics.image import psnr_per_image, ssim_per_image
-from patrol_compress.privacy_config import WhiteboxConfig
 
 EPS = 1e-6
 CHUNK = 64

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.bench.manifest_check import staged_copy
 from patrol_compress.bench.memory import PeakRss
 from patrol_compress.bench.runtimes import (
     RUNTIME_NAMES,
@@ -46,6 +45,7 @@ from patrol_compress.bench.runtimes import (
     Runtime,
     runtime_version,
 )
+from patrol_compress.bench.staging import staged_copy
 from patrol_compress.bench.timing import (
     DEFAULT_SECONDS,
     DEFAULT_WARMUP_SECONDS,
@@ -53,7 +53,7 @@ from patrol_compress.bench.timing import (
     Budget,
 )
 from patrol_compress.contracts import MANIFEST, verify_manifest
-from patrol_compress.errors import ArtifactError, OutputExistsError
+from patrol_compress.errors import ArtifactError, OutputExistsError, first_line
 from patrol_compress.io import package_versions, write_json
 from patrol_compress.machine import check_thread_count
 
@@ -236,7 +236,7 @@ def _time_batches(
                 measure(how.warmup)
                 timing = measure(how.timed)
             except Exception as exc:  # runtimes raise their own types; the user needs one line
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                first = first_line(exc)[:200]
                 raise ArtifactError(
                     f"{root}: the edge partition does not run on input shape "
                     f"{[batch, *input_shape]} (manifest.json's input_shape): {first}"
@@ -319,6 +319,71 @@ def _input_shape(shape: list[int], root: Path, batch: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _runtime_plan(
+    runtime: str,
+    mode: str,
+    runs: int | None,
+    seconds: float | None,
+    warmup: int | None,
+    warmup_seconds: float | None,
+) -> Plan:
+    """The timing plan, refused in one line unless ``runtime`` can run it.
+
+    "torch" is refused with a pointer to onnxruntime (an artifact holds no
+    torch module, and this path must not need torch); TensorRT has no
+    throughput mode.
+    """
+    if runtime == "torch":
+        raise BenchError(TORCH_REFUSAL)
+    if runtime not in RUNTIME_NAMES:
+        raise BenchError(f"unknown runtime '{runtime}': expected one of {list(RUNTIME_NAMES)}")
+    how = plan(mode, runs, seconds, warmup, warmup_seconds)
+    if runtime == "trt" and how.mode == "throughput":
+        raise BenchError("--mode throughput is not available for TensorRT; use --mode latency")
+    return how
+
+
+def _add_transfer(results: list[dict[str, Any]], per_transfer: float | None) -> None:
+    """Give each row its per-image edge latency plus the uplink transfer (when an uplink
+    speed was given), and drop the unrounded p50 the rows carried for it."""
+    for row in results:
+        if per_transfer is not None:
+            row["edge_plus_transfer_ms"] = round(row.pop("_p50") / row["batch"] + per_transfer, 4)
+        row.pop("_p50", None)
+
+
+def _what_was_timed(
+    manifest: dict[str, Any],
+    input_shape: tuple[int, ...],
+    edge_files: list[str],
+    runtime: str,
+    ov_precision_hint: str | None,
+    sent: int,
+) -> dict[str, Any]:
+    """The report's description of the artifact timed, from its verified manifest.
+
+    Split, target, precision, the files the runtime loaded and their bytes,
+    the edge's size and what it sends per image: a report read alone says
+    which model its numbers belong to. Keys in the report's order.
+    """
+    files = manifest["files"]
+    return {
+        "split": manifest["split"],
+        "target": manifest["target"],
+        "precision": manifest["precision"],
+        "input_shape": list(input_shape),
+        "ov_precision_hint": ov_precision_hint if runtime == "openvino" else None,
+        "edge_files": edge_files,
+        "edge_file_bytes": sum(int(files[f]["bytes"]) for f in edge_files if f in files),
+        "artifact_bytes": sum(int(e["bytes"]) for e in files.values()),
+        "edge_params": manifest["edge"].get("params"),
+        "edge_macs": manifest["edge"].get("macs"),
+        "weight_bytes": manifest["edge"].get("weight_bytes"),
+        "bytes_sent_per_image": sent,
+        "uplink_bits_max": (manifest.get("uplink") or {}).get("uplink_bits_max"),
+    }
+
+
 def bench(
     artifact_dir: Path | str,
     runtime: str = "onnxruntime",
@@ -349,13 +414,7 @@ def bench(
     or trt (edge.engine). "torch" is refused with a pointer to onnxruntime: an
     artifact holds no torch module, and this path must not need torch.
     """
-    if runtime == "torch":
-        raise BenchError(TORCH_REFUSAL)
-    if runtime not in RUNTIME_NAMES:
-        raise BenchError(f"unknown runtime '{runtime}': expected one of {list(RUNTIME_NAMES)}")
-    how = plan(mode, runs, seconds, warmup, warmup_seconds)
-    if runtime == "trt" and how.mode == "throughput":
-        raise BenchError("--mode throughput is not available for TensorRT; use --mode latency")
+    how = _runtime_plan(runtime, mode, runs, seconds, warmup, warmup_seconds)
     _validate(batches, threads, uplink_mbps)
     check_ov_hint(ov_precision_hint)
     if json_path is not None:
@@ -379,12 +438,7 @@ def bench(
         results, rss_method, edge_files = _time_batches(
             backend, module, root, input_shape, batches, threads, how, options
         )
-    for row in results:
-        if per_transfer is not None:
-            row["edge_plus_transfer_ms"] = round(row.pop("_p50") / row["batch"] + per_transfer, 4)
-        row.pop("_p50", None)
-
-    files = manifest["files"]
+    _add_transfer(results, per_transfer)
     report: dict[str, Any] = {
         "artifact_dir": str(root),
         "runtime": runtime,
@@ -396,19 +450,7 @@ def bench(
         "warmup": how.warmup.calls,
         "warmup_seconds": how.warmup.seconds,
         "timer": TIMER[runtime if how.mode == "latency" else f"{runtime}-throughput"],
-        "split": manifest["split"],
-        "target": manifest["target"],
-        "precision": manifest["precision"],
-        "input_shape": list(input_shape),
-        "ov_precision_hint": ov_precision_hint if runtime == "openvino" else None,
-        "edge_files": edge_files,
-        "edge_file_bytes": sum(int(files[f]["bytes"]) for f in edge_files if f in files),
-        "artifact_bytes": sum(int(e["bytes"]) for e in files.values()),
-        "edge_params": manifest["edge"].get("params"),
-        "edge_macs": manifest["edge"].get("macs"),
-        "weight_bytes": manifest["edge"].get("weight_bytes"),
-        "bytes_sent_per_image": sent,
-        "uplink_bits_max": (manifest.get("uplink") or {}).get("uplink_bits_max"),
+        **_what_was_timed(manifest, input_shape, edge_files, runtime, ov_precision_hint, sent),
         "uplink_mbps": uplink_mbps,
         "transfer_ms_per_image": round(per_transfer, 4) if per_transfer is not None else None,
         "rss_method": rss_method,

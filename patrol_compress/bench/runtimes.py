@@ -48,7 +48,7 @@ import numpy as np
 
 from patrol_compress.bench.timing import Budget, Timing, gc_paused, parallel, sequential
 from patrol_compress.contracts import EDGE_BIN, EDGE_ENGINE, EDGE_ONNX, EDGE_XML
-from patrol_compress.errors import ArtifactError, PatrolError, import_optional
+from patrol_compress.errors import ArtifactError, PatrolError, first_line, import_optional
 
 
 class BenchError(PatrolError):
@@ -91,7 +91,7 @@ def _need(root: Path, name: str, why: str, opts: dict[str, Any]) -> Path:
     ``opts["verified"]`` holds the names :func:`verify_manifest` checked; a file
     the manifest does not list (dropped from it, or added next to it) is never
     loaded. The path returned is the private copy in ``opts["stage"]`` (see
-    :func:`~patrol_compress.bench.manifest_check.staged_copy`) when there is one.
+    :func:`~patrol_compress.bench.staging.staged_copy`) when there is one.
     """
     path = root / name
     if not path.is_file():
@@ -111,8 +111,7 @@ def _runtime_refused(root: Path, name: str, runtime: str, exc: Exception) -> Art
     Runtimes load from a copy holding only the listed files, so a model that
     needs another file (ONNX external data the manifest does not list) fails here.
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = (lines[0] if lines else type(exc).__name__)[:200]
+    detail = first_line(exc)[:200]
     return ArtifactError(
         f"{root / name}: {runtime} cannot load it ({detail}); a corrupt model, or one that "
         "needs files manifest.json does not list (external data); re-export the artifact"

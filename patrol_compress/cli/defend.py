@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate noise/dropout/skip/APP strength sweeps: accuracy and attack PSNR/SSIM."""
         from patrol_compress.api import defend as run_defend
-        from patrol_compress.privacy_config import load_attack_config
+        from patrol_compress.config.privacy import load_attack_config
 
         use_threads(threads)
         check_utf8_path(out, "--out")

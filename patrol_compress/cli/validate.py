@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from patrol_compress.cli.common import EXIT_USAGE, console, err_console
+from patrol_compress.config.recipe import load_recipe
 from patrol_compress.errors import RecipeError
-from patrol_compress.recipe import load_recipe
 
 
 def _check_factory(path: Path, spec: str) -> None:

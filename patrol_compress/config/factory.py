@@ -8,7 +8,7 @@ functions run code, fetch code or touch the machine rather than build a
 network (``torch.hub:load`` runs a ``hubconf.py``; ``os``, ``subprocess``,
 ``builtins`` and the rest of the standard library build no model). This
 list is a second line of defence: a run folder's factory is imported only
-when the user allows it (see :func:`patrol_compress.run.load_run_model`).
+when the user allows it (see :func:`patrol_compress.models.saved.load_run_model`).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from patrol_compress.config.recipe import DataConfig
 from patrol_compress.data.base import ArrayDataset, DataBundle, FileDataset, ReidDataset
-from patrol_compress.recipe import DataConfig
 from patrol_compress.registry import Registry
 
 DATASETS: Registry[Callable[[DataConfig], DataBundle]] = Registry("dataset")

@@ -20,8 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from patrol_compress.config.recipe import DataConfig
 from patrol_compress.errors import DataError
-from patrol_compress.recipe import DataConfig
 
 Item = tuple[torch.Tensor, int, int]
 

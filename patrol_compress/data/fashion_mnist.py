@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from patrol_compress.config.recipe import DataConfig
 from patrol_compress.data import DATASETS
 from patrol_compress.data.base import ArrayDataset, DataBundle, dataset_root
 from patrol_compress.data.imagefolder import cap_indices
 from patrol_compress.errors import DataError
-from patrol_compress.recipe import DataConfig
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from patrol_compress.config.recipe import DataConfig
 from patrol_compress.data import DATASETS
 from patrol_compress.data.base import DataBundle, FileDataset, dataset_root
 from patrol_compress.errors import DataError
-from patrol_compress.recipe import DataConfig
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
 LAYOUT = "root/train/<class>/*.jpg|png and root/test/<class>/*.jpg|png"

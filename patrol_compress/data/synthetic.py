@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from patrol_compress.config.recipe import DataConfig
 from patrol_compress.data import DATASETS
 from patrol_compress.data.base import ArrayDataset, DataBundle, relabel
 from patrol_compress.data.synthetic_draw import (
@@ -71,7 +72,6 @@ from patrol_compress.data.synthetic_draw import (
     sample_vehicle,
 )
 from patrol_compress.io import atomic_path
-from patrol_compress.recipe import DataConfig
 
 GENERATOR_VERSION = 4
 """Bump whenever drawing changes, so stale caches are not reused."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from patrol_compress.config.recipe import DataConfig
 from patrol_compress.data import DATASETS
 from patrol_compress.data.base import DataBundle, FileDataset, dataset_root, relabel
 from patrol_compress.data.imagefolder import image_files
 from patrol_compress.errors import DataError
-from patrol_compress.recipe import DataConfig
 
 NAME_PATTERN = re.compile(r"^(?P<pid>\d+)_c(?P<cam>\d+)_[^.]*$")
 EXPECTED_NAME = "<vehicle>_c<camera>_<timestamp>_<n>.jpg, e.g. 0002_c002_00030600_0.jpg"

@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from patrol_compress.config.recipe import DataConfig
 from patrol_compress.data import DATASETS
 from patrol_compress.data.base import DataBundle, FileDataset, dataset_root, relabel
 from patrol_compress.errors import DataError
-from patrol_compress.recipe import DataConfig
 
 LIST_LINE = re.compile(r"^(?P<vid>\d+)/(?P<img>[^/\s;]+?)(?:\.jpe?g)?$", re.IGNORECASE)
 EXPECTED_LINE = "'<vid>/<imgid>', e.g. 00001/000001"

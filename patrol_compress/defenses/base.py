@@ -17,11 +17,11 @@ from typing import ClassVar
 
 import torch
 
+from patrol_compress.config.privacy import DefenseSweep
+from patrol_compress.config.recipe import Recipe
 from patrol_compress.data.base import DataBundle
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import check_split
-from patrol_compress.privacy_config import DefenseSweep
-from patrol_compress.recipe import Recipe
 from patrol_compress.registry import Registry
 
 

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from patrol_compress.config.privacy import AttackConfig, DefenseSweep
+from patrol_compress.config.recipe import Recipe
 from patrol_compress.contracts import (
     ATTACK_FILE,
     DEFENSES_DIR,
@@ -32,8 +34,6 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.errors import ArtifactError, RecipeError
 from patrol_compress.io import read_json, write_json
-from patrol_compress.privacy_config import AttackConfig, DefenseSweep
-from patrol_compress.recipe import Recipe
 
 if TYPE_CHECKING:  # torch is imported where a sweep runs, not for the CLI's --help
     import torch
@@ -128,6 +128,44 @@ def _defended(
     }
 
 
+Point = tuple[str, DefenseSweep | None, float | None]
+"""One point of the sweeps: its folder name, the sweep (None: undefended) and strength."""
+
+
+def _points_plan(sweeps: Sequence[DefenseSweep], include_undefended: bool) -> list[Point]:
+    """Every point in the order it is run: the undefended target first, then each sweep's
+    strengths as listed."""
+    plan: list[Point] = []
+    if include_undefended:
+        plan.append(("none", None, None))
+    for sw in sweeps:
+        plan += [(point_name(sw.name, s), sw, s) for s in sw.strengths]
+    return plan
+
+
+def _attacked_line(folder: str, report: dict[str, Any]) -> str:
+    """The progress line of a point just attacked: its accuracy and strongest attack."""
+    s = report["strongest"]
+    return (
+        f"{folder}: {report['accuracy']['metric']} "
+        f"{report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']} "
+        f"PSNR {s['psnr']:.2f} dB SSIM {s['ssim']:.3f}"
+    )
+
+
+def _point_row(folder: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """A point's entry in ``defenses.json``: what the plane needs, read from its attack.json."""
+    return {
+        "folder": folder,
+        "label": report["label"],
+        "series": report["series"],
+        "defense": report.get("defense"),
+        "accuracy": report["accuracy"],
+        "strongest": report["strongest"],
+        "defense_seconds": seconds,
+    }
+
+
 def defend(
     run_dir: Path | str,
     defenses: Sequence[str] | None = None,
@@ -146,13 +184,13 @@ def defend(
     ``config`` replaces the recipe's ``attack:`` section (benchmarks size the
     attacker for the machine). ``trust_model_code`` allows importing the custom
     ``model.factory`` the run's ``model.json`` names
-    (:func:`patrol_compress.run.load_run_model`).
+    (:func:`patrol_compress.models.saved.load_run_model`).
     """
     from patrol_compress.attacks.evaluate import attack_model, find_recipe
     from patrol_compress.data import build_data
     from patrol_compress.metrics.edge import edge_report
+    from patrol_compress.models.saved import load_run_model
     from patrol_compress.models.split import check_split
-    from patrol_compress.run import load_run_model
     from patrol_compress.train.loop import device
 
     run = Path(run_dir)
@@ -172,14 +210,8 @@ def defend(
     cfg = config if config is not None else recipe.attack
     dev = device()
 
-    plan: list[tuple[str, DefenseSweep | None, float | None]] = []
-    if include_undefended:
-        plan.append(("none", None, None))
-    for sw in sweeps:
-        plan += [(point_name(sw.name, s), sw, s) for s in sw.strengths]
-
     points: list[dict[str, Any]] = []
-    for folder, sweep, strength in plan:
+    for folder, sweep, strength in _points_plan(sweeps, include_undefended):
         dest = out_dir / folder
         if (dest / ATTACK_FILE).is_file() and not force:
             report = read_json(dest / ATTACK_FILE)
@@ -196,23 +228,8 @@ def defend(
                 defended, meta, recipe, names, k, cfg, dest, facts=facts, data_bundle=bundle
             )
             if log:
-                s = report["strongest"]
-                log(
-                    f"{folder}: {report['accuracy']['metric']} "
-                    f"{report['accuracy']['value'] * 100:.1f}%, strongest {s['attack']} "
-                    f"PSNR {s['psnr']:.2f} dB SSIM {s['ssim']:.3f}"
-                )
-        points.append(
-            {
-                "folder": folder,
-                "label": report["label"],
-                "series": report["series"],
-                "defense": report.get("defense"),
-                "accuracy": report["accuracy"],
-                "strongest": report["strongest"],
-                "defense_seconds": seconds,
-            }
-        )
+                log(_attacked_line(folder, report))
+        points.append(_point_row(folder, report, seconds))
     summary = {"run": str(run), "target": str(target), "split": k, "points": points}
     write_json(out_dir / DEFENSES_FILE, summary)
     return summary

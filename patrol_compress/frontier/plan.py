@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from patrol_compress.config.recipe import Recipe
 from patrol_compress.errors import PatrolError
 from patrol_compress.frontier.methods import BASELINE, METHODS, deep_merge
-from patrol_compress.recipe import Recipe
 from patrol_compress.registry import RegistryError
 
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from patrol_compress.config.privacy import AttackConfig
+from patrol_compress.config.recipe import Recipe, dump_recipe
 from patrol_compress.contracts import ATTACK_FILE, METRICS_FILE, MODEL_FILE, STAGES_FILE
 from patrol_compress.io import read_json, write_json
-from patrol_compress.privacy_config import AttackConfig
-from patrol_compress.recipe import Recipe, dump_recipe
 
 Log = Callable[[str], None]
 PROVENANCE_FILE = "provenance.json"

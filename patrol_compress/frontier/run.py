@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from patrol_compress.config.privacy import AttackConfig
+from patrol_compress.config.recipe import Recipe, dump_recipe
 from patrol_compress.contracts import ATTACK_FILE, MODEL_FILE
 from patrol_compress.errors import PatrolError
 from patrol_compress.frontier.compare import Record, compare
@@ -53,8 +55,6 @@ from patrol_compress.frontier.points import (
 )
 from patrol_compress.frontier.render import comparison_line, summary_table, svg
 from patrol_compress.io import read_json, write_json, write_text
-from patrol_compress.privacy_config import AttackConfig
-from patrol_compress.recipe import Recipe, dump_recipe
 
 PINNED_RECIPE = "frontier.recipe.yaml"
 """The work folder's recipe, the frontier's attack settings in its ``attack:`` section."""
@@ -148,7 +148,7 @@ def _pin(work: Path, plan: FrontierPlan) -> Recipe:
     defaults, change nothing and are accepted; anything else is refused.
     Returns the recipe every point is built from.
     """
-    from patrol_compress.recipe import parse_recipe
+    from patrol_compress.config.recipe import parse_recipe
 
     recipe = plan.recipe.model_copy(update={"attack": plan.attack})
     path = work / PINNED_RECIPE
@@ -352,16 +352,7 @@ def collect(
     stem = stem or f"frontier_{plan.name.replace('-', '_')}"
     records = [record_of(reports[p.name], p) for p in plan.points]
     first = reports[plan.points[0].name]
-    floors: dict[str, dict[str, float]] = {
-        k: {"psnr": float(first[k]["psnr"]), "ssim": float(first[k]["ssim"])}
-        for k in ("mean_image", "label_only")
-        if k in first
-    }
-    image_sets = {str(r["strongest"].get("image_set")) for r in reports.values()}
-    if len(image_sets) != 1:
-        raise FrontierError(
-            "the points were attacked on different evaluation images; they cannot be compared"
-        )
+    floors = _floors(first, reports)
     refs = _references(plan, reports)
     recipe_text = dump_recipe(plan.recipe.model_copy(update={"attack": plan.attack}))
     out.mkdir(parents=True, exist_ok=True)
@@ -380,19 +371,7 @@ def collect(
         "knobs": {m: {"path": k.label, "values": list(k.values)} for m, k in plan.knobs.items()},
         "seeds": plan.seeds,
         "target_seeds": plan.target_seeds,
-        "records": [
-            {
-                **{k: v for k, v in r.__dict__.items() if k not in ("psnr", "ssim")},
-                "psnr": float(np.mean(r.psnr)),
-                "ssim": float(np.mean(r.ssim)),
-                "psnr_per_image": [round(v, 3) for v in r.psnr],
-                "ssim_per_image": [round(v, 4) for v in r.ssim],
-                "strongest": reports[p.name]["strongest"],
-                "edge": reports[p.name].get("edge"),
-                "provenance": _provenance_of(work, p.name),
-            }
-            for r, p in zip(records, plan.points, strict=True)
-        ],
+        "records": _record_rows(plan, records, reports, work),
         "references": refs,
         "reference_provenance": {
             f"split{k}-t{t}": _provenance_of(work, f"none-split{k}-t{t}")
@@ -420,14 +399,7 @@ def collect(
         "## Margins (plain pruning minus the method; positive = the method leaks less)",
         "",
     ]
-    for m in plan.methods:
-        if m == BASELINE:
-            continue
-        for metric in ("psnr", "ssim"):
-            c = compare(records, metric, BASELINE, m, plan.bootstrap)
-            result["comparisons"][f"{m}/{metric}"] = c
-            write_text(out / f"{stem}_{m}_{metric}.svg", svg(c, metric, metric_name))
-            lines.append(comparison_line(c, GOAL[metric]))
+    lines += _compare_methods(plan, records, out, stem, metric_name, result["comparisons"])
     lines += _against_references(records, refs)
     lines += [""] + [
         f"![{m} {metric}]({stem}_{m}_{metric}.svg)"
@@ -445,6 +417,72 @@ def collect(
     )
     progress.say(f"wrote {out / stem}.json, .md, the planes and {work / 'report.html'}")
     return result
+
+
+def _floors(
+    first: dict[str, Any], reports: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """The featureless guesses' scores (the first point's: every point saw the same images).
+
+    Points attacked on different evaluation images are refused: neither the
+    floors nor the margins would compare like with like.
+    """
+    floors: dict[str, dict[str, float]] = {
+        k: {"psnr": float(first[k]["psnr"]), "ssim": float(first[k]["ssim"])}
+        for k in ("mean_image", "label_only")
+        if k in first
+    }
+    image_sets = {str(r["strongest"].get("image_set")) for r in reports.values()}
+    if len(image_sets) != 1:
+        raise FrontierError(
+            "the points were attacked on different evaluation images; they cannot be compared"
+        )
+    return floors
+
+
+def _record_rows(
+    plan: FrontierPlan,
+    records: list[Record],
+    reports: dict[str, dict[str, Any]],
+    work: Path,
+) -> list[dict[str, Any]]:
+    """Each point's row of the frontier's JSON: its record with mean and per-image scores,
+    its strongest attack, edge and provenance, so every number can be traced to a run."""
+    return [
+        {
+            **{k: v for k, v in r.__dict__.items() if k not in ("psnr", "ssim")},
+            "psnr": float(np.mean(r.psnr)),
+            "ssim": float(np.mean(r.ssim)),
+            "psnr_per_image": [round(v, 3) for v in r.psnr],
+            "ssim_per_image": [round(v, 4) for v in r.ssim],
+            "strongest": reports[p.name]["strongest"],
+            "edge": reports[p.name].get("edge"),
+            "provenance": _provenance_of(work, p.name),
+        }
+        for r, p in zip(records, plan.points, strict=True)
+    ]
+
+
+def _compare_methods(
+    plan: FrontierPlan,
+    records: list[Record],
+    out: Path,
+    stem: str,
+    metric_name: str,
+    comparisons: dict[str, Any],
+) -> list[str]:
+    """Every method against plain pruning in PSNR and SSIM: fills ``comparisons``, writes
+    each plane's SVG and returns the margins' markdown lines."""
+    lines: list[str] = []
+    for m in plan.methods:
+        if m == BASELINE:
+            continue
+        for metric in ("psnr", "ssim"):
+            c = compare(records, metric, BASELINE, m, plan.bootstrap)
+            comparisons[f"{m}/{metric}"] = c
+            write_text(out / f"{stem}_{m}_{metric}.svg", svg(c, metric, metric_name))
+            lines.append(comparison_line(c, GOAL[metric]))
+    return lines
 
 
 def _provenance_of(work: Path, name: str) -> dict[str, Any] | None:

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from patrol_compress.config.recipe import BlocksConfig, ModelConfig
 from patrol_compress.errors import ModelError, first_line
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.head import ReidHead, Task
 from patrol_compress.models.resnet import resnet_backbone
 from patrol_compress.models.traced import TracedNet, check_traced, trace_stages
-from patrol_compress.recipe import BlocksConfig, ModelConfig
 
 Factory = Callable[..., Any]
 """A custom architecture's factory, called with num_classes, in_channels and factory_kwargs."""
@@ -93,7 +93,7 @@ def _custom(
     try:
         net = fn(num_classes=num_classes, in_channels=in_channels, **config.factory_kwargs)
     except Exception as exc:  # the user's function: a wrong signature or its own error
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc, "")[:200]  # the type is named beside it
         raise ModelError(
             f"model.factory '{spec}' failed when called with num_classes, in_channels and "
             f"factory_kwargs: {type(exc).__name__}: {first}"

@@ -4,7 +4,7 @@ What remains of such a block is its shortcut followed by the block's ReLU; for
 blocks without a downsample that is ``relu(x)``, which equals ``x`` after a
 ReLU-ended block, so the block vanishes entirely. A pruned model's
 ``model.json`` lists the removed blocks, and loading it rebuilds them here
-(:func:`patrol_compress.run.load_run_model`).
+(:func:`patrol_compress.models.saved.load_run_model`).
 """
 
 from __future__ import annotations

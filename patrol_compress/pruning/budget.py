@@ -55,38 +55,20 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from patrol_compress.config.recipe import BudgetConfig
 from patrol_compress.errors import BudgetError
 from patrol_compress.metrics.flops import count_macs, count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import edge_modules
+from patrol_compress.pruning.latency import LatencyLimit, measure_model_ms
 from patrol_compress.pruning.masks import ChannelMask
 from patrol_compress.pruning.remove import MaskGroups, removable
-from patrol_compress.recipe import BudgetConfig
 
 BYTES_PER_PARAM = 4
 TIE_BREAK = 1e-4
 
 Plan = list[list[int]]
 """Root channel indices to remove, one list per mask group."""
-
-
-@dataclass(frozen=True)
-class LatencyLimit:
-    """A latency bound for the edge, measured on this machine while planning.
-
-    ``runtime`` (onnxruntime or openvino), ``threads`` and ``batch`` say how the
-    candidate edge is run; ``ms`` bounds the median latency of one call;
-    ``seconds`` is how long each candidate is timed.
-    """
-
-    ms: float
-    runtime: str = "onnxruntime"
-    threads: int = 1
-    batch: int = 1
-    seconds: float = 0.5
-
-    def describe(self) -> str:
-        return f"{self.ms:.3f} ms ({self.runtime}, {self.threads} thread(s), batch {self.batch})"
 
 
 @dataclass(frozen=True)
@@ -579,8 +561,6 @@ def resolve_budget(
     if ms is not None or "latency" in fit:
         limit = LatencyLimit(ms or 0.0, lat.runtime, lat.threads, lat.batch, lat.seconds)
         if ms is None:
-            from patrol_compress.pruning.latency import measure_model_ms
-
             assert cfg.fit_split is not None
             ms = measure_model_ms(unpruned, cfg.fit_split, input_shape, limit)
             ms *= cfg.fraction("latency")

@@ -23,16 +23,40 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from patrol_compress.errors import BudgetError
 from patrol_compress.models.blocknet import BlockNet
-from patrol_compress.pruning.budget import LatencyLimit
 
 RUNTIMES = ("onnxruntime", "openvino")
 WARMUP_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class LatencyLimit:
+    """A latency bound for the edge, measured on this machine while planning.
+
+    ``runtime`` (onnxruntime or openvino), ``threads`` and ``batch`` say how the
+    candidate edge is run; ``ms`` bounds the median latency of one call;
+    ``seconds`` is how long each candidate is timed.
+
+    It lives beside the timer that reads it, and :mod:`.budget` imports both:
+    the budget needs the timer, the timer never needs the budget, so the two
+    modules import one way only (no function-level import closing a circle).
+    """
+
+    ms: float
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    batch: int = 1
+    seconds: float = 0.5
+
+    def describe(self) -> str:
+        return f"{self.ms:.3f} ms ({self.runtime}, {self.threads} thread(s), batch {self.batch})"
+
 
 EdgeTimer = Callable[[BlockNet, int, tuple[int, ...], LatencyLimit], float]
 """(model, split, one input's shape, limit) -> the edge's median latency in ms at

@@ -27,9 +27,10 @@ import torch
 from torch.utils.data import Subset
 
 from patrol_compress import distributed
+from patrol_compress.config.privacy import BlackboxConfig
+from patrol_compress.config.recipe import Recipe
 from patrol_compress.data.base import DataBundle
 from patrol_compress.models.blocknet import BlockNet
-from patrol_compress.privacy_config import BlackboxConfig
 from patrol_compress.pruning.budget import EdgeBudget
 from patrol_compress.pruning.pruner import PatrolPruner, perturbed_count
 from patrol_compress.pruning.steering import MaskSteering
@@ -46,7 +47,6 @@ from patrol_compress.pruning.surrogate import (
     surrogate_psnr,
     train_surrogate,
 )
-from patrol_compress.recipe import Recipe
 from patrol_compress.train.loop import EpochReporter, device, run_stage, set_lr
 from patrol_compress.train.target import (
     global_loss,

@@ -26,7 +26,6 @@ from patrol_compress.pruning.budget import (
     Cost,
     Crossing,
     EdgeBudget,
-    LatencyLimit,
     Measure,
     Plan,
     PlanResult,
@@ -38,7 +37,7 @@ from patrol_compress.pruning.budget import (
     plan_at,
     plan_for_budget,
 )
-from patrol_compress.pruning.latency import EdgeTimer, measure_model_ms
+from patrol_compress.pruning.latency import EdgeTimer, LatencyLimit, measure_model_ms
 from patrol_compress.pruning.masks import (
     ChannelMask,
     MaskedNorm,

@@ -18,11 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from patrol_compress import distributed
+from patrol_compress.config.recipe import TrainConfig
 from patrol_compress.data.base import DataBundle
 from patrol_compress.data.sampler import IdentitySampler, ShardedBatchSampler
 from patrol_compress.errors import DataError, ModelError
 from patrol_compress.machine import check_thread_count
-from patrol_compress.recipe import TrainConfig
 from patrol_compress.train.loop import EpochReporter, device, run_stage, set_lr
 from patrol_compress.train.losses import reid_loss
 

@@ -1,11 +1,12 @@
-"""Load an artifact's files for a benchmark only as the manifest lists them (no torch).
+"""Staging: a benchmark loads an artifact only from a private copy of what its manifest lists.
 
 This runs on edge devices before every benchmark, where only numpy and a
 runtime are installed, so it imports nothing heavier than the standard
 library. Reading and verifying ``manifest.json`` (every listed file's sha256
 and size; a changed, shrunk or vanished file raises
 :class:`~patrol_compress.errors.ArtifactError` naming it) is part of the file
-contracts (:func:`patrol_compress.contracts.verify_manifest`).
+contracts (:func:`patrol_compress.contracts.verify_manifest`); this module
+holds only the staging that follows it.
 """
 
 from __future__ import annotations
