@@ -21,6 +21,7 @@ from patrol_compress.pruning.distill import crossing_loss, embedding_loss, kd_lo
 from patrol_compress.recipe import dump_recipe, parse_recipe
 from patrol_compress.run import save_run_model
 from patrol_compress.rundir import RunDir
+from patrol_compress.testing.cnns import vgg11_bn
 
 from .helpers import tiny_model_info, tiny_recipe, tiny_recipe_dict, tiny_resnet, write_recipe
 
@@ -197,3 +198,17 @@ def test_a_missing_teacher_file_fails_before_training(tmp_path: Path) -> None:
     assert "\n" not in message
     assert "patrol.recovery_distill.teacher" in message and "not found" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_any_model_takes_the_logit_term_and_the_feature_terms_need_a_blocknet() -> None:
+    """A CNN with its own forward (traced split): logits alone; feature terms are one line."""
+    net = vgg11_bn().eval()
+    teacher = copy.deepcopy(net)
+    x = torch.rand(4, 3, 32, 32)
+    pruner = PatrolPruner.for_recovery(net, x[:2], split="features.6")
+    pruner.distill_from(teacher)
+    with torch.no_grad():
+        assert float(pruner.distill_loss(x, net(x))) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(Exception, match="feature_weight 0") as err:
+        pruner.distill_from(teacher, ALL_TERMS)
+    assert "\n" not in str(err.value)

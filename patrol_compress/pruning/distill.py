@@ -116,37 +116,54 @@ class Distiller:
     """A frozen teacher and the distillation loss of a student's batch.
 
     Args:
-        teacher: the unpruned network (a :class:`BlockNet`); frozen here: eval
-            mode, ``requires_grad`` off, called under ``torch.no_grad``.
+        teacher: the unpruned network; frozen here: eval mode, ``requires_grad``
+            off, called under ``torch.no_grad``. Any module for the logit term;
+            the feature terms need a :class:`BlockNet` (a recipe's model, or
+            ``build_model``'s) split at the same stage.
         settings: the loss's weights, temperature and places.
         split: the stage the edge ends with (the crossing's place, in both nets).
         student: the student's block view; its crossing and head input are
             caught by hooks during its own forward (:meth:`attach` again after
             its modules change).
+        own_forward: the student's model is not its block view (a traced
+            model): its forward does not run the view's modules, so only the
+            logit term is possible.
     """
 
     def __init__(
-        self, teacher: nn.Module, settings: DistillSettings, split: int, student: BlockNet
+        self,
+        teacher: nn.Module,
+        settings: DistillSettings,
+        split: int,
+        student: BlockNet,
+        own_forward: bool = False,
     ) -> None:
-        if not isinstance(teacher, BlockNet):
-            raise UsageError(
-                f"teacher: expected a BlockNet (a recipe's model, or build_model's), found "
-                f"{type(teacher).__name__}"
-            )
         self.teacher = teacher.eval().requires_grad_(False)
         self.cfg = settings
         self.split = split
         want = settings.feature_weight > 0
         self.at_crossing = want and "crossing" in settings.feature_at
         self.at_embedding = want and "embedding" in settings.feature_at
-        if self.at_embedding and not (teacher.has_head and student.has_head):
+        if want and (own_forward or not isinstance(teacher, BlockNet)):
+            whose = f"the teacher is a {type(teacher).__name__}"
+            if own_forward:
+                whose = "the model runs its own forward (traced)"
+            raise UsageError(
+                f"distillation at {', '.join(settings.feature_at)}: the feature terms need "
+                f"BlockNet models (a recipe's, or build_model's), and {whose}; set "
+                "feature_weight 0 for the logit term alone"
+            )
+        if self.at_embedding and not (
+            isinstance(teacher, BlockNet) and teacher.has_head and student.has_head
+        ):
             raise UsageError(
                 "distillation at the embedding needs a head block in the student and the "
                 "teacher (the feature the head takes)"
             )
         self._student = _Catch()
         self._teacher = _Catch()
-        self._teacher.attach(teacher, split, self.at_crossing)
+        if isinstance(teacher, BlockNet):
+            self._teacher.attach(teacher, split, self.at_crossing)
         self.attach(student)
         self.last_terms: dict[str, float] = {}
 
@@ -167,7 +184,7 @@ class Distiller:
     def _teacher_pass(self, x: torch.Tensor) -> tuple[torch.Tensor | None, Any]:
         self.teacher.eval()
         out = self.teacher(x)
-        head = _head(self.teacher)
+        head = _head(self.teacher) if isinstance(self.teacher, BlockNet) else None
         if isinstance(head, ReidHead) and self._teacher.head_in is not None:
             return _reid_logits(head, self._teacher.head_in), out
         return _as_logits(out), out

@@ -582,9 +582,12 @@ class PatrolPruner:
     ) -> PatrolPruner:
         """Distil ``teacher`` into the model: :meth:`distill_loss` then gives the loss.
 
-        ``teacher`` is the unpruned network (a :class:`BlockNet` split at the
-        same stage; a copy of your model before the pruner touched it, or
-        ``patrol_compress.run.load_run_model`` of a run's ``target/``). It is
+        ``teacher`` is the unpruned network (a copy of your model before the
+        pruner touched it, or ``patrol_compress.run.load_run_model`` of a
+        run's ``target/``); the feature terms need both it and your model to
+        be :class:`BlockNet` s (a recipe's or ``build_model``'s, split at the
+        same stage), the logit term takes any model whose output holds the
+        class scores. It is
         frozen: eval mode, ``requires_grad`` off, run under ``torch.no_grad``
         and moved with :meth:`to`. ``config``: the loss's settings
         (:class:`~patrol_compress.config.recipe.DistillSettings`:
@@ -600,7 +603,8 @@ class PatrolPruner:
         settings = _distill_settings(config)
         if self.distiller is not None:
             self.distiller.close()
-        self.distiller = Distiller(teacher, settings, self.split, self.net)
+        own = self.net is not self.model
+        self.distiller = Distiller(teacher, settings, self.split, self.net, own_forward=own)
         self.distiller.to(device_of(self.model))
         return self
 
