@@ -212,3 +212,49 @@ def test_any_model_takes_the_logit_term_and_the_feature_terms_need_a_blocknet() 
     with pytest.raises(Exception, match="feature_weight 0") as err:
         pruner.distill_from(teacher, ALL_TERMS)
     assert "\n" not in str(err.value)
+
+
+def test_recovery_without_privacy_terms_distils_through_a_recovery_pruner(tmp_path: Path) -> None:
+    """recovery_privacy false: the plain fine-tune's loss, plus the distillation terms."""
+    recipe = tiny_recipe(
+        tmp_path,
+        epochs=1,
+        recovery_epochs=1,
+        recovery_privacy=False,
+        recovery_distill={"enabled": True, "feature_weight": 1.0},
+    )
+    prune(recipe, quiet=True)
+    last = json.loads((tmp_path / "run" / "checkpoints" / "recover" / "last.json").read_text())
+    (epoch,) = last["info"]["history"]
+    assert {"kd", "kd_crossing", "ce"} <= set(epoch) and "adv" not in epoch
+    assert "kd_embedding" not in epoch  # feature_at: [crossing] by default
+
+
+class _NotATensor:
+    """Pickled into a torch file: loading it would run code, so it must be refused."""
+
+
+def test_a_teacher_file_is_read_without_unpickling_and_hashed(tmp_path: Path) -> None:
+    from patrol_compress.data import build_data
+    from patrol_compress.pipeline import fresh_model
+
+    recipe = tiny_recipe(tmp_path, epochs=0, recovery_epochs=1)
+    teacher = fresh_model(recipe, build_data(recipe.data))
+    evil = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": _NotATensor()}, evil)
+    bad = tiny_recipe(tmp_path, recovery_distill={"enabled": True, "teacher": str(evil)})
+    with pytest.raises(Exception, match="patrol.recovery_distill.teacher") as err:
+        prune(bad, quiet=True)
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+    good = tmp_path / "teacher.pt"
+    torch.save(teacher.state_dict(), good)
+    recipe = tiny_recipe(
+        tmp_path,
+        epochs=0,
+        recovery_epochs=1,
+        recovery_distill={"enabled": True, "teacher": str(good)},
+    )
+    metrics = prune(recipe, quiet=True)
+    assert metrics["distill"]["teacher_sha256"] == sha256_file(good)
+    assert metrics["distill"]["teacher"] == str(good)
