@@ -35,6 +35,7 @@ from patrol_compress.contracts import (
     CHECKPOINTS_DIR,
     MASKED_WEIGHTS_FILE,
     METRICS_FILE,
+    MODEL_FILE,
     PATROL_DIR,
     PATROL_SUMMARY_FILE,
     PRUNED_DIR,
@@ -43,8 +44,8 @@ from patrol_compress.contracts import (
 )
 from patrol_compress.data import build_data
 from patrol_compress.data.base import DataBundle
-from patrol_compress.errors import ArtifactError, ModelError, PatrolWarning
-from patrol_compress.io import read_json, write_json
+from patrol_compress.errors import ArtifactError, ModelError, PatrolWarning, RecipeError
+from patrol_compress.io import read_json, sha256_file, write_json
 from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.edge import edge_report
 from patrol_compress.models import BlockNet, build_model, load_torchvision_backbone
@@ -188,6 +189,8 @@ def _preflight(recipe: Recipe, data: DataBundle) -> tuple[EdgeBudget | None, lis
     _check_checkpoint(recipe, probe)  # before masks are inserted into the probe
     if not cfg.enabled:
         return None, []
+    if cfg.recovery_distill.enabled and cfg.recovery_distill.teacher is not None:
+        _load_teacher_file(recipe, probe)  # a missing or foreign teacher: before any training
     budget = cfg.budget
     if budget is not None and (budget.latency_ms is not None or "latency" in budget.fit):
         check_thread_count(budget.latency.threads, "patrol.budget.latency.threads")
@@ -196,6 +199,61 @@ def _preflight(recipe: Recipe, data: DataBundle) -> tuple[EdgeBudget | None, lis
         pruner = patrol_pruner(recipe, data, probe, cfg.budget)
     said = [str(w.message) for w in caught if issubclass(w.category, PatrolWarning)]
     return pruner.budget, said
+
+
+TEACHER_FIELD = "patrol.recovery_distill.teacher"
+DISTILL_STAGE = "distill_teacher"
+"""The stages.json entry that records the distillation teacher's weights (sha256)."""
+
+
+def _load_teacher_file(recipe: Recipe, model: BlockNet) -> str:
+    """Load ``patrol.recovery_distill.teacher`` into ``model`` (exactly the recipe's unpruned
+    architecture); returns the file's sha256. Safetensors or ``weights_only`` torch files."""
+    path = recipe.patrol.recovery_distill.teacher
+    assert path is not None
+    if not path.is_file():
+        raise RecipeError(f"{TEACHER_FIELD}: {path}: file not found")
+    try:
+        state = own_state(model, read_state_dict(path))
+    except ArtifactError as exc:
+        raise ModelError(f"{TEACHER_FIELD}: {exc}") from None
+    load_resized(model, state, f"{TEACHER_FIELD} {path}", exact=True)
+    return sha256_file(path)
+
+
+def distill_teacher(
+    recipe: Recipe, data: DataBundle, run: RunDir, target: BlockNet
+) -> tuple[BlockNet, dict[str, Any]] | None:
+    """The frozen teacher of ``patrol.recovery_distill`` and its record (None: off).
+
+    The teacher is the run's unpruned target (a copy; its weights are
+    ``target/model.safetensors``) or the file the recipe names. Its sha256 is
+    recorded in ``stages.json`` (stage ``distill_teacher``) the first time; a
+    resume whose teacher has other weights is refused before any training.
+    """
+    cfg = recipe.patrol.recovery_distill
+    if not cfg.enabled:
+        return None
+    if cfg.teacher is None:
+        teacher = copy.deepcopy(target).cpu()
+        source = f"{TARGET_DIR}/{MODEL_FILE}"
+        digest = sha256_file(run / TARGET_DIR / MODEL_FILE)
+    else:
+        teacher = fresh_model(recipe, data)
+        digest = _load_teacher_file(recipe, teacher)
+        source = str(cfg.teacher)
+    teacher.eval().requires_grad_(False)
+    record = {"teacher": source, "teacher_sha256": digest, "during_masks": cfg.during_masks}
+    before = run.stages.get(DISTILL_STAGE)
+    if isinstance(before, dict) and before.get("teacher_sha256") != digest:
+        raise ArtifactError(
+            f"{run.path}: this run distilled from a teacher whose weights had sha256 "
+            f"{str(before.get('teacher_sha256'))[:16]}..., {source} now has {digest[:16]}...; "
+            "restore that teacher, or use a new --out or --force"
+        )
+    if before is None:
+        run.mark(DISTILL_STAGE, 0.0, **record)
+    return teacher, record
 
 
 def _load_or_train_target(
@@ -345,8 +403,17 @@ def _patrol_stages(
     metrics: dict[str, Any],
 ) -> BlockNet:
     """PATROL fine-tuning, removal and recovery, each a resumable stage driving one pruner."""
+    distill = distill_teacher(recipe, data, run, target)
+    teacher = None
+    if distill is not None:
+        teacher, metrics["distill"] = distill
     pruner = training_pruner(recipe, data, target, budget)
+    if teacher is not None and recipe.patrol.recovery_distill.during_masks:
+        pruner.distill_from(teacher, recipe.patrol.recovery_distill)
     _patrol_stage(recipe, data, run, pruner, resume, quiet)
+    if pruner.distiller is not None:  # the teacher's hooks go; recovery attaches its own
+        pruner.distiller.close()
+        pruner.distiller = None
     summary_path = run / PATROL_DIR / PATROL_SUMMARY_FILE
     summary = read_json(summary_path)
     if not isinstance(summary, dict) or not {"mask_sparsity", "surrogate_psnr"} <= summary.keys():
@@ -363,7 +430,7 @@ def _patrol_stages(
     # Every rank continues from rank 0's pruned network.
     pruned, pinfo = load_run_model(run / PRUNED_DIR, recipe.model.factory)
     metrics["removal"] = pinfo["removal"]
-    _recover_stage(recipe, data, run, pruned, pinfo, resume, quiet)
+    _recover_stage(recipe, data, run, pruned, pinfo, resume, quiet, teacher)
     final, _ = load_run_model(run.path, recipe.model.factory)
     if not run.done("evaluate"):
         with run.stage("evaluate"):
@@ -495,11 +562,12 @@ def _recover_stage(
     pinfo: dict[str, Any],
     resume: bool,
     quiet: bool,
+    teacher: BlockNet | None = None,
 ) -> None:
     if run.done("recover"):
         return
     with run.stage("recover"):
-        _recover(recipe, data, pruned, run, resume, quiet)
+        _recover(recipe, data, pruned, run, resume, quiet, teacher)
         pruned.cpu().eval()
         info = {
             **model_info(recipe, data),
@@ -512,14 +580,24 @@ def _recover_stage(
 
 
 def _recover(
-    recipe: Recipe, data: DataBundle, pruned: BlockNet, run: RunDir, resume: bool, quiet: bool
+    recipe: Recipe,
+    data: DataBundle,
+    pruned: BlockNet,
+    run: RunDir,
+    resume: bool,
+    quiet: bool,
+    teacher: BlockNet | None = None,
 ) -> None:
     """Short fine-tune of the pruned model.
 
     With ``recovery_privacy`` (default) it is PATROL's objective without masks:
     the Lipschitz term and a surrogate re-mirrored on the pruned edge stay on,
     so accuracy comes back without training the privacy back out of the edge.
-    Otherwise it is plain supervised training.
+    Otherwise it is plain supervised training. With a ``teacher``
+    (``patrol.recovery_distill``) the distillation loss is added; without the
+    privacy terms that runs through a recovery pruner with both terms off (the
+    same loss, Adam and cosine schedule as the plain fine-tune, but the edge's
+    BatchNorms on running statistics, as in every pruner-driven stage).
     """
     cfg = recipe.patrol
     if cfg.recovery_epochs == 0:
@@ -527,7 +605,7 @@ def _recover(
     lr = cfg.recovery_lr if cfg.recovery_lr is not None else recipe.train.lr
     folder = run / CHECKPOINTS_DIR / "recover"
     privacy = cfg.recovery_privacy and (cfg.lipschitz.enabled or cfg.adversarial.enabled)
-    if not privacy:
+    if not privacy and teacher is None:
         rcfg = recipe.train.model_copy(
             update={"epochs": cfg.recovery_epochs, "lr": lr, "warmup_epochs": 0}
         )
@@ -535,14 +613,25 @@ def _recover(
         train_target(pruned, data, rcfg, folder, recipe.seed + 3, resume, quiet, stage="recover")
         return
     torch.manual_seed(recipe.seed + 4)  # seeded with or without a surrogate, as in PATROL
+    settings_cfg = cfg.settings()
+    if not privacy:
+        off = {"enabled": False}
+        settings_cfg = settings_cfg.model_copy(
+            update={
+                "lipschitz": settings_cfg.lipschitz.model_copy(update=off),
+                "adversarial": settings_cfg.adversarial.model_copy(update=off),
+            }
+        )
     pruner = PatrolPruner.for_recovery(
         pruned,
         example_inputs(recipe, data),
         cfg.split,
-        config=cfg,
-        surrogate=make_surrogate(pruned, recipe, data),
+        config=settings_cfg,
+        surrogate=make_surrogate(pruned, recipe, data) if privacy else None,
         section="patrol",
     )
+    if teacher is not None:
+        pruner.distill_from(teacher, cfg.recovery_distill)
     settings = StageSettings("recover", cfg.recovery_epochs, lr)
     patrol_finetune(pruner, data, recipe, folder, None, resume, quiet, settings)
     pruner.close()

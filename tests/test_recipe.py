@@ -134,6 +134,7 @@ def test_the_method_settings_are_the_pruners_and_the_job_fields_the_recipes() ->
         "recovery_epochs",
         "recovery_lr",
         "recovery_privacy",
+        "recovery_distill",
     }
     section = load_recipe(Path("recipes/quickstart.yaml")).patrol
     settings = section.settings()

@@ -340,6 +340,110 @@ class PatrolSettings(StrictModel):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
 
 
+FeatureAt = Literal["crossing", "embedding"]
+
+
+def _at_crossing() -> list[FeatureAt]:
+    return ["crossing"]
+
+
+class DistillSettings(StrictModel):
+    """What the distillation loss computes (:meth:`~patrol_compress.PatrolPruner.distill_from`).
+
+    ``temperature``: Hinton's T; the logit term is the KL divergence of the
+    student's T-softened class scores from the teacher's, times T^2 (so its
+    gradient keeps its scale whatever T is), weighted by ``logit_weight``.
+    The "logits" are what the task's cross-entropy sees: the class scores for
+    classification and the identity scores of the training identities for
+    re-id (the BNNeck head's classifier on the embedding; the teacher's are
+    computed from its embedding in eval mode, where the head returns the
+    embedding). ``feature_weight`` weighs the feature terms at
+    ``feature_at``:
+
+    - ``crossing``: the edge's output at the split. The pruned student has
+      fewer channels there than the teacher, so the two are compared by a
+      channel-agnostic statistic, Zagoruyko and Komodakis' attention map (the
+      channel mean of the squared activations at each position, flattened and
+      L2-normalised; squared difference summed over positions, averaged over
+      the batch), not through a learned 1x1 adapter: an adapter has to be
+      rebuilt (and its learning restarted) when removal changes the channel
+      count, checkpointed for a resume and kept out of the export, and it can
+      absorb the mismatch itself; the statistic needs none of that and is the
+      same loss before and after removal.
+    - ``embedding``: the feature the head takes, globally average-pooled (the
+      re-id feature of the triplet loss; for classification the features
+      before the classifier): 1 - cosine similarity per image when the widths
+      agree; when they do not (a split after the last stage prunes the head's
+      input), the squared difference of the batch's cosine-similarity matrices
+      (Tung and Mori's similarity-preserving loss), again channel-agnostic.
+    """
+
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = 4.0
+    logit_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    feature_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    feature_at: list[FeatureAt] = Field(
+        default_factory=_at_crossing,
+        min_length=1,
+        description="where the feature term compares student and teacher: crossing "
+        "(the edge output at the split) and/or embedding (the features before the head)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_place(cls, data: Any) -> Any:
+        """``feature_at: crossing`` reads as ``[crossing]``."""
+        if isinstance(data, dict) and isinstance(data.get("feature_at"), str):
+            data = {**data, "feature_at": [data["feature_at"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _some_term(self) -> DistillSettings:
+        if len(set(self.feature_at)) != len(self.feature_at):
+            raise ValueError(f"feature_at lists a place twice: {self.feature_at}")
+        if self.logit_weight == 0 and self.feature_weight == 0:
+            raise ValueError("logit_weight and feature_weight are both 0: nothing to distill")
+        return self
+
+
+class DistillConfig(DistillSettings):
+    """A recipe's ``patrol.recovery_distill:``: distil the unpruned teacher into the pruned model.
+
+    Off by default: its effect on accuracy and on leakage has not been
+    measured, so the shipped behaviour does not change. With ``enabled`` the
+    recovery fine-tune adds the distillation loss (:class:`DistillSettings`)
+    to its task loss (and to the privacy terms when ``recovery_privacy``
+    keeps them); ``during_masks`` adds it to the PATROL (mask fine-tuning)
+    stage as well. ``teacher`` null is the run's own unpruned target
+    (``RUN/target/``); a path is a state dict of exactly the recipe's
+    unpruned architecture (``.safetensors``, or a torch file read with
+    ``weights_only=True``; never unpickled), like ``train.checkpoint``. The
+    teacher is frozen, in eval mode, without gradients; its weights' sha256
+    is recorded in ``stages.json`` (stage ``distill_teacher``) and
+    ``metrics.json`` (``distill``), and a resume with a teacher of other
+    weights is refused.
+
+    Why ``patrol.recovery_distill`` and not ``patrol.recovery.distill``: the
+    recovery's settings are the section's flat ``recovery_*`` fields
+    (``recovery_epochs``, ``recovery_lr``, ``recovery_privacy``), so a nested
+    ``recovery:`` mapping would be a second way to say them, and every
+    existing recipe would have to move; the distillation is one more
+    ``recovery_*`` field, a mapping like ``lipschitz`` or ``adversarial``.
+    A resolved recipe leaves it out while it is all defaults, so the resolved
+    recipe of a run without distillation is byte for byte what it was, and
+    runs started before resume.
+    """
+
+    enabled: bool = False
+    teacher: Path | None = Field(
+        default=None,
+        description="teacher weights (.safetensors, or a torch file loaded with "
+        "weights_only=True) of the recipe's unpruned architecture; null: the run's target",
+    )
+    during_masks: bool = Field(
+        default=False, description="also add the loss during the PATROL (mask fine-tuning) stage"
+    )
+
+
 class PatrolConfig(PatrolSettings):
     """A recipe's ``patrol:`` section: the method's settings plus what only the job needs.
 
@@ -368,6 +472,11 @@ class PatrolConfig(PatrolSettings):
     recovery_privacy: bool = Field(
         default=True,
         description="keep the Lipschitz and adversarial terms during recovery",
+    )
+    recovery_distill: DistillConfig = Field(
+        default_factory=DistillConfig,
+        description="knowledge distillation from the unpruned teacher during recovery "
+        "(off by default: not measured yet)",
     )
     lipschitz: LipschitzConfig = Field(default_factory=LipschitzConfig)
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
@@ -501,6 +610,7 @@ _PATROL_KEY_ORDER = (
     "recovery_epochs",
     "recovery_lr",
     "recovery_privacy",
+    "recovery_distill",
     "lipschitz",
     "adversarial",
 )
@@ -515,5 +625,7 @@ run must have the same resolved recipe)."""
 def dump_recipe(recipe: Recipe) -> str:
     data = recipe.model_dump(mode="json")
     patrol = data["patrol"]
+    if recipe.patrol.recovery_distill == DistillConfig():
+        del patrol["recovery_distill"]  # all defaults: the resolved recipe stays what it was
     data["patrol"] = {k: patrol[k] for k in _PATROL_KEY_ORDER if k in patrol} | patrol
     return yaml.safe_dump(data, sort_keys=False)

@@ -189,6 +189,8 @@ def patrol_finetune(
             logits, feat = training_outputs(out)
             loss, parts_log = global_loss(logits, feat, pids, tcfg, data.task)
             total = loss + privacy
+            if pruner.distiller is not None:  # patrol.recovery_distill
+                total = total + pruner.distill_loss(x, out)
             log = _step_log(pruner.last_terms, parts_log)
             opt.zero_grad(set_to_none=True)
             pruner.backward(total)

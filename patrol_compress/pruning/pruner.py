@@ -29,19 +29,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from patrol_compress import distributed
+from patrol_compress.config.base import problems
 from patrol_compress.config.privacy import BlackboxConfig
-from patrol_compress.config.recipe import PatrolSettings
-from patrol_compress.errors import ModelError, PatrolWarning, TrainingError, UsageError, first_line
+from patrol_compress.config.recipe import DistillSettings, PatrolSettings
+from patrol_compress.errors import (
+    ModelError,
+    PatrolWarning,
+    RecipeError,
+    TrainingError,
+    UsageError,
+    first_line,
+)
 from patrol_compress.metrics.flops import count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.split import StageBlock, edge_modules, edge_stage_blocks
 from patrol_compress.models.split import split as split_model
 from patrol_compress.pruning.adversary import Adversary
 from patrol_compress.pruning.budget import EdgeBudget
+from patrol_compress.pruning.distill import Distiller
 from patrol_compress.pruning.hooks import freeze_edge_bn, pending_hook
 from patrol_compress.pruning.inputs import (
     BlocksLike,
@@ -259,12 +269,15 @@ class PatrolPruner:
         self.steps = 0
         self._pending: str | None = None
         self._finished = True
+        self.distiller: Distiller | None = None
         self._partition()
 
     def _partition(self) -> None:
         """The edge as Lipschitz blocks and the cloud, over the view's current children."""
         self._edge: list[StageBlock] = edge_stage_blocks(self.net, self.split)
         self._cloud = split_model(self.net, self.split)[1]
+        if self.distiller is not None:
+            self.distiller.attach(self.net)  # the crossing's module may have changed
 
     def _insert_uplink(self) -> None:
         """Quantize what crosses the split (``config.uplink.bits``): a child of the model.
@@ -389,6 +402,9 @@ class PatrolPruner:
         if self._model_hook is not None:
             self._model_hook.remove()
             self._model_hook = None
+        if self.distiller is not None:
+            self.distiller.close()
+            self.distiller = None
 
     def to(self, device: torch.device | str) -> PatrolPruner:
         """Move the model and the surrogate to ``device``.
@@ -403,6 +419,8 @@ class PatrolPruner:
             self.net.to(dev)
         if self.adversary.surrogate is not None:
             self.adversary.place(self.adversary.surrogate, dev)
+        if self.distiller is not None:
+            self.distiller.to(dev)
         return self
 
     def broadcast(self) -> None:
@@ -558,6 +576,63 @@ class PatrolPruner:
             terms["adv"] = float(adv.detach())
         self.last_terms = terms
         return out, total
+
+    def distill_from(
+        self, teacher: nn.Module, config: DistillSettings | Mapping[str, Any] | None = None
+    ) -> PatrolPruner:
+        """Distil ``teacher`` into the model: :meth:`distill_loss` then gives the loss.
+
+        ``teacher`` is the unpruned network (a copy of your model before the
+        pruner touched it, or ``patrol_compress.run.load_run_model`` of a
+        run's ``target/``); the feature terms need both it and your model to
+        be :class:`BlockNet` s (a recipe's or ``build_model``'s, split at the
+        same stage), the logit term takes any model whose output holds the
+        class scores. It is
+        frozen: eval mode, ``requires_grad`` off, run under ``torch.no_grad``
+        and moved with :meth:`to`. ``config``: the loss's settings
+        (:class:`~patrol_compress.config.recipe.DistillSettings`:
+        ``temperature``, ``logit_weight``, ``feature_weight``, ``feature_at``;
+        default: the logit term alone, T = 4). Returns the pruner. The loss's
+        effect on accuracy and on leakage has not been measured.
+
+        Example::
+
+            teacher = copy.deepcopy(net)             # before PatrolPruner(net, ...)
+            pruner.distill_from(teacher, {"temperature": 4.0})
+        """
+        settings = _distill_settings(config)
+        if self.distiller is not None:
+            self.distiller.close()
+        own = self.net is not self.model
+        self.distiller = Distiller(teacher, settings, self.split, self.net, own_forward=own)
+        self.distiller.to(device_of(self.model))
+        return self
+
+    def distill_loss(self, x: torch.Tensor, output: Any) -> torch.Tensor:
+        """The distillation loss of the batch ``x``: add it to your task loss.
+
+        ``output`` is what the model (or :meth:`forward`) returned for ``x``,
+        just before: its logits, or ``(logits, feature)`` as the re-id head
+        returns in training mode. The teacher (:meth:`distill_from`) runs on
+        ``x`` without gradients; the student's crossing and head input are the
+        ones its forward on ``x`` produced (caught by hooks), so call this
+        right after that forward. The terms: ``logit_weight`` x KL of the
+        T-softened scores x T^2 (the identity scores for re-id), plus
+        ``feature_weight`` x the attention-map distance at the crossing and/or
+        the embedding distance (:class:`~patrol_compress.config.recipe.DistillSettings`).
+        Their values are in :attr:`last_terms` (``kd``, ``kd_crossing``,
+        ``kd_embedding``). The gradient reaches the student only.
+
+        Example::
+
+            out, privacy = pruner(x)
+            loss = F.cross_entropy(out, y) + privacy + pruner.distill_loss(x, out)
+        """
+        if self.distiller is None:
+            raise UsageError("distill_loss: no teacher; call pruner.distill_from(teacher) first")
+        loss = self.distiller.loss(x, output)
+        self.last_terms.update(self.distiller.last_terms)
+        return loss
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``; under torchrun, then the gradients averaged over ranks.
@@ -811,6 +886,25 @@ class PatrolPruner:
         from patrol_compress.pruning.state import load_pruner_state
 
         load_pruner_state(self, state)
+
+
+def _distill_settings(config: DistillSettings | Mapping[str, Any] | None) -> DistillSettings:
+    """The distillation loss's settings: defaults, a settings model, or a mapping of them."""
+    if config is None:
+        return DistillSettings()
+    if isinstance(config, DistillSettings):
+        return DistillSettings.model_validate(
+            config.model_dump(include=set(DistillSettings.model_fields))
+        )
+    if not isinstance(config, Mapping):
+        raise UsageError(
+            f"config: expected a mapping of the distillation's settings, found "
+            f"{type(config).__name__}"
+        )
+    try:
+        return DistillSettings.model_validate(dict(config))
+    except ValidationError as exc:
+        raise RecipeError(f"config.{problems(exc)[0]}") from None
 
 
 def perturbed_count(batch: int, fraction: float) -> int:
