@@ -152,7 +152,12 @@ def test_the_budget_prunes_the_crossing_channels_until_the_bits_fit(uplink_run: 
     assert after["params"] <= metrics["budget"]["params"]  # the other limits still hold
     up = metrics["uplink"]
     assert up["uplink_bits_max"] == after["uplink_bits_max"]
-    assert 0 < up["empirical_entropy_bits"] <= up["uplink_bits_max"]
+    # The estimate's arithmetic is tested on known codes above; here only its place in the
+    # run. Not "> 0": this 1-epoch tiny model's crossing features barely vary across images
+    # (per-channel std 1e-4 to 1e-2, measured), so whether any code flips between images
+    # depends on float rounding (0 bits on this machine, a few on another).
+    assert 0 <= up["empirical_entropy_bits"] <= up["uplink_bits_max"]
+    assert up["entropy_images"] > 0
     assert "estimate" in up["entropy_note"]
     # Only the crossing channels had to go for the uplink: an inner group keeps more.
     before = metrics["edge"]["before"]["output_shape"][0]
