@@ -1,0 +1,150 @@
+"""Is a lighter attacker as strong as the default? The black-box attack of frontier points, twice.
+
+A frontier that cannot afford the library's default attack suite on this
+machine's CPU runs a lighter one (``benchmarks/recipes/attack_cpu_frontier.yaml``:
+one decoder family instead of three). Its numbers may only be published as
+the default's if, on at least three points, the default black-box attack is
+within 0.3 dB of the lighter one; otherwise they are lower bounds and must be
+called so. This script makes that check through the library: for each named
+point of a finished (or running) frontier work folder it runs
+``patrol-compress attack`` with the default black-box settings on the point's
+pruned run, and compares its strongest family (chosen, as always, on the
+attacker's validation images) with the black-box result the frontier
+recorded for the same point, on the same evaluation images:
+
+    python benchmarks/attacker_strength.py --work runs/frontier/quickstart_uplink_v2 \\
+        --points pruning-only-recovery_epochs16-s0-t0,uplink-uplink.bits2-s0-t0 \\
+        --name quickstart_uplink --threads 1
+
+Each point's default attack is kept under ``WORK/strength/POINT`` (a rerun
+reuses it); the results go to ``benchmarks/results/attacker_strength_<name>.{json,md}``
+with provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from patrol_compress import api
+from patrol_compress.config.privacy import AttackConfig
+from patrol_compress.io import read_json, write_json, write_text
+from patrol_compress.provenance import command_line, provenance
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOLERANCE_DB = 0.3
+"""How far below the default a lighter attacker may read and still stand for it."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--work", type=Path, required=True, help="the frontier's work folder")
+    p.add_argument("--points", required=True, help="comma-separated point names")
+    p.add_argument("--name", required=True, help="results file stem suffix")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def blackbox_of(report: dict[str, Any]) -> dict[str, Any]:
+    """The black-box attack's chosen result in an ``attack.json`` (family, scores, images)."""
+    bb = report["attacks"]["blackbox"]
+    info = bb.get("info", {})
+    return {
+        "family": info.get("family"),
+        "families": {
+            name: {k: fam.get(k) for k in ("psnr", "ssim", "best_val_psnr", "epochs_run")}
+            for name, fam in info.get("families", {}).items()
+        },
+        "psnr": bb["psnr"],
+        "ssim": bb["ssim"],
+        "val_psnr": bb.get("val_psnr"),
+        "image_set": bb.get("image_set"),
+    }
+
+
+def check_point(work: Path, point: str) -> dict[str, Any]:
+    """The default black-box attack of ``point``'s pruned run against the frontier's record."""
+    run = work / "runs" / point
+    out = work / "strength" / point
+    start = time.perf_counter()
+    if (out / "attack.json").is_file():
+        default_report = read_json(out / "attack.json")
+    else:
+        resume = (out / ".attack-parts").is_dir()
+        default_report = api.attack(
+            run, ["blackbox"], config=AttackConfig(), out=out, label=point, resume=resume
+        )
+    light_file = work / "points" / point / "attack.json"
+    if not light_file.is_file():
+        raise SystemExit(f"{light_file}: the frontier has not attacked this point yet; rerun later")
+    light, default = blackbox_of(read_json(light_file)), blackbox_of(default_report)
+    if light["image_set"] != default["image_set"]:
+        raise SystemExit(f"{point}: the two attacks scored different evaluation images")
+    return {
+        "point": point,
+        "light": light,
+        "default": default,
+        "default_minus_light_db": default["psnr"] - light["psnr"],
+        "within_tolerance": default["psnr"] - light["psnr"] <= TOLERANCE_DB,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def markdown(rows: list[dict[str, Any]], name: str) -> str:
+    lines = [
+        f"# Lighter attacker against the default: {name}",
+        "",
+        "Black-box attack of each frontier point's pruned edge: the frontier's lighter suite "
+        "(`benchmarks/recipes/attack_cpu_frontier.yaml`) against the library default, same "
+        "evaluation images; family chosen on the attacker's validation images in both.",
+        "",
+        "| point | light family | light PSNR / SSIM | default family | default PSNR / SSIM "
+        "| default - light (dB) | within 0.3 dB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lt, df = r["light"], r["default"]
+        lines.append(
+            f"| {r['point']} | {lt['family']} | {lt['psnr']:.2f} / {lt['ssim']:.3f} "
+            f"| {df['family']} | {df['psnr']:.2f} / {df['ssim']:.3f} "
+            f"| {r['default_minus_light_db']:+.2f} | {'yes' if r['within_tolerance'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(args.threads)
+    points = [p.strip() for p in args.points.split(",") if p.strip()]
+    rows = []
+    for point in points:
+        row = check_point(args.work, point)
+        print(
+            f"{point}: light {row['light']['psnr']:.2f} dB ({row['light']['family']}), default "
+            f"{row['default']['psnr']:.2f} dB ({row['default']['family']}), "
+            f"{row['default_minus_light_db']:+.2f} dB",
+            flush=True,
+        )
+        rows.append(row)
+    stem = args.out / f"attacker_strength_{args.name}"
+    write_json(
+        stem.with_suffix(".json"),
+        {
+            "tolerance_db": TOLERANCE_DB,
+            "points": rows,
+            "all_within_tolerance": all(r["within_tolerance"] for r in rows),
+            "provenance": provenance(command_line()),
+        },
+    )
+    write_text(stem.with_suffix(".md"), markdown(rows, args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
