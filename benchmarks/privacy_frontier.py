@@ -41,9 +41,19 @@ def command(argv: list[str]) -> list[str]:
     work = own.work or ROOT / "runs" / "frontier" / name
     recipe = own.recipe or RECIPES[own.dataset]
     return [
-        "frontier", str(recipe), "--name", name, "--work", str(work), "--out", str(own.out),
-        "--stem", f"privacy_frontier_{name}", "--threads", own.threads, *rest,
+        "frontier", _short(recipe), "--name", name, "--work", _short(work),
+        "--out", _short(own.out), "--stem", f"privacy_frontier_{name}",
+        "--threads", own.threads, *rest,
     ]  # fmt: skip
+
+
+def _short(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it: the command a
+    results file records then reproduces from any checkout, not only this machine's."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
