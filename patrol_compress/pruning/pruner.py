@@ -881,7 +881,7 @@ class PatrolPruner:
 
         Example::
 
-            pruner.load_state_dict(torch.load(path)["pruner"])
+            pruner.load_state_dict(torch.load(path, weights_only=True)["pruner"])
         """
         from patrol_compress.pruning.state import load_pruner_state
 
