@@ -253,18 +253,23 @@ def check_traced(view: TracedNet, model: nn.Module, example: torch.Tensor) -> No
     finally:
         for m, was in flags:
             m.training = was
-    same = (
-        isinstance(out, torch.Tensor)
-        and isinstance(own, torch.Tensor)
-        and out.shape == own.shape
-        and torch.allclose(out, own, rtol=1e-4, atol=1e-5)
-    )
-    if not same:
+    if not same_output(out, own):
         raise ModelError(
             f"the traced pieces of {type(model).__name__} do not compute its own forward "
             "(state kept between calls, or randomness in eval mode?); name the split with "
             "blocks of top-level children instead"
         )
+
+
+def same_output(out: object, own: object) -> bool:
+    """Whether a re-assembled network (pieces, or children in order) computed the model's own
+    output: both tensors of one shape, equal within float reordering (rtol 1e-4, atol 1e-5)."""
+    return (
+        isinstance(out, torch.Tensor)
+        and isinstance(own, torch.Tensor)
+        and out.shape == own.shape
+        and torch.allclose(out, own, rtol=1e-4, atol=1e-5)
+    )
 
 
 def _run_pieces(view: TracedNet, x: torch.Tensor) -> object:

@@ -32,7 +32,7 @@ from patrol_compress.metrics.flops import count_params
 from patrol_compress.models.blocknet import BlockNet
 from patrol_compress.models.factory import block_view
 from patrol_compress.models.split import edge_modules
-from patrol_compress.models.traced import TracedNet, check_traced, trace_stages
+from patrol_compress.models.traced import TracedNet, check_traced, same_output, trace_stages
 from patrol_compress.pruning.budget import EdgeBudget, resolve_budget
 from patrol_compress.pruning.masks import ChannelMask
 
@@ -250,12 +250,7 @@ def check_chain(model: nn.Module, view: BlockNet, example: torch.Tensor) -> None
                 "torch.flatten) in modules (nn.Flatten()) and list them in blocks, or leave "
                 "blocks out and name the split by its module path (the forward is traced)"
             ) from None
-        same = (
-            isinstance(chained, torch.Tensor)
-            and chained.shape == own.shape
-            and torch.allclose(chained, own, rtol=1e-4, atol=1e-5)
-        )
-        if not same:
+        if not same_output(chained, own):
             raise ModelError(
                 f"running the children {order} in order does not give the model's own "
                 "output; the forward must be its children in order (functional steps "
