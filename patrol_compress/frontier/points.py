@@ -23,28 +23,29 @@ Log = Callable[[str], None]
 PROVENANCE_FILE = "provenance.json"
 
 
+def _ensure_run(job: Callable[..., Any], recipe: Recipe, out: Path, log: Log, done: str) -> Path:
+    """``job`` (``api.train`` or ``api.prune``) run into ``out`` unless it finished there
+    (``metrics.json`` written); resumed when a stage ledger shows it was interrupted."""
+    if (out / METRICS_FILE).is_file():
+        return out
+    start = time.perf_counter()
+    job(recipe, out=out, resume=(out / STAGES_FILE).is_file(), quiet=True)
+    log(f"{out}: {done} in {time.perf_counter() - start:.0f} s")
+    return out
+
+
 def ensure_target(recipe: Recipe, out: Path, log: Log) -> Path:
     """The trained (unpruned) target of ``recipe`` in ``out``; trained unless finished."""
     from patrol_compress.api import train
 
-    if (out / METRICS_FILE).is_file():
-        return out
-    start = time.perf_counter()
-    train(recipe, out=out, resume=(out / STAGES_FILE).is_file(), quiet=True)
-    log(f"{out}: target trained in {time.perf_counter() - start:.0f} s")
-    return out
+    return _ensure_run(train, recipe, out, log, "target trained")
 
 
 def ensure_prune(recipe: Recipe, out: Path, log: Log) -> Path:
     """``recipe`` pruned into ``out`` (resumed when interrupted, kept when finished)."""
     from patrol_compress.api import prune
 
-    if (out / METRICS_FILE).is_file():
-        return out
-    start = time.perf_counter()
-    prune(recipe, out=out, resume=(out / STAGES_FILE).is_file(), quiet=True)
-    log(f"{out}: pruned in {time.perf_counter() - start:.0f} s")
-    return out
+    return _ensure_run(prune, recipe, out, log, "pruned")
 
 
 def attack_point(
