@@ -567,6 +567,10 @@ def _recover_stage(
     if run.done("recover"):
         return
     with run.stage("recover"):
+        if recipe.patrol.uplink.recalibrate:
+            # Before a resumed recovery loads its checkpoint, which then overrides it; the
+            # same images and the same pruned edge give the same range on every rank.
+            calibrate_uplink(pruned, recipe.patrol.split, calibration_images(data), again=True)
         _recover(recipe, data, pruned, run, resume, quiet, teacher)
         pruned.cpu().eval()
         info = {

@@ -290,3 +290,37 @@ def test_uplink_plan_takes_only_crossing_channels_and_keeps_round_to() -> None:
     lowest = sorted(range(width), key=lambda i: float(scores[stream][i]))[: width - kept]
     assert sorted(plan[stream]) == sorted(lowest)
     assert uplink_plan(scores, crossing, UplinkLimit(2 * POSITIONS * 3, 2, POSITIONS), 4) is None
+
+
+def test_recalibrate_sets_the_range_afresh_from_the_pruned_edge(tmp_path: Path) -> None:
+    """``uplink.recalibrate``: the range the final edge keeps (no recovery to move it) is the
+    pruned edge's own quantile on the calibration images, not the one removal inherited."""
+    import copy
+
+    from patrol_compress.config import load_recipe
+    from patrol_compress.data import build_data
+    from patrol_compress.pipeline import calibration_images
+    from patrol_compress.uplink import calibrate_uplink
+
+    data = uplink_recipe(tmp_path)
+    data["patrol"]["uplink"]["recalibrate"] = True
+    data["patrol"]["recovery_epochs"] = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        api.prune(data, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    run = tmp_path / "run"
+    inherited = find_uplink(api.load_model(run / "pruned"))
+    final = find_uplink(api.load_model(run))
+    assert inherited is not None and final is not None
+    assert not torch.allclose(inherited.hi, final.hi)  # the masks shrank the features
+    recipe = load_recipe(write_recipe(tmp_path, data, "again.yaml"))
+    fresh = copy.deepcopy(api.load_model(run / "pruned"))
+    assert calibrate_uplink(fresh, 4, calibration_images(build_data(recipe.data)), again=True)
+    quant = find_uplink(fresh)
+    assert quant is not None
+    torch.testing.assert_close(quant.hi, final.hi)
+    torch.testing.assert_close(quant.lo, final.lo)
+    assert not calibrate_uplink(fresh, 4, torch.zeros(1, 3, 32, 32))  # learned: kept

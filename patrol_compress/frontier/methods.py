@@ -96,6 +96,18 @@ register_method(
 )
 register_method(
     Method(
+        "uplink-recalibrated",
+        "a quantized uplink (usually swept by uplink.bits) whose range is set afresh from the "
+        "pruned edge's features before recovery (uplink.recalibrate)",
+        {
+            "lipschitz": {"enabled": False},
+            "adversarial": {"enabled": False},
+            "uplink": {"bits": 2, "recalibrate": True},
+        },
+    )
+)
+register_method(
+    Method(
         "uplink-narrow",
         "a 2-bit uplink whose crossing channels the budget prunes (usually swept by "
         "budget.uplink_bits): fewer channels and fewer bits cross the split",

@@ -61,16 +61,19 @@ def uplink_record(model: BlockNet, split: int) -> dict[str, object] | None:
 
 
 @torch.no_grad()
-def calibrate_uplink(model: BlockNet, split: int, images: torch.Tensor) -> bool:
+def calibrate_uplink(
+    model: BlockNet, split: int, images: torch.Tensor, again: bool = False
+) -> bool:
     """Set the quantizer's range from ``images``' unquantized features (eval mode).
 
     Returns False when there is no quantizer or it was calibrated before (a
-    resumed stage keeps the range it learned).
+    resumed stage keeps the range it learned) and ``again`` is not set;
+    ``again`` replaces a learned range (``patrol.uplink.recalibrate``).
     """
     from patrol_compress.models.split import split as split_model
 
     quant = find_uplink(model)
-    if quant is None or bool(quant.initialised):
+    if quant is None or (bool(quant.initialised) and not again):
         return False
     modes = [(m, m.training) for m in model.modules()]
     edge, _ = split_model(model, split)
