@@ -608,7 +608,8 @@ def _recover(
         return
     lr = cfg.recovery_lr if cfg.recovery_lr is not None else recipe.train.lr
     folder = run / CHECKPOINTS_DIR / "recover"
-    privacy = cfg.recovery_privacy and (cfg.lipschitz.enabled or cfg.adversarial.enabled)
+    terms = (cfg.lipschitz.enabled, cfg.adversarial.enabled, cfg.decorrelation.enabled)
+    privacy = cfg.recovery_privacy and any(terms)
     if not privacy and teacher is None:
         rcfg = recipe.train.model_copy(
             update={"epochs": cfg.recovery_epochs, "lr": lr, "warmup_epochs": 0}
@@ -624,6 +625,7 @@ def _recover(
             update={
                 "lipschitz": settings_cfg.lipschitz.model_copy(update=off),
                 "adversarial": settings_cfg.adversarial.model_copy(update=off),
+                "decorrelation": settings_cfg.decorrelation.model_copy(update=off),
             }
         )
     pruner = PatrolPruner.for_recovery(
