@@ -109,12 +109,12 @@ register_method(
 register_method(
     Method(
         "uplink-dcor",
-        "a 4-bit uplink trained with NoPeek's distance-correlation term between the images and "
+        "a 2-bit uplink trained with NoPeek's distance-correlation term between the images and "
         "what crosses the split (usually swept by decorrelation.weight)",
         {
             "lipschitz": {"enabled": False},
             "adversarial": {"enabled": False},
-            "uplink": {"bits": 4},
+            "uplink": {"bits": 2},
             "decorrelation": {"enabled": True, "weight": 1.0},
         },
     )
