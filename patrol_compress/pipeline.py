@@ -608,8 +608,7 @@ def _recover(
         return
     lr = cfg.recovery_lr if cfg.recovery_lr is not None else recipe.train.lr
     folder = run / CHECKPOINTS_DIR / "recover"
-    terms = (cfg.lipschitz.enabled, cfg.adversarial.enabled, cfg.decorrelation.enabled)
-    privacy = cfg.recovery_privacy and any(terms)
+    privacy = cfg.recovery_privacy and (cfg.lipschitz.enabled or cfg.adversarial.enabled)
     if not privacy and teacher is None:
         rcfg = recipe.train.model_copy(
             update={"epochs": cfg.recovery_epochs, "lr": lr, "warmup_epochs": 0}
@@ -625,7 +624,6 @@ def _recover(
             update={
                 "lipschitz": settings_cfg.lipschitz.model_copy(update=off),
                 "adversarial": settings_cfg.adversarial.model_copy(update=off),
-                "decorrelation": settings_cfg.decorrelation.model_copy(update=off),
             }
         )
     pruner = PatrolPruner.for_recovery(

@@ -281,22 +281,6 @@ def _plain_pruning_adversarial() -> AdversarialConfig:
     return AdversarialConfig(enabled=False)
 
 
-class DecorrelationConfig(StrictModel):
-    """The distance-correlation term (NoPeek): ``weight`` x dCor^2(images, crossing features).
-
-    dCor^2 is the bias-corrected estimate on each batch (near 0 for
-    independent batches, 1 for a similarity; :mod:`patrol_compress.pruning.dcor`
-    says why not NoPeek's plain one).
-
-    Added to the loss of mask fine-tuning and, with ``recovery_privacy``, of
-    recovery (:mod:`patrol_compress.pruning.dcor`). Off by default: it is an
-    option of the uplink issue's frontier, shipped only if it measures better.
-    """
-
-    enabled: bool = False
-    weight: Annotated[float, Field(gt=0.0, le=1000.0)] = 1.0
-
-
 class UplinkConfig(StrictModel):
     """The quantized uplink: what crosses the split is ``bits``-bit codes per value.
 
@@ -367,7 +351,6 @@ class PatrolSettings(StrictModel):
     lipschitz: LipschitzConfig = Field(default_factory=_plain_pruning_lipschitz)
     adversarial: AdversarialConfig = Field(default_factory=_plain_pruning_adversarial)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
-    decorrelation: DecorrelationConfig = Field(default_factory=DecorrelationConfig)
 
 
 FeatureAt = Literal["crossing", "embedding"]

@@ -108,19 +108,6 @@ register_method(
 )
 register_method(
     Method(
-        "uplink-dcor",
-        "a 2-bit uplink trained with NoPeek's distance-correlation term between the images and "
-        "what crosses the split (usually swept by decorrelation.weight)",
-        {
-            "lipschitz": {"enabled": False},
-            "adversarial": {"enabled": False},
-            "uplink": {"bits": 2},
-            "decorrelation": {"enabled": True, "weight": 1.0},
-        },
-    )
-)
-register_method(
-    Method(
         "uplink-narrow",
         "a 2-bit uplink whose crossing channels the budget prunes (usually swept by "
         "budget.uplink_bits): fewer channels and fewer bits cross the split",

@@ -51,7 +51,6 @@ from patrol_compress.models.split import StageBlock, edge_modules, edge_stage_bl
 from patrol_compress.models.split import split as split_model
 from patrol_compress.pruning.adversary import Adversary
 from patrol_compress.pruning.budget import EdgeBudget
-from patrol_compress.pruning.dcor import distance_correlation
 from patrol_compress.pruning.distill import Distiller
 from patrol_compress.pruning.hooks import freeze_edge_bn, pending_hook
 from patrol_compress.pruning.inputs import (
@@ -575,10 +574,6 @@ class PatrolPruner:
             adv = self.adversary.loss(x, z, device_of(self.model))
             total = total - adv_cfg.beta * adv
             terms["adv"] = float(adv.detach())
-        if self.cfg.decorrelation.enabled:
-            dcor = distance_correlation(x, z)
-            total = total + self.cfg.decorrelation.weight * dcor
-            terms["dcor"] = float(dcor.detach())
         self.last_terms = terms
         return out, total
 
