@@ -106,6 +106,8 @@ def check_point(work: Path, point: str, config: Path | None = None) -> dict[str,
         "default": default,
         "default_minus_light_db": default["psnr"] - light["psnr"],
         "within_tolerance": default["psnr"] - light["psnr"] <= TOLERANCE_DB,
+        # The attack's own record: a rerun that reuses a finished attack keeps its cost.
+        "attack_seconds": default_report["attacks"]["blackbox"].get("seconds"),
         "seconds": round(time.perf_counter() - start, 1),
     }
 
