@@ -324,3 +324,20 @@ def test_recalibrate_sets_the_range_afresh_from_the_pruned_edge(tmp_path: Path) 
     torch.testing.assert_close(quant.hi, final.hi)
     torch.testing.assert_close(quant.lo, final.lo)
     assert not calibrate_uplink(fresh, 4, torch.zeros(1, 3, 32, 32))  # learned: kept
+
+
+def test_a_run_recipe_from_the_removed_decorrelation_term_loads_only_switched_off(
+    tmp_path: Path,
+) -> None:
+    """The published frontier's runs carry ``decorrelation: {enabled: false}``: they load.
+    A recipe that switches the removed term on is refused in one line, naming it."""
+    from patrol_compress.errors import RecipeError
+    from patrol_compress.recipe import parse_recipe
+
+    data = uplink_recipe(tmp_path)
+    data["patrol"]["decorrelation"] = {"enabled": False, "weight": 1.0}
+    assert parse_recipe(data).patrol.uplink.bits == BITS
+    data["patrol"]["decorrelation"] = {"enabled": True, "weight": 1.0}
+    with pytest.raises(RecipeError, match="decorrelation was removed") as err:
+        parse_recipe(data)
+    assert "\n" not in str(err.value)

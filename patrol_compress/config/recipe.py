@@ -352,6 +352,25 @@ class PatrolSettings(StrictModel):
     adversarial: AdversarialConfig = Field(default_factory=_plain_pruning_adversarial)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_decorrelation(cls, data: Any) -> Any:
+        """Runs made while ``decorrelation`` (NoPeek's distance-correlation term) existed
+        still load: their resolved recipes carry it switched off, and the published
+        Fashion-MNIST uplink frontier's runs are such runs. Switched on it is refused
+        in one line: the term measured worse and was removed (README, "The quantized
+        uplink"), so no recipe may silently lose it."""
+        if not isinstance(data, dict) or "decorrelation" not in data:
+            return data
+        data = dict(data)
+        term = data.pop("decorrelation")
+        if not isinstance(term, dict) or term.get("enabled", False) is not False:
+            raise ValueError(
+                "decorrelation was removed (it measured worse on the uplink frontier; "
+                "see the README's 'The quantized uplink'): leave it out or set enabled: false"
+            )
+        return data
+
 
 FeatureAt = Literal["crossing", "embedding"]
 
