@@ -100,6 +100,17 @@ def test_point_recipe_sets_method_knob_seed_and_target(tmp_path: Path) -> None:
         point_recipe(recipe, Point("patrol", knob, 8.5, 0, 0), None)
 
 
+def test_narrow_uplink_methods_set_bits_and_take_the_budget_knob(tmp_path: Path) -> None:
+    """The narrow uplinks differ only in their code width; the knob is the uplink budget."""
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    knob = Knob(("budget", "uplink_bits"), (576.0,))
+    for method, bits in (("uplink-narrow", 2), ("uplink4-narrow", 4)):
+        r = point_recipe(recipe, Point(method, knob, 576.0, 0, 0), None)
+        assert r.patrol.uplink.bits == bits
+        assert r.patrol.budget.uplink_bits == 576
+        assert not r.patrol.lipschitz.enabled and not r.patrol.adversarial.enabled
+
+
 def test_knob_specs_per_method() -> None:
     knobs = parse_knobs(
         ["recovery_epochs=4,8", "patrol:adversarial.beta=1e-4,4e-4"], ["pruning-only", "patrol"]

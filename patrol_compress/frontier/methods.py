@@ -114,3 +114,12 @@ register_method(
         {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, "uplink": {"bits": 2}},
     )
 )
+register_method(
+    Method(
+        "uplink4-narrow",
+        "a 4-bit uplink whose crossing channels the budget prunes (usually swept by "
+        "budget.uplink_bits): the 2-bit uplink's bits spent on fewer channels at finer codes, "
+        "for a task (re-identification) where 2-bit codes cost accuracy",
+        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, "uplink": {"bits": 4}},
+    )
+)
