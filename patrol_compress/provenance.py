@@ -51,8 +51,15 @@ def device_info() -> dict[str, Any]:
     return out
 
 
+DIRTY_PATHS_KEPT = 20
+"""How many changed paths a provenance record names (a count would hide which)."""
+
+
 def git_commit(root: Path = SOURCE_ROOT) -> dict[str, Any]:
-    """The commit the source tree is at and whether it differs from it (None outside git)."""
+    """The commit the source tree is at, whether it differs from it (None outside git), and
+    which tracked paths differ (``dirty_paths``, at most :data:`DIRTY_PATHS_KEPT`): a result
+    file being written beside a run is not a code change, and a reader should be able to
+    tell the two apart."""
 
     def git(*args: str) -> str | None:
         try:
@@ -71,7 +78,9 @@ def git_commit(root: Path = SOURCE_ROOT) -> dict[str, Any]:
     if commit is None:
         return {"commit": None, "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status)}
+    # "XY path" per line; git() strips the output, so the first line may have lost its X.
+    paths = [line[2:].strip() for line in (status or "").splitlines() if line.strip()]
+    return {"commit": commit, "dirty": bool(status), "dirty_paths": paths[:DIRTY_PATHS_KEPT]}
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -519,14 +519,18 @@ def _provenance_lines(result: dict[str, Any]) -> list[str]:
             (r["provenance"] or {}).get("device", {}).get("gpu"),
             (r["provenance"] or {}).get("commit"),
             (r["provenance"] or {}).get("dirty"),
+            tuple((r["provenance"] or {}).get("dirty_paths") or ()),
         )
         for r in result["records"]
     }
     out = ["## Provenance", ""]
-    for cpu, gpu, commit, dirty in sorted(seen, key=str):
+    for cpu, gpu, commit, dirty, paths in sorted(seen, key=str):
+        changes = ""
+        if dirty:
+            changes = f" (with uncommitted changes{' to ' + ', '.join(paths) if paths else ''})"
         out.append(
             f"- points made on {cpu}{'' if not gpu else f' with {gpu}'} at commit "
-            f"{(commit or 'unknown')[:10]}{' (with uncommitted changes)' if dirty else ''}"
+            f"{(commit or 'unknown')[:10]}{changes}"
         )
     out.append(
         "- per point: device, versions, commit, command, recipe and weight sha256 in the JSON"
