@@ -25,6 +25,7 @@ from patrol_compress.cli.app import app
 from patrol_compress.frontier import FrontierError, Knob, Point, Record, compare, point_recipe
 from patrol_compress.frontier.compare import frontier, margin
 from patrol_compress.frontier.plan import parse_knobs
+from patrol_compress.frontier.run import Job, shard_jobs
 from patrol_compress.recipe import load_recipe
 
 from .helpers import tiny_recipe_dict
@@ -107,8 +108,17 @@ def test_narrow_uplink_methods_set_bits_and_take_the_budget_knob(tmp_path: Path)
     for method, bits in (("uplink-narrow", 2), ("uplink4-narrow", 4)):
         r = point_recipe(recipe, Point(method, knob, 576.0, 0, 0), None)
         assert r.patrol.uplink.bits == bits
-        assert r.patrol.budget.uplink_bits == 576
+        assert r.patrol.budget is not None and r.patrol.budget.uplink_bits == 576
         assert not r.patrol.lipschitz.enabled and not r.patrol.adversarial.enabled
+
+
+def test_shards_deal_only_the_points_not_yet_made() -> None:
+    """Extending a finished frontier by four points gives each of two shards two of them."""
+    jobs: list[Job] = [(f"p{i}", (0, i)) for i in range(10)]
+    made = {f"p{i}" for i in range(6)}
+    shares = [shard_jobs(jobs, made.__contains__, i, 2) for i in range(2)]
+    assert [[name for name, _ in share] for share in shares] == [["p6", "p8"], ["p7", "p9"]]
+    assert shard_jobs(jobs, lambda _: True, 0, 2) == []
 
 
 def test_knob_specs_per_method() -> None:

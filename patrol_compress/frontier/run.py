@@ -267,6 +267,10 @@ def record_of(report: dict[str, Any], p: Point) -> Record:
     )
 
 
+Job = tuple[str, "Point | tuple[int, int]"]
+"""A frontier job: a point, or a reference (target seed, split), by its folder name."""
+
+
 def run_frontier(
     plan: FrontierPlan,
     work: Path,
@@ -294,11 +298,11 @@ def run_frontier(
         for t in plan.target_seeds:
             _target(plan, work, t, progress)
         return None
-    jobs: list[tuple[str, Point | tuple[int, int]]] = [
+    jobs: list[Job] = [
         (f"none-split{k}-t{t}", (t, k)) for t in plan.target_seeds for k in plan.references
     ]
     jobs += [(p.name, p) for p in plan.points]
-    mine = [job for i, job in enumerate(jobs) if stage != "points" or i % count == index]
+    mine = jobs if stage != "points" else shard_jobs(jobs, lambda n: _made(work, n), index, count)
     reports: dict[str, dict[str, Any]] = {}
     for done, (name, what) in enumerate(mine):
         path = work / "points" / name / ATTACK_FILE
@@ -307,7 +311,7 @@ def run_frontier(
                 raise FrontierError(f"--stage collect: {path} is missing; run the points first")
             reports[name] = dict(read_json(path))
             continue
-        if path.is_file() and (path.parent / PROVENANCE_FILE).is_file():
+        if _made(work, name):
             reports[name] = dict(read_json(path))
             continue
         progress.say(f"point {done + 1}/{len(mine)} {name}: {progress.eta(len(mine) - done)}")
@@ -320,6 +324,26 @@ def run_frontier(
     if stage == "points":
         return None
     return collect(plan, work, out or work, reports, command, stem, progress)
+
+
+def _made(work: Path, name: str) -> bool:
+    """A point counts as made once its attack and its provenance are both on disk."""
+    folder = work / "points" / name
+    return (folder / ATTACK_FILE).is_file() and (folder / PROVENANCE_FILE).is_file()
+
+
+def shard_jobs(jobs: list[Job], made: Callable[[str], bool], index: int, count: int) -> list[Job]:
+    """Shard ``index`` of ``count``'s share of the jobs not yet made, dealt round-robin.
+
+    Dealing the pending jobs, not all of them, is what lets shards share a resumed or extended
+    frontier: dealt over every job, the four points added to a 22-point plan all fell to one
+    shard while the other found nothing to do. Every shard reads the same pending list only
+    if they start together, before any of them finishes a point, which is what
+    ``benchmarks/privacy_frontier_parallel.py`` does; a shard started later may deal
+    differently, and the run lock keeps two shards out of one point.
+    """
+    pending = [job for job in jobs if not made(job[0])]
+    return [job for i, job in enumerate(pending) if i % count == index]
 
 
 def _references(plan: FrontierPlan, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
