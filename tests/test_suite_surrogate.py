@@ -19,6 +19,7 @@ from patrol_compress.pruning.patrol import (
     make_surrogate,
     surrogate_fit_loss,
 )
+from patrol_compress.pruning.surrogate import psnr_of_pairs, train_surrogate
 
 from .helpers import tiny_recipe, tiny_resnet
 
@@ -60,6 +61,8 @@ def test_prune_with_the_suite_surrogate_runs_and_reports_its_strength(tmp_path: 
     assert 5.0 < metrics["surrogate_psnr"] < 60.0
     summary = json.loads((tmp_path / "run" / "patrol" / "summary.json").read_text())
     assert all("adv" in epoch for epoch in summary["history"])
+    # The attacker's strength when it was fixed is logged beside the error the edge raises.
+    assert all(5.0 < epoch["adv_fit_psnr"] < 60.0 for epoch in summary["history"])
 
 
 def test_mirror_stays_the_default_and_the_plugin_takes_the_suite() -> None:
@@ -80,4 +83,31 @@ def test_mirror_stays_the_default_and_the_plugin_takes_the_suite() -> None:
     pruner.begin_epoch(batches)
     assert isinstance(pruner.surrogate, SuiteSurrogate)
     _, privacy = pruner(images[:8])
-    assert set(pruner.last_terms) == {"lip", "adv"} and float(privacy.detach()) < 0
+    assert set(pruner.last_terms) == {"lip", "adv", "adv_fit_psnr"}
+    assert float(privacy.detach()) < 0
+
+
+@pytest.mark.parametrize("adversarial", [SUITE, {"enabled": True}], ids=["suite", "mirror"])
+def test_fit_psnr_is_the_fitted_attackers_psnr_on_its_last_batches(
+    tmp_path: Path, adversarial: dict[str, object]
+) -> None:
+    """What ``train_surrogate`` returns is the fitted surrogate's PSNR on the final pass's last
+    batches, computed with the weights it ends with (not the loss on the way)."""
+    recipe = tiny_recipe(tmp_path, adversarial=adversarial)
+    model = tiny_resnet().eval()
+    surrogate = make_surrogate(model, recipe, build_data(recipe.data))
+    edge = edge_stage_blocks(model, recipe.patrol.split)
+    torch.manual_seed(0)
+    batches = [(torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    opt = torch.optim.Adam(surrogate.parameters(), lr=1e-2)
+    got = train_surrogate(surrogate, edge, batches, opt, 2, torch.device("cpu"))
+    pairs = []
+    with torch.no_grad():
+        for x, _ in batches[-2:]:
+            z = x
+            for b in edge:
+                z = b(z)
+            pairs.append((x, z))
+    assert got == pytest.approx(psnr_of_pairs(surrogate, pairs), rel=1e-6)
+    first = psnr_of_pairs(surrogate, pairs[:1])
+    assert got != pytest.approx(first, rel=1e-6)  # both batches count, not just one

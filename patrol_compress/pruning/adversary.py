@@ -51,6 +51,10 @@ class Adversary:
         self.surrogate: nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.attacker: Attacker | None = None
+        self.fit_psnr: float | None = None
+        """The surrogate's PSNR on its last fit's final batches (None before a fit): whether the
+        in-loop attacker learned to invert the edge at all, before the edge trained against it;
+        the Eq. 8 loss the history logs as ``adv`` is the error the edge then raises."""
         self._warned = False
 
     def place(self, surrogate: nn.Module, dev: torch.device) -> None:
@@ -98,7 +102,7 @@ class Adversary:
                     f"({self._every_field}); pass the epoch's batches (your loader)"
                 )
             passes = self.cfg.adversary_epochs + (self.cfg.warmup_epochs if epoch == 0 else 0)
-            train_surrogate(surrogate, edge, batches, self.optimizer(), passes, dev)
+            self.fit_psnr = train_surrogate(surrogate, edge, batches, self.optimizer(), passes, dev)
         surrogate.eval()
         # The epoch's fixed attacker: the surrogate's eval-mode function with no
         # weight gradients (a mirror's BNs folded: same values, faster).
@@ -133,4 +137,4 @@ class Adversary:
 
     def reset(self) -> None:
         """A fresh surrogate, built on first need: the edge changed (removal)."""
-        self.surrogate, self.opt, self.attacker = None, None, None
+        self.surrogate, self.opt, self.attacker, self.fit_psnr = None, None, None, None

@@ -226,9 +226,10 @@ def patrol_finetune(
 
 def _step_log(terms: dict[str, float], task: dict[str, float]) -> dict[str, float]:
     """One step's logged numbers, in the order the history has always had them."""
-    log = {k: v for k, v in terms.items() if k not in ("lip", "adv")}
+    log = {k: v for k, v in terms.items() if k not in ("lip", "adv", "adv_fit_psnr")}
     log.update(task)
     log["lip"] = terms["lip"]
-    if "adv" in terms:
-        log["adv"] = terms["adv"]
+    for k in ("adv", "adv_fit_psnr"):
+        if k in terms:
+            log[k] = terms[k]
     return log

@@ -574,6 +574,8 @@ class PatrolPruner:
             adv = self.adversary.loss(x, z, device_of(self.model))
             total = total - adv_cfg.beta * adv
             terms["adv"] = float(adv.detach())
+            if self.adversary.fit_psnr is not None:
+                terms["adv_fit_psnr"] = self.adversary.fit_psnr
         self.last_terms = terms
         return out, total
 

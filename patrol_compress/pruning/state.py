@@ -4,7 +4,7 @@ Flat and tensors only, so a checkpoint stores it in safetensors next to the
 weights (:func:`~patrol_compress.train.loop.run_stage`'s ``stateful``) and a
 resumed run continues bit for bit: the masks, FISTA's iterate, momentum and
 caps (per mask, by its position among the masks), the steering's plan, the
-surrogate's weights and its Adam, and the step and epoch counters. Settings
+surrogate's weights, its Adam and its last fit's PSNR, and the step and epoch counters. Settings
 (learning rates, lambdas) are not state: the pruner is rebuilt from them.
 """
 
@@ -46,6 +46,8 @@ def pruner_state(pruner: PatrolPruner) -> dict[str, torch.Tensor]:
             for pid, st in adversary.opt.state_dict()["state"].items():
                 for key, value in st.items():
                     out[f"surrogate_opt.{pid}.{key}"] = torch.as_tensor(value).detach().cpu()
+    if adversary.fit_psnr is not None:
+        out["adversary_fit_psnr"] = torch.tensor([adversary.fit_psnr], dtype=torch.float64)
     return out
 
 
@@ -90,6 +92,9 @@ def load_pruner_state(pruner: PatrolPruner, state: dict[str, torch.Tensor]) -> N
                 per.setdefault(int(index), {})[name] = value
             groups = opt.state_dict()["param_groups"]
             opt.load_state_dict({"state": per, "param_groups": groups})
+    # An epoch that does not refit logs the last fit's PSNR; older checkpoints lack it.
+    fit = state.get("adversary_fit_psnr")
+    pruner.adversary.fit_psnr = None if fit is None else float(fit[0])
     # Mid-epoch (a loop of your own): the next step's caps; the recipe's epochs begin anew.
     active = pruner.steering is not None and not pruner._finished
     pruner._pending = "caps" if active else None

@@ -24,6 +24,7 @@ gathers every rank's per-image values, so both equal what one process computes.
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -179,21 +180,62 @@ def train_surrogate(
     epochs: int,
     dev: torch.device,
 ) -> float:
-    """Fit the surrogate on (edge features, image) pairs with the edge frozen; returns last loss."""
+    """Fit the surrogate on (edge features, image) pairs with the edge frozen.
+
+    Returns the fitted surrogate's mean per-image PSNR on the last
+    :data:`FIT_PSNR_BATCHES` batches of its final pass (eval mode; NaN with no
+    batches): how well the in-loop attacker inverts the edge at the moment it
+    is fixed, before the edge trains against it. Scored on batches it was just
+    fitted on (a training PSNR, the most it can claim) and kept from that pass,
+    so the loader is not read again and the sampler's order stays what it was.
+    """
     ctx = distributed.current()
     params = list(surrogate.parameters())
     surrogate.train()
-    last = 0.0
+    kept: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=FIT_PSNR_BATCHES)
     for _ in range(epochs):
+        kept.clear()
         for batch in batches_of(loader):
             x = images_of(batch).to(dev)
-            loss = surrogate_fit_loss(surrogate, x, edge_features(edge, x))
+            z = edge_features(edge, x)
+            loss = surrogate_fit_loss(surrogate, x, z)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             ctx.average_grads(params)
             opt.step()
-            last = float(loss.detach())
-    return ctx.mean_scalars({"loss": last})["loss"]
+            kept.append((x, z))
+    return psnr_of_pairs(surrogate, kept)
+
+
+FIT_PSNR_BATCHES = 2
+"""Batches of the surrogate's final fitting pass its fit PSNR is scored on."""
+
+
+@torch.no_grad()
+def psnr_of_pairs(
+    surrogate: nn.Module, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
+    """Mean per-image PSNR (data range 1) of the surrogate's reconstructions of ``(x, z)`` pairs.
+
+    A suite reports its best decoder (highest mean PSNR), as the attack suite
+    reports its strongest family. Distributed: each rank scores its share and
+    the per-image values are gathered, so the mean is over the images one
+    process would score.
+    """
+    ctx = distributed.current()
+    surrogate.eval()
+    if isinstance(surrogate, SuiteSurrogate):
+        decoders: list[nn.Module] = list(surrogate.decoders.values())
+    else:
+        decoders = [frozen_inverter(surrogate)]  # the same function, faster
+    vals: list[list[torch.Tensor]] = [[] for _ in decoders]
+    for x, z in pairs:
+        for k, d in enumerate(decoders):
+            mse = (d(z) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            vals[k].append(ctx.gather_rows(10 * torch.log10(1.0 / mse)).cpu())
+    if not vals[0]:
+        return float("nan")
+    return max(float(torch.cat(v).mean()) for v in vals)
 
 
 @torch.no_grad()
@@ -204,28 +246,13 @@ def surrogate_psnr(
     dev: torch.device,
     max_batches: int = 4,
 ) -> float:
-    """Mean per-image PSNR (data range 1) of the surrogate's reconstructions.
+    """Mean per-image PSNR of the surrogate on the loader's first batches (psnr_of_pairs)."""
 
-    A suite reports its best decoder (highest mean PSNR), as the attack suite
-    reports its strongest family. Distributed: each rank scores its share of
-    the same batches and the per-image values are gathered, so the mean is
-    over the images one process would score.
-    """
-    ctx = distributed.current()
-    surrogate.eval()
-    if isinstance(surrogate, SuiteSurrogate):
-        decoders: list[nn.Module] = list(surrogate.decoders.values())
-    else:
-        decoders = [frozen_inverter(surrogate)]  # the same function, faster
-    vals: list[list[torch.Tensor]] = [[] for _ in decoders]
-    for i, batch in enumerate(batches_of(loader)):
-        if i >= max_batches:
-            break
-        x = images_of(batch).to(dev)
-        z = edge_features(edge, x)
-        for k, d in enumerate(decoders):
-            mse = (d(z) - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-            vals[k].append(ctx.gather_rows(10 * torch.log10(1.0 / mse)).cpu())
-    if not vals[0]:
-        return float("nan")
-    return max(float(torch.cat(v).mean()) for v in vals)
+    def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i, batch in enumerate(batches_of(loader)):
+            if i >= max_batches:
+                return
+            x = images_of(batch).to(dev)
+            yield x, edge_features(edge, x)
+
+    return psnr_of_pairs(surrogate, pairs())
