@@ -112,6 +112,15 @@ def test_narrow_uplink_methods_set_bits_and_take_the_budget_knob(tmp_path: Path)
         assert not r.patrol.lipschitz.enabled and not r.patrol.adversarial.enabled
 
 
+def test_patrol_fit_plays_an_attacker_refitted_every_epoch(tmp_path: Path) -> None:
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    knob = Knob(("adversarial", "beta"), (1e-4,))
+    r = point_recipe(recipe, Point("patrol-fit", knob, 1e-4, 0, 0), None)
+    adv = r.patrol.adversarial
+    assert r.patrol.lipschitz.enabled and adv.enabled and adv.beta == 1e-4
+    assert (adv.adversary_every, adv.adversary_epochs, adv.warmup_epochs) == (1, 3, 4)
+
+
 def test_shards_deal_only_the_points_not_yet_made() -> None:
     """Extending a finished frontier by four points gives each of two shards two of them."""
     jobs: list[Job] = [(f"p{i}", (0, i)) for i in range(10)]
