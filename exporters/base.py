@@ -87,6 +87,10 @@ class Target:
     check_available: Callable[[], None] = _always_available
     precisions: tuple[str, ...] = ("fp32", "fp16")
     """The precisions this target can write; others are refused before any work."""
+    uplink_codes: bool = False
+    """Whether it can carry a quantized uplink: an edge that ends in uint8 codes and a
+    cloud that starts by decoding them. Off unless a target says so, so that a new
+    target refuses a quantized model in one line instead of building what it cannot."""
 
 
 EXPORTERS: Registry[Target] = Registry("export target")

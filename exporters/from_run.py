@@ -15,8 +15,9 @@ from patrol_compress.errors import ExportError, ModelError
 from patrol_compress.locking import enclosing_run, folder_lock
 from patrol_compress.rundir import remove_leftovers
 
+from .base import EXPORTERS
 from .int8 import DEFAULT_CALIBRATION_IMAGES, MAX_DROP_POINTS
-from .partitions import check_target, export_partitions
+from .partitions import check_target, check_uplink_export, export_partitions
 
 if TYPE_CHECKING:
     from patrol_compress.config.recipe import ExportConfig, Recipe
@@ -138,7 +139,7 @@ def export_run(
     from patrol_compress.models.saved import load_run_model
 
     _check_arguments(split, target, precision, calibration_images)
-    check_target(target, precision)  # before loading the model: fail fast
+    EXPORTERS.get(target)  # a misspelt target before loading the model
     run_dir = Path(run_dir)
     model, info = load_run_model(run_dir, trust_model_code=trust_model_code)
     settings = recipe_export_settings(run_dir)
@@ -156,6 +157,9 @@ def export_run(
         )
     if calibration_images < 1:
         raise ExportError(f"--calibration-images must be >= 1, found {calibration_images}")
+    # A quantized uplink's refusals first: they hold whatever is installed here.
+    check_uplink_export(model, k, target, precision)
+    check_target(target, precision)  # before the INT8 data and any export work
     int8 = (
         run_int8_data(run_dir, tuple(info["input_shape"]), calibration_images, allow_parity_fail)
         if precision == "int8"

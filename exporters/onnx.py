@@ -31,5 +31,6 @@ EXPORTERS.add(
         export_onnx,
         "ONNX files (edge.onnx, cloud.onnx), checked with onnxruntime",
         precisions=("fp32", "fp16", "int8"),
+        uplink_codes=True,
     ),
 )

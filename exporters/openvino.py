@@ -50,5 +50,6 @@ EXPORTERS.add(
         "(int8: NNCF-quantized IR only)",
         _check_available,
         precisions=("fp32", "fp16", "int8"),
+        uplink_codes=True,
     ),
 )

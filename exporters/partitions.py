@@ -103,22 +103,48 @@ class UplinkCloud(torch.nn.Module):
         return self.cloud(self.decode(codes))
 
 
-def _uplink_parts(
-    edge: torch.nn.Module, target: str, precision: str
-) -> tuple[torch.nn.Module, dict[str, Any]] | None:
-    """For an edge ending in a quantized uplink: it now emits uint8 codes; the cloud's
-    decoder and the manifest's record of the code (None for an fp32 uplink)."""
+def check_uplink_export(model: BlockNet, split: int, target: str, precision: str) -> None:
+    """A quantized uplink is exported only at its own split, by a target that carries codes.
+
+    Why here, before the target's own checks: the bound (``bits`` x channels x
+    positions per image) holds only for what crosses where the quantizer sits.
+    Split deeper and the codes would be made and decoded inside the edge; split
+    shallower and the edge would send unquantized features; either way the export
+    would send more than the run's bound and the manifest would not say so. INT8
+    re-quantizes the cloud and the uplink's decode with it, and a target without
+    :attr:`~.base.Target.uplink_codes` cannot take the uint8 codes; both are refused
+    first, so a user is not told to install a backend that could not build the
+    model anyway.
+    """
+    from patrol_compress.uplink import find_uplink, uplink_split
+
+    quant = find_uplink(model)
+    if quant is None:
+        return
+    at = uplink_split(model)
+    if split != at:
+        raise ExportError(
+            f"the model's uplink is quantized to {quant.bits} bits at split {at}: export at split "
+            f"{at}, not {split} (elsewhere the edge would send more than the uplink's bound)"
+        )
+    if precision == "int8" or not EXPORTERS.get(target).uplink_codes:
+        takes = sorted(n for n in EXPORTERS.names() if EXPORTERS.get(n).uplink_codes)
+        raise ExportError(
+            f"the model's uplink is quantized to {quant.bits} bits; {target} {precision} export "
+            f"of such a model is not supported: export fp32 or fp16 to {' or '.join(takes)} "
+            "(the uplink is already quantized)"
+        )
+
+
+def _uplink_parts(edge: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+    """For an edge ending in a quantized uplink (checked by :func:`check_uplink_export`):
+    it now emits uint8 codes; the cloud's decoder and the manifest's record of the code
+    (None for an fp32 uplink)."""
     from patrol_compress.uplink import find_uplink
 
     quant = find_uplink(edge)
     if quant is None:
         return None
-    if precision == "int8" or target == "tensorrt":
-        raise ExportError(
-            f"the model's uplink is quantized to {quant.bits} bits; {target} {precision} export "
-            "of such a model is not supported: export fp32 or fp16 to onnx or openvino (the "
-            "uplink is already quantized)"
-        )
     quant.emit_codes()
     decode = quant.decoder()
     record = {
@@ -247,6 +273,7 @@ def export_partitions(
     shape = _validate(precision, input_shape, opset, extra_manifest)
     if not isinstance(model, BlockNet):
         raise ExportError(f"expected a BlockNet, found {type(model).__name__}")
+    check_uplink_export(model, split, target, precision)
     exporter = check_target(target, precision)
     if precision == "int8":
         _check_int8(require_data(int8), shape)
@@ -255,7 +282,7 @@ def export_partitions(
 
     work_model = copy.deepcopy(model).float().cpu().eval()
     edge, cloud_part = split_model(work_model, split)
-    uplink = _uplink_parts(edge, target, precision)
+    uplink = _uplink_parts(edge)
     cloud: torch.nn.Module = cloud_part if uplink is None else UplinkCloud(uplink[0], cloud_part)
     sample, edge_ref, cloud_ref = _references(edge, cloud, shape, seed)
 

@@ -77,7 +77,8 @@ def test_mac_and_param_limits_both_hold_after_real_removal(granularity: str) -> 
 
 def test_mac_limit_below_the_narrowest_edge_names_macs() -> None:
     st = ChannelStructure(tiny(), 4, 1.0, X)
-    with pytest.raises(BudgetError, match=r"cannot be met at split 4.*MACs > 10$"):
+    least = r"MACs > 10 \(patrol.budget.macs must be at least \d+\)$"
+    with pytest.raises(BudgetError, match=r"cannot be met at split 4.*" + least):
         st.check(EdgeBudget(macs=10))
 
 

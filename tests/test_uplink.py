@@ -229,10 +229,16 @@ def test_the_adaptive_attack_reads_what_the_cloud_receives(
     [
         ({"uplink": {"bits": 3}}, "patrol.uplink.bits"),
         ({"uplink": {"bits": 0}}, "patrol.uplink.bits"),
+        ({"uplink": {"bits": True}}, "patrol.uplink.bits"),  # lax matching read it as 1
+        ({"uplink": {"bits": 2.0}}, "patrol.uplink.bits"),
         ({"budget": {"fit_split": 2, "uplink_bits": 0}}, "patrol.budget.uplink_bits"),
         ({"budget": {"fit_split": 2, "uplink_bits": -8}}, "patrol.budget.uplink_bits"),
         ({"budget": {"fit_split": 2, "uplink_bits": 2.5}}, "patrol.budget.uplink_bits"),
-        ({"budget": {"fit_split": 2, "uplink_bits": 3}}, "uplink"),  # no width meets 3 bits
+        # No width meets 3 bits: the line names the field and the least it must be.
+        (
+            {"budget": {"fit_split": 2, "uplink_bits": 3}},
+            f"patrol.budget.uplink_bits must be at least {BITS * POSITIONS}",
+        ),
     ],
 )
 def test_bad_uplink_settings_are_one_line_before_any_training(
@@ -249,6 +255,33 @@ def test_bad_uplink_settings_are_one_line_before_any_training(
     assert result.exit_code == 2, result.output
     assert words in result.output and result.output.count("\n") == 1
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        # The bound holds only where the quantizer sits: elsewhere more would be sent.
+        (
+            ["--split", "3", "--target", "onnx"],
+            "quantized to 2 bits at split 4: export at split 4, not 3",
+        ),
+        # Refused for the uplink, not for a missing TensorRT: an install would not help.
+        (["--target", "trt"], "trt fp32 export of such a model is not supported"),
+        (
+            ["--target", "onnx", "--precision", "int8"],
+            "onnx int8 export of such a model is not supported",
+        ),
+    ],
+)
+def test_an_export_that_would_break_the_bound_is_one_line(
+    uplink_run: Path, tmp_path: Path, args: list[str], words: str
+) -> None:
+    run = Path(shutil.copytree(uplink_run, tmp_path / "run"))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    result = CliRunner().invoke(app, ["export", str(run), *args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and result.output.count("\n") == 1, result.output
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
 def test_a_model_with_its_own_forward_cannot_take_the_quantizer() -> None:

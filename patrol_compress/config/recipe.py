@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Discriminator, Field, JsonValue, StrictInt, Tag, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    JsonValue,
+    StrictInt,
+    Tag,
+    model_validator,
+)
 
 from patrol_compress.config.base import StrictModel, read_yaml, short, validate
 from patrol_compress.config.factory import check_factory_spec
@@ -281,13 +289,21 @@ def _plain_pruning_adversarial() -> AdversarialConfig:
     return AdversarialConfig(enabled=False)
 
 
+def _whole_bits(value: object) -> object:
+    """Refuse what pydantic's lax literal matching would read as a width: ``true`` as 1
+    and ``2.0`` as 2 (a YAML typo must not silently become a 1-bit uplink)."""
+    if isinstance(value, (bool, float)):
+        raise ValueError("Input should be 1, 2, 4 or 8 (a whole number)")
+    return value
+
+
 class UplinkConfig(StrictModel):
     """The quantized uplink: what crosses the split is ``bits``-bit codes per value.
 
     ``bits`` null keeps the fp32 uplink. With 8, 4, 2 or 1, the edge ends in a
     per-channel quantizer whose range is learned during mask fine-tuning and
     recovery (:mod:`patrol_compress.uplink.quant`); it starts at the
-    ``init_quantile`` of each channel's values on the first training batch.
+    ``init_quantile`` of each channel's values on the first 256 training images.
     The uplink then carries at most ``bits`` x channels x positions bits per
     image, the bound ``metrics.json`` and every export record.
 
@@ -300,7 +316,7 @@ class UplinkConfig(StrictModel):
     spends its few levels on values that never occur.
     """
 
-    bits: Literal[1, 2, 4, 8] | None = None
+    bits: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_whole_bits)] | None = None
     init_quantile: Annotated[float, Field(gt=0.5, le=1.0)] = 0.999
     recalibrate: bool = Field(
         default=False,

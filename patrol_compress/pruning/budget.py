@@ -147,18 +147,27 @@ class Cost:
     uplink_channels: int | None = None
 
     def violations(self, budget: EdgeBudget) -> list[str]:
-        """The static limits this cost breaks, as readable phrases."""
+        """The static limits this cost breaks, as readable phrases naming the recipe field
+        (a user fixing an unmeetable budget needs the field and the least it must be)."""
         out = []
         if budget.params is not None and self.params > budget.params:
-            out.append(f"{self.params} parameters > {budget.params}")
+            out.append(
+                f"{self.params} parameters > {budget.params} ({_least('params', self.params)})"
+            )
         if budget.macs is not None and self.macs > budget.macs:
-            out.append(f"{self.macs} MACs > {budget.macs}")
+            out.append(f"{self.macs} MACs > {budget.macs} ({_least('macs', self.macs)})")
         up = budget.uplink
         if up is not None and self.uplink_channels is not None:
             sent = self.uplink_channels * up.positions * up.value_bits
             if sent > up.bits:
-                out.append(f"{sent} uplink bits per image > {up.bits}")
+                out.append(
+                    f"{sent} uplink bits per image > {up.bits} ({_least('uplink_bits', sent)})"
+                )
         return out
+
+
+def _least(field: str, value: int) -> str:
+    return f"patrol.budget.{field} must be at least {value}"
 
 
 @dataclass

@@ -7,6 +7,7 @@ from patrol_compress.uplink.insert import (
     insert_uplink,
     measure_uplink,
     uplink_record,
+    uplink_split,
 )
 from patrol_compress.uplink.pack import BITS, pack, packed_bytes, unpack
 from patrol_compress.uplink.quant import UplinkDecode, UplinkPruner, UplinkQuant, find_uplink
@@ -17,6 +18,7 @@ __all__ = [
     "insert_uplink",
     "measure_uplink",
     "uplink_record",
+    "uplink_split",
     "BITS",
     "UplinkDecode",
     "UplinkPruner",

@@ -52,6 +52,15 @@ def insert_uplink(
     return quant
 
 
+def uplink_split(model: BlockNet) -> int | None:
+    """The split whose output the quantizer codes (None: no quantizer): the stage whose
+    block ends in :data:`UPLINK_CHILD`, where :func:`insert_uplink` put it."""
+    for stage, children in model.block_spec:
+        if UPLINK_CHILD in children:
+            return model.stage_names.index(stage) + 1
+    return None
+
+
 def uplink_record(model: BlockNet, split: int) -> dict[str, object] | None:
     """What ``model.json`` records so a loader can put the quantizer back (None: fp32)."""
     quant = find_uplink(model)
