@@ -201,6 +201,16 @@ def _preflight(recipe: Recipe, data: DataBundle) -> tuple[EdgeBudget | None, lis
     return pruner.budget, said
 
 
+def check_prune(recipe: Recipe, data: DataBundle) -> EdgeBudget | None:
+    """What ``prune`` checks before it writes anything (the split, the checkpoint, the
+    plug-in's settings and whether the budget is reachable), for a caller that plans
+    many runs and must refuse a bad one before the first is trained (the frontier);
+    returns the resolved budget. Warnings are left to the run itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PatrolWarning)
+        return _preflight(recipe, data)[0]
+
+
 TEACHER_FIELD = "patrol.recovery_distill.teacher"
 DISTILL_STAGE = "distill_teacher"
 """The stages.json entry that records the distillation teacher's weights (sha256)."""

@@ -189,6 +189,23 @@ def _tiny_frontier_recipe(tmp_path: Path) -> Path:
     return recipe
 
 
+@pytest.mark.parametrize("stage", ["all", "targets", "points"])
+def test_an_unmeetable_knob_value_is_one_line_before_any_target(tmp_path: Path, stage: str) -> None:
+    """Valid for the schema, unmeetable for the model: refused before the minutes a target
+    takes, naming the point and the field, whatever stage is asked for."""
+    work = tmp_path / "work"
+    args = ["--methods", "pruning-only,uplink-narrow", "--knob", "pruning-only:recovery_epochs=1"]
+    args += ["--knob", "uplink-narrow:budget.uplink_bits=64,3", "--stage", stage]
+    result = CliRunner().invoke(
+        app, ["frontier", str(_tiny_frontier_recipe(tmp_path)), "--work", str(work), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1, result.output
+    assert "point uplink-narrow-budget.uplink_bits3-s0-t0" in result.output
+    assert "patrol.budget.uplink_bits must be at least 8" in result.output
+    assert not work.exists()
+
+
 @pytest.mark.slow
 def test_tiny_frontier_through_the_launcher_with_provenance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -20,6 +20,7 @@ cannot change what a result means.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -291,9 +292,11 @@ def run_frontier(
     index, count = shard
     if not 0 <= index < count:
         raise FrontierError(f"--shard {index}/{count}: expected I/N with 0 <= I < N")
+    progress = Progress(log)
+    if stage != "collect":  # before the work folder exists: a refused plan leaves nothing
+        check_points(plan, [p for p in plan.points if not _made(work, p.name)])
     work.mkdir(parents=True, exist_ok=True)
     _pin(work, plan)
-    progress = Progress(log)
     if stage == "targets":
         for t in plan.target_seeds:
             _target(plan, work, t, progress)
@@ -324,6 +327,39 @@ def run_frontier(
     if stage == "points":
         return None
     return collect(plan, work, out or work, reports, command, stem, progress)
+
+
+def check_points(plan: FrontierPlan, points: list[Point]) -> None:
+    """Refuse, in one line, a point that ``prune`` would refuse, before any target is trained.
+
+    Why: the plan validates every point's recipe against the schema, but a knob
+    value can be valid and still unmeetable (``budget.uplink_bits=3`` when the
+    narrowest crossing edge sends 8 bits); found at its point, it would stop the
+    frontier after the targets and the earlier points had taken their minutes
+    or hours. Each distinct architecture-and-``patrol:`` setting is checked once,
+    on the untrained model (seeds change neither), through the same check
+    ``prune`` runs (:func:`~patrol_compress.pipeline.check_prune`).
+    """
+    from patrol_compress.data import build_data
+    from patrol_compress.pipeline import check_prune
+
+    seen: set[str] = set()
+    data = None
+    for p in points:
+        recipe = point_recipe(plan.recipe, p, None)
+        key = json.dumps(
+            [recipe.model.model_dump(mode="json"), recipe.patrol.model_dump(mode="json")],
+            sort_keys=True,
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        if data is None:
+            data = build_data(recipe.data)
+        try:
+            check_prune(recipe, data)
+        except PatrolError as exc:
+            raise FrontierError(f"point {p.name}: {exc}") from None
 
 
 def _made(work: Path, name: str) -> bool:
