@@ -114,13 +114,20 @@ def check_uplink_export(model: BlockNet, split: int, target: str, precision: str
     re-quantizes the cloud and the uplink's decode with it, and a target without
     :attr:`~.base.Target.uplink_codes` cannot take the uint8 codes; both are refused
     first, so a user is not told to install a backend that could not build the
-    model anyway.
+    model anyway. A noisy uplink (``patrol.uplink.noise``) is refused whole: its
+    edge is random, and every exporter's parity check compares fixed outputs.
     """
     from patrol_compress.uplink import find_uplink, uplink_split
 
     quant = find_uplink(model)
     if quant is None:
         return
+    if quant.noise:
+        raise ExportError(
+            f"the model's uplink adds noise ({quant.noise:g} steps) before rounding: its exports "
+            "are not supported yet (parity checks compare deterministic outputs); it is measured "
+            "on the frontier only"
+        )
     at = uplink_split(model)
     if split != at:
         raise ExportError(

@@ -459,6 +459,12 @@ def _patrol_stages(
                 f"use about {uplink['empirical_entropy_bits']} bits on "
                 f"{uplink['entropy_images']} evaluation images (estimate)",
             )
+            if "uplink_capacity_bits" in uplink:
+                _say(
+                    quiet,
+                    f"uplink noise ({uplink['noise']:g} steps): at most "
+                    f"{uplink['uplink_capacity_bits']} bits of information per image (bound)",
+                )
     return final
 
 

@@ -12,6 +12,7 @@ from patrol_compress.uplink import (
     UplinkPruner,
     UplinkQuant,
     bound_bits,
+    capacity_bits,
     empirical_entropy_bits,
     pack,
     packed_bytes,
@@ -75,6 +76,59 @@ def test_bound_and_entropy_estimate() -> None:
     assert empirical_entropy_bits(coin) == pytest.approx(2.0)
     report = uplink_report(coin, 1)
     assert report["uplink_bits_max"] == 2 and "estimate" in report["entropy_note"]
+
+
+def test_noise_makes_seeded_noisy_codes_that_still_decode_to_the_training_values() -> None:
+    x = torch.relu(torch.randn(64, 3, 2, 2)) * 3
+    q = UplinkQuant(3, 2, noise=1.0)
+    q.calibrate(x)
+    torch.manual_seed(1)
+    codes = q.codes(x)
+    torch.manual_seed(1)
+    assert torch.equal(q.decoder()(codes), q(x))  # the same draw: the same values
+    torch.manual_seed(2)
+    assert not torch.equal(q.codes(x), codes)  # another draw: other codes
+    assert int(codes.max()) <= 3
+    quiet = UplinkQuant(3, 2)
+    quiet.load_state_dict(q.state_dict())
+    # One step of noise moves about 2 in 3 codes in this range (measured here, 64 images).
+    assert (codes != quiet.codes(x)).float().mean() > 0.3
+    y = x.clone().requires_grad_(True)
+    q(y).sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0  # still straight through
+
+
+def _discrete_mutual_information(bits: int, noise: float) -> float:
+    """I(S; Y) in bits for S uniform over the levels, Y = round(clip(S + noise * N, 0, L))."""
+    from math import erf, sqrt
+
+    levels = 2**bits - 1
+
+    def cdf(t: float) -> float:
+        return 0.5 * (1.0 + erf(t / (noise * sqrt(2.0))))
+
+    rows = []
+    for s in range(levels + 1):
+        edges = [-np.inf, *[k + 0.5 - s for k in range(levels)], np.inf]
+        rows.append([cdf(b) - cdf(a) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    p = np.array(rows) / (levels + 1)
+    py = p.sum(axis=0)
+    ps = p.sum(axis=1)
+    nz = p > 0
+    return float((p[nz] * np.log2(p[nz] / np.outer(ps, py)[nz])).sum())
+
+
+@pytest.mark.parametrize(("bits", "noise"), [(1, 0.5), (2, 0.5), (2, 1.0), (4, 2.0)])
+def test_the_noisy_capacity_bounds_what_crosses(bits: int, noise: float) -> None:
+    per_value = 0.5 * np.log2(1 + (2**bits - 1) ** 2 / (4 * noise**2))
+    assert capacity_bits((3, 2, 2), bits, noise) == pytest.approx(12 * min(bits, per_value))
+    assert capacity_bits((3, 2, 2), bits, 0.0) == bound_bits((3, 2, 2), bits)
+    assert capacity_bits((3, 2, 2), bits, 1e-3) == bound_bits((3, 2, 2), bits)  # bits cap it
+    # An actual input law through the actual channel carries no more than the bound says.
+    assert _discrete_mutual_information(bits, noise) <= min(bits, per_value) + 1e-9
+    report = uplink_report(np.zeros((5, 3, 2, 2), dtype=np.uint8), bits, noise)
+    expected = capacity_bits((3, 2, 2), bits, noise)
+    assert report["uplink_capacity_bits"] == pytest.approx(expected, abs=0.05)
 
 
 def test_pruning_the_stream_narrows_the_uplink_range() -> None:
@@ -231,6 +285,8 @@ def test_the_adaptive_attack_reads_what_the_cloud_receives(
         ({"uplink": {"bits": 0}}, "patrol.uplink.bits"),
         ({"uplink": {"bits": True}}, "patrol.uplink.bits"),  # lax matching read it as 1
         ({"uplink": {"bits": 2.0}}, "patrol.uplink.bits"),
+        ({"uplink": {"bits": 2, "noise": -1}}, "patrol.uplink.noise"),
+        ({"uplink": {"bits": None, "noise": 1.0}}, "noise needs bits"),
         ({"budget": {"fit_split": 2, "uplink_bits": 0}}, "patrol.budget.uplink_bits"),
         ({"budget": {"fit_split": 2, "uplink_bits": -8}}, "patrol.budget.uplink_bits"),
         ({"budget": {"fit_split": 2, "uplink_bits": 2.5}}, "patrol.budget.uplink_bits"),
@@ -281,6 +337,31 @@ def test_an_export_that_would_break_the_bound_is_one_line(
     result = CliRunner().invoke(app, ["export", str(run), *args])
     assert result.exit_code == 2, result.output
     assert words in result.output and result.output.count("\n") == 1, result.output
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_a_noisy_uplink_records_its_capacity_reloads_noisy_and_refuses_export(
+    tmp_path: Path,
+) -> None:
+    data = uplink_recipe(tmp_path)
+    data["patrol"]["uplink"]["noise"] = 1.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        api.prune(data, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    run = tmp_path / "run"
+    up = json.loads((run / "metrics.json").read_text())["uplink"]
+    values = up["uplink_bits_max"] // BITS
+    assert up["noise"] == 1.0
+    assert up["uplink_capacity_bits"] == pytest.approx(values * 0.5 * np.log2(1 + 9 / 4), abs=0.1)
+    quant = find_uplink(api.load_model(run))
+    assert quant is not None and quant.noise == 1.0  # the pruned, reloaded edge stays noisy
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    result = CliRunner().invoke(app, ["export", str(run), "--split", "4", "--target", "onnx"])
+    assert result.exit_code == 2 and "adds noise (1 steps)" in result.output, result.output
+    assert result.output.count("\n") == 1
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 

@@ -314,6 +314,15 @@ class UplinkConfig(StrictModel):
     the quickstart at 2 bits: 2.6-2.7x the features' 99.9% quantile right after
     removal, still 1.16-1.35x after 16 recovery epochs), and a wide 2-bit range
     spends its few levels on values that never occur.
+
+    ``noise`` adds Gaussian noise of that many quantization steps (standard
+    deviation) to every crossing value before it is rounded, in training and
+    in inference, so the edge's codes are noisy and the uplink carries at most
+    ``0.5*log2(1 + L**2/(4*noise**2))`` bits per value (``L = 2**bits - 1``;
+    :func:`~patrol_compress.uplink.entropy.capacity_bits`), less than ``bits``
+    once ``noise`` exceeds about ``L / (2*sqrt(4**bits - 1))``. It is measured on
+    the frontier; exports refuse it (their parity checks compare deterministic
+    outputs).
     """
 
     bits: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_whole_bits)] | None = None
@@ -323,6 +332,17 @@ class UplinkConfig(StrictModel):
         description="after removal, set the range afresh from the pruned edge's features "
         "(at init_quantile) before recovery",
     )
+    noise: Annotated[float, Field(ge=0.0, le=16.0)] = Field(
+        default=0.0,
+        description="standard deviation, in quantization steps, of the Gaussian noise added to "
+        "every crossing value before rounding (0: none); needs bits",
+    )
+
+    @model_validator(mode="after")
+    def _noise_needs_bits(self) -> UplinkConfig:
+        if self.noise and self.bits is None:
+            raise ValueError("noise needs bits: noise is added before the uplink is quantized")
+        return self
 
 
 class PatrolSettings(StrictModel):

@@ -125,6 +125,19 @@ register_method(
 )
 register_method(
     Method(
+        "uplink-noisy",
+        "a 2-bit uplink with Gaussian noise before the rounding (usually swept by "
+        "uplink.noise, in quantization steps): the noise lowers what each value can carry "
+        "below its bits",
+        {
+            "lipschitz": {"enabled": False},
+            "adversarial": {"enabled": False},
+            "uplink": {"bits": 2, "noise": 1.0},
+        },
+    )
+)
+register_method(
+    Method(
         "patrol-fit",
         "the paper's method against an attacker that learns: refitted every epoch for 3 passes "
         "after a 4-pass warm-up (on Fashion-MNIST 32 px it stayed above the label-only floor "

@@ -144,14 +144,23 @@ def _put_uplink_back(model: BlockNet, meta: dict[str, Any], meta_path: Path) -> 
         and record.get("bits") in BITS
         and isinstance(record.get("split"), int)
         and isinstance(record.get("init_quantile", 0.999), (int, float))
+        and isinstance(record.get("noise", 0.0), (int, float))
+        and not isinstance(record.get("noise", 0.0), bool)
+        and record.get("noise", 0.0) >= 0
     )
     if not ok:
         raise ArtifactError(
-            f"{meta_path}: 'uplink' must be {{bits: 1|2|4|8, split: K}}, found {str(record)[:60]!r}"
+            f"{meta_path}: 'uplink' must be {{bits: 1|2|4|8, split: K[, noise: >= 0]}}, found "
+            f"{str(record)[:60]!r}"
         )
     shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
     insert_uplink(
-        model, record["split"], record["bits"], shape, float(record.get("init_quantile", 0.999))
+        model,
+        record["split"],
+        record["bits"],
+        shape,
+        float(record.get("init_quantile", 0.999)),
+        float(record.get("noise", 0.0)),
     )
 
 
@@ -321,7 +330,9 @@ def _resized(
         hkey = f"{name}.hi"
         if hkey in state and state[hkey].shape[0] != module.hi.numel():
             _check_shape(hkey, tuple(state[hkey].shape), (module.hi.numel(),), source, exact)
-            return UplinkQuant(int(state[hkey].shape[0]), module.bits, module.init_quantile)
+            return UplinkQuant(
+                int(state[hkey].shape[0]), module.bits, module.init_quantile, module.noise
+            )
         return None
     if key not in state:
         return None

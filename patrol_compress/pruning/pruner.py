@@ -295,7 +295,8 @@ class PatrolPruner:
                 "recipe's model, or patrol_compress.models.build_model); this model runs its own "
                 "forward"
             )
-        insert_uplink(self.net, self.split, bits, self.input_shape, self.cfg.uplink.init_quantile)
+        up = self.cfg.uplink
+        insert_uplink(self.net, self.split, bits, self.input_shape, up.init_quantile, up.noise)
         self._partition()
 
     def _insert_masks(self) -> Structure:

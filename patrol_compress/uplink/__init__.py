@@ -1,6 +1,11 @@
 """The quantized uplink: b-bit codes with learned ranges, their packing and their bound."""
 
-from patrol_compress.uplink.entropy import bound_bits, empirical_entropy_bits, uplink_report
+from patrol_compress.uplink.entropy import (
+    bound_bits,
+    capacity_bits,
+    empirical_entropy_bits,
+    uplink_report,
+)
 from patrol_compress.uplink.insert import (
     UPLINK_CHILD,
     calibrate_uplink,
@@ -24,6 +29,7 @@ __all__ = [
     "UplinkPruner",
     "UplinkQuant",
     "bound_bits",
+    "capacity_bits",
     "empirical_entropy_bits",
     "find_uplink",
     "pack",

@@ -25,7 +25,12 @@ UPLINK_CHILD = "uplink"
 
 
 def insert_uplink(
-    model: BlockNet, split: int, bits: int, input_shape: tuple[int, int, int], init_quantile: float
+    model: BlockNet,
+    split: int,
+    bits: int,
+    input_shape: tuple[int, int, int],
+    init_quantile: float,
+    noise: float = 0.0,
 ) -> UplinkQuant:
     """Add an :class:`UplinkQuant` for the edge output at ``split``; returns it."""
     check_split(model, split)
@@ -34,7 +39,7 @@ def insert_uplink(
     if UPLINK_CHILD in model._modules:
         raise ModelError(f"the model has a child named '{UPLINK_CHILD}' already")
     channels = block_shapes(edge_stage_blocks(model, split), input_shape)[-1][1][0]
-    quant = UplinkQuant(channels, bits, init_quantile)
+    quant = UplinkQuant(channels, bits, init_quantile, noise)
     quant.to(next(model.parameters()).device)
     stage = model.stage_names[split - 1]
     spec = dict(model.block_spec)
@@ -66,7 +71,14 @@ def uplink_record(model: BlockNet, split: int) -> dict[str, object] | None:
     quant = find_uplink(model)
     if quant is None:
         return None
-    return {"bits": quant.bits, "split": split, "init_quantile": quant.init_quantile}
+    record: dict[str, object] = {
+        "bits": quant.bits,
+        "split": split,
+        "init_quantile": quant.init_quantile,
+    }
+    if quant.noise:
+        record["noise"] = quant.noise
+    return record
 
 
 @torch.no_grad()
@@ -116,4 +128,4 @@ def measure_uplink(model: BlockNet, split: int, images: torch.Tensor) -> dict[st
         return None
     quant.emit_codes()
     codes = torch.cat([edge(images[i : i + 256]) for i in range(0, len(images), 256)])
-    return uplink_report(codes.numpy(), quant.bits)
+    return uplink_report(codes.numpy(), quant.bits, quant.noise)

@@ -21,6 +21,16 @@ crossing value to one of ``2**bits`` levels of its channel's range
   :class:`UplinkDecode` (cast to float, ``code * step + lo``). Sub-byte codes
   are packed for transmission by :mod:`patrol_compress.uplink.pack`.
 
+**Noise** (``noise`` > 0, off by default): Gaussian noise of ``noise``
+quantization steps is added to every clipped value before it is rounded,
+in training, in torch inference and in the codes, so the edge sends a noisy
+code and the noise is part of the channel, not only a regulariser. Why:
+rounding alone bounds what crosses at ``bits`` per value; noise bounds it
+below that (:func:`~patrol_compress.uplink.entropy.capacity_bits`), and
+the edge learns, through the straight-through rounding, to keep the task's
+signal above it. The noise comes from torch's global generator, so a seeded
+run repeats.
+
 A pruned crossing channel takes its range entries with it:
 :class:`UplinkPruner` registers the module with torch-pruning's dependency
 graph like a BatchNorm, so the uplink narrows with the split stage's stream.
@@ -48,10 +58,14 @@ class UplinkQuant(nn.Module):
     signed: torch.Tensor
     initialised: torch.Tensor
 
-    def __init__(self, channels: int, bits: int, init_quantile: float = 0.999) -> None:
+    def __init__(
+        self, channels: int, bits: int, init_quantile: float = 0.999, noise: float = 0.0
+    ) -> None:
         super().__init__()
         self.bits = int(bits)
         self.init_quantile = float(init_quantile)
+        self.noise = float(noise)
+        """Standard deviation of the Gaussian noise added before rounding, in steps (0: none)."""
         self.hi = nn.Parameter(torch.ones(channels))
         self.lo = nn.Parameter(torch.zeros(channels))
         self.register_buffer("signed", torch.tensor(False))
@@ -72,7 +86,8 @@ class UplinkQuant(nn.Module):
         return 2**self.bits - 1
 
     def extra_repr(self) -> str:
-        return f"channels={self.hi.numel()}, bits={self.bits}"
+        noise = f", noise={self.noise:g}" if self.noise else ""
+        return f"channels={self.hi.numel()}, bits={self.bits}{noise}"
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
@@ -104,15 +119,22 @@ class UplinkQuant(nn.Module):
         lo, hi = self.bounds()
         step = (hi - lo) / self.levels
         clipped = torch.minimum(torch.maximum(x, lo), hi)
-        scaled = (clipped - lo) / step
+        scaled = self._noisy((clipped - lo) / step)
         rounded = scaled + (torch.round(scaled) - scaled).detach()  # straight-through
         return rounded * step + lo
 
+    def _noisy(self, scaled: torch.Tensor) -> torch.Tensor:
+        """``scaled`` (in steps, within [0, levels]) plus the noise, clipped back to the levels."""
+        if not self.noise:
+            return scaled
+        noisy = scaled + self.noise * torch.randn_like(scaled)
+        return noisy.clamp(0.0, float(self.levels))
+
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """The uint8 codes the edge sends: ``round((clip(x) - lo) / step)``."""
+        """The uint8 codes the edge sends: ``round((clip(x) - lo) / step)`` (plus the noise)."""
         lo, hi = self.bounds()
         step = (hi - lo) / self.levels
-        q = torch.round((torch.minimum(torch.maximum(x, lo), hi) - lo) / step)
+        q = torch.round(self._noisy((torch.minimum(torch.maximum(x, lo), hi) - lo) / step))
         return q.clamp(0, self.levels).to(torch.uint8)
 
     def decoder(self) -> UplinkDecode:
@@ -142,6 +164,19 @@ def find_uplink(model: nn.Module) -> UplinkQuant | None:
         if isinstance(m, UplinkQuant):
             return m
     return None
+
+
+def silence_noise(model: nn.Module) -> nn.Module:
+    """Switch off a noisy uplink's noise in ``model`` (in place; returns it).
+
+    For checks that compare two computations of one function on fixed inputs
+    (removal's equivalence check): the noise is drawn, not computed, so two
+    calls differ by the draw however faithful the function is.
+    """
+    for m in model.modules():
+        if isinstance(m, UplinkQuant):
+            m.noise = 0.0
+    return model
 
 
 class UplinkPruner(tp.pruner.function.BasePruningFunc):
