@@ -183,15 +183,20 @@ def uplink_recipe(root: Path, **budget: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture(scope="module")
-def uplink_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("uplink")
+def prune_on_one_thread(data: dict[str, Any]) -> None:
+    """Prune ``data`` on one torch thread, then give the caller back its thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        api.prune(uplink_recipe(root), quiet=True)
+        api.prune(data, quiet=True)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def uplink_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uplink")
+    prune_on_one_thread(uplink_recipe(root))
     return root / "run"
 
 
@@ -345,12 +350,7 @@ def test_a_noisy_uplink_records_its_capacity_reloads_noisy_and_refuses_export(
 ) -> None:
     data = uplink_recipe(tmp_path)
     data["patrol"]["uplink"]["noise"] = 1.0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        api.prune(data, quiet=True)
-    finally:
-        torch.set_num_threads(threads)
+    prune_on_one_thread(data)
     run = tmp_path / "run"
     up = json.loads((run / "metrics.json").read_text())["uplink"]
     values = up["uplink_bits_max"] // BITS
@@ -419,12 +419,7 @@ def test_recalibrate_sets_the_range_afresh_from_the_pruned_edge(tmp_path: Path) 
     data = uplink_recipe(tmp_path)
     data["patrol"]["uplink"]["recalibrate"] = True
     data["patrol"]["recovery_epochs"] = 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        api.prune(data, quiet=True)
-    finally:
-        torch.set_num_threads(threads)
+    prune_on_one_thread(data)
     run = tmp_path / "run"
     inherited = find_uplink(api.load_model(run / "pruned"))
     final = find_uplink(api.load_model(run))
