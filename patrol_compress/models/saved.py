@@ -139,14 +139,15 @@ def _put_uplink_back(model: BlockNet, meta: dict[str, Any], meta_path: Path) -> 
     from patrol_compress.uplink import BITS, insert_uplink
 
     record = meta["uplink"]
+    noise: Any = record.get("noise", 0.0) if isinstance(record, dict) else None
     ok = (
         isinstance(record, dict)
         and record.get("bits") in BITS
         and isinstance(record.get("split"), int)
         and isinstance(record.get("init_quantile", 0.999), (int, float))
-        and isinstance(record.get("noise", 0.0), (int, float))
-        and not isinstance(record.get("noise", 0.0), bool)
-        and record.get("noise", 0.0) >= 0
+        and isinstance(noise, (int, float))
+        and not isinstance(noise, bool)
+        and noise >= 0
     )
     if not ok:
         raise ArtifactError(
@@ -160,7 +161,7 @@ def _put_uplink_back(model: BlockNet, meta: dict[str, Any], meta_path: Path) -> 
         record["bits"],
         shape,
         float(record.get("init_quantile", 0.999)),
-        float(record.get("noise", 0.0)),
+        float(noise),
     )
 
 

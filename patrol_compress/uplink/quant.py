@@ -116,26 +116,24 @@ class UplinkQuant(nn.Module):
             return self.codes(x)
         if self.training and not bool(self.initialised):
             self.calibrate(x)  # the first training batch, when nobody calibrated before
-        lo, hi = self.bounds()
-        step = (hi - lo) / self.levels
-        clipped = torch.minimum(torch.maximum(x, lo), hi)
-        scaled = self._noisy((clipped - lo) / step)
+        scaled, step, lo = self._in_steps(x)
         rounded = scaled + (torch.round(scaled) - scaled).detach()  # straight-through
         return rounded * step + lo
 
-    def _noisy(self, scaled: torch.Tensor) -> torch.Tensor:
-        """``scaled`` (in steps, within [0, levels]) plus the noise, clipped back to the levels."""
-        if not self.noise:
-            return scaled
-        noisy = scaled + self.noise * torch.randn_like(scaled)
-        return noisy.clamp(0.0, float(self.levels))
+    def _in_steps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(clip(x) - lo) / step`` plus the noise (clipped back to the levels), the step and
+        ``lo``: what training's fake quantizer and the exported codes both round."""
+        lo, hi = self.bounds()
+        step = (hi - lo) / self.levels
+        scaled = (torch.minimum(torch.maximum(x, lo), hi) - lo) / step
+        if self.noise:
+            scaled = (scaled + self.noise * torch.randn_like(scaled)).clamp(0.0, float(self.levels))
+        return scaled, step, lo
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """The uint8 codes the edge sends: ``round((clip(x) - lo) / step)`` (plus the noise)."""
-        lo, hi = self.bounds()
-        step = (hi - lo) / self.levels
-        q = torch.round(self._noisy((torch.minimum(torch.maximum(x, lo), hi) - lo) / step))
-        return q.clamp(0, self.levels).to(torch.uint8)
+        scaled, _, _ = self._in_steps(x)
+        return torch.round(scaled).clamp(0, self.levels).to(torch.uint8)
 
     def decoder(self) -> UplinkDecode:
         """The cloud's first step: codes back to the values the fake quantizer produced."""
