@@ -323,6 +323,13 @@ class UplinkConfig(StrictModel):
     once ``noise`` exceeds about ``L / (2*sqrt(4**bits - 1))``. It is measured on
     the frontier; exports refuse it (their parity checks compare deterministic
     outputs).
+
+    ``rank`` decides which crossing channels an uplink budget
+    (``patrol.budget.uplink_bits``) removes: ``mask`` the lowest-masked (what
+    the task needs least), ``leakage`` those a probe decoder uses most per unit
+    of the cloud's use (:mod:`patrol_compress.uplink.leakage`), measured once
+    on training images at the start of the stage. It applies with or without
+    ``bits``.
     """
 
     bits: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_whole_bits)] | None = None
@@ -336,6 +343,12 @@ class UplinkConfig(StrictModel):
         default=0.0,
         description="standard deviation, in quantization steps, of the Gaussian noise added to "
         "every crossing value before rounding (0: none); needs bits",
+    )
+
+    rank: Literal["mask", "leakage"] = Field(
+        default="mask",
+        description="which crossing channels an uplink budget removes: the lowest-masked "
+        "(mask) or those a probe decoder uses most per unit of the cloud's use (leakage)",
     )
 
     @model_validator(mode="after")
@@ -588,6 +601,16 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"patrol.budget.fit_split ({p.budget.fit_split}) must be shallower than "
                 f"patrol.split ({p.split})"
+            )
+        if p.uplink.rank == "leakage" and (p.budget is None or p.budget.uplink_bits is None):
+            raise ValueError(
+                "patrol.uplink.rank: leakage ranks the crossing channels an uplink budget "
+                "removes; set patrol.budget.uplink_bits"
+            )
+        if p.uplink.rank == "leakage" and p.granularity != "channel":
+            raise ValueError(
+                "patrol.uplink.rank: leakage needs patrol.granularity: channel (removing "
+                "residual branches never narrows what crosses)"
             )
         if p.lipschitz.enabled and len(p.lipschitz.alphas) < p.split + 0:
             raise ValueError(

@@ -470,11 +470,16 @@ def plan_for_budget(
     measure: Measure | None = None,
     per_cost: bool = False,
     crossing: Crossing | None = None,
+    crossing_weights: list[torch.Tensor] | None = None,
 ) -> PlanResult:
     """Smallest removal (threshold >= tau on ranking scores) that meets every limit.
 
     ``per_cost``: rank by score per unit of budget (:func:`cost_shares`)
     instead of by score alone (``patrol.rank: mask_per_cost``).
+    ``crossing_weights``: per group, what each channel leaks per unit of task
+    use (:mod:`patrol_compress.uplink.leakage`); the uplink limit then removes
+    the crossing channels of lowest score / weight first. The global threshold
+    still reads the scores alone: the weights are about what crosses.
     """
     scores = ranking_scores(mg)
     if per_cost:
@@ -494,7 +499,10 @@ def plan_for_budget(
 
     forced = None
     if budget.uplink is not None and crossing is not None:
-        forced = uplink_plan(scores, crossing, budget.uplink, round_to)
+        up_scores = scores
+        if crossing_weights is not None:
+            up_scores = [s / w for s, w in zip(scores, crossing_weights, strict=True)]
+        forced = uplink_plan(up_scores, crossing, budget.uplink, round_to)
         if forced is None:
             raise BudgetError(
                 f"no width of the crossing channels at split {split} fits "
