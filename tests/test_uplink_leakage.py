@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from patrol_compress.cli.app import app
-from patrol_compress.pruning.budget import UplinkLimit, ranking_scores, uplink_plan
+from patrol_compress.pruning.budget import EdgeBudget, UplinkLimit, ranking_scores, uplink_plan
 from patrol_compress.pruning.structure import ChannelStructure
 from patrol_compress.uplink import leakage
 
@@ -70,6 +70,53 @@ def test_a_channel_the_cloud_ignores_weighs_most_and_is_removed_first() -> None:
     assert plan is not None and plan[stream] == [blind]
     plain = uplink_plan(scores, structure.crossing, limit, round_to=1)
     assert plain is not None and plain[stream] != [blind]
+    # The structure's own plan (what steering and removal use) reads the same weights.
+    assert structure.plan(EdgeBudget(uplink=limit), tau=0.0).plan[stream] == [blind]
+
+
+def test_the_threshold_ranks_the_crossing_channels_by_the_same_weights() -> None:
+    """With a parameter limit as well, the crossing channels removed are the lowest by
+    mask / weight, whichever limit removed them: the global threshold reads the same
+    weighted scores as the uplink limit (reading the masks alone, it cut low-masked
+    crossing channels the leakage plan kept: 8 kept under a 12-channel limit, measured)."""
+    from patrol_compress.pruning.budget import estimate_cost, plan_for_budget
+    from patrol_compress.pruning.masks import ChannelMask
+
+    structure = ChannelStructure(tiny_resnet(), 4, 1.0, smooth_images(2))
+    (stream,) = structure.crossing.groups
+    g = torch.Generator().manual_seed(3)
+    width = len(structure.mg.groups[stream][0].idxs)
+    crossing = {
+        id(item.dep.target.module)
+        for item in structure.mg.groups[stream]
+        if isinstance(item.dep.target.module, ChannelMask)
+    }
+    with torch.no_grad():  # masks that differ, the crossing ones lowest: the threshold's first
+        for m in structure.model.modules():
+            if isinstance(m, ChannelMask):
+                base = 0.1 if id(m) in crossing else 1.0
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.4 + base)
+    weights = [torch.ones(len(grp[0].idxs)) for grp in structure.mg.groups]
+    spread = torch.exp(torch.linspace(-2.0, 2.0, width))
+    weights[stream] = spread[torch.randperm(width, generator=g)]
+    none: list[list[int]] = [[] for _ in structure.mg.groups]
+    full = estimate_cost(structure.model, 4, structure.mg, none, structure.spatial).params
+    limit = UplinkLimit(BITS * POSITIONS * (width // 2), BITS, POSITIONS)
+    result = plan_for_budget(
+        structure.model,
+        4,
+        structure.mg,
+        EdgeBudget(params=int(full * 0.3), uplink=limit),
+        0.0,
+        structure.spatial,
+        crossing=structure.crossing,
+        crossing_weights=weights,
+    )
+    ranked = ranking_scores(structure.mg)[stream] / weights[stream]
+    removed = set(result.plan[stream])
+    kept = [i for i in range(width) if i not in removed]
+    assert kept and len(kept) <= width // 2
+    assert max(float(ranked[i]) for i in removed) <= min(float(ranked[i]) for i in kept)
 
 
 def test_the_recipe_prunes_the_crossing_channels_by_leakage_and_records_why(
