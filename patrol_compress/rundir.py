@@ -7,7 +7,10 @@ else (a user's ``export/notes.json``) stays, with the folders that hold it.
 ``stages.json`` records each finished stage with its wall time; a resumed run
 skips finished stages and never rewrites their outputs. The resolved recipe
 and package versions are written next to every run's outputs, and a resumed
-run must use the same resolved recipe. The folder is locked
+run must use the same resolved recipe: the same text, or a text that today's
+schema reads to the same recipe (a run started before the schema gained a
+field, at its default, resumes after an upgrade and keeps its own file and
+hashes). The folder is locked
 (:mod:`patrol_compress.locking`) from the moment it is opened until the job
 ends, so a second job on the same run fails at once with one line.
 
@@ -28,8 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from patrol_compress import distributed
-from patrol_compress.config.recipe import Recipe, dump_recipe
+from patrol_compress.config.recipe import Recipe, dump_recipe, parse_recipe
 from patrol_compress.contracts import (
     ATTACK_FILE,
     ATTACK_GRID,
@@ -47,7 +52,7 @@ from patrol_compress.contracts import (
     TARGET_DIR,
     VERSIONS_FILE,
 )
-from patrol_compress.errors import ArtifactError, OutputExistsError, RecipeError
+from patrol_compress.errors import ArtifactError, OutputExistsError, PatrolError, RecipeError
 from patrol_compress.io import (
     LEDGER,
     TEMP_PREFIX,
@@ -145,8 +150,11 @@ def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> Run
     around the whole job.
     """
     path = recipe.run_dir(out)
+    text = dump_recipe(recipe)
+    if resume:  # read before _prepare on every rank: the stored file it keeps is unchanged
+        text = kept_recipe_text(path, text)
     lock = distributed.current().run_on_main(lambda: _prepare(path, recipe, resume, force))
-    return RunDir(path, lock, recipe_hash(dump_recipe(recipe)))
+    return RunDir(path, lock, recipe_hash(text))
 
 
 def recipe_hash(text: str) -> str:
@@ -261,10 +269,34 @@ def clear_run(path: Path) -> None:
     write_text(path / LEDGER, "")
 
 
+def kept_recipe_text(path: Path, text: str) -> str:
+    """The resolved recipe text a resumed run keeps: its stored file when today's schema
+    reads that file to the same recipe as ``text`` (the file predates a field the schema
+    gained, at its default), else ``text``.
+
+    Why: the frontier's work folders already accept such a file (``_pin``); without
+    this, every run interrupted before an upgrade refused ``--resume`` after it
+    (measured: a frontier point started before ``uplink.rank`` existed). Keeping the
+    stored text keeps the hashes its finished stages recorded valid.
+    """
+    stored_path = path / RECIPE_FILE
+    if not stored_path.is_file():
+        return text
+    stored = stored_path.read_text(encoding="utf-8")
+    if stored == text:
+        return text
+    try:
+        old = parse_recipe(yaml.safe_load(stored), str(stored_path))
+        new = parse_recipe(yaml.safe_load(text), "<recipe>")
+    except (PatrolError, yaml.YAMLError):
+        return text
+    return stored if old.model_dump(mode="json") == new.model_dump(mode="json") else text
+
+
 def _check_same_recipe(path: Path, text: str) -> None:
     """A resumed run must use the recipe it started with: the resolved recipe file and the
     hash every finished stage recorded (so deleting recipe.resolved.yaml does not let a
-    changed learning rate in half-way)."""
+    changed learning rate in half-way). ``text`` is what :func:`kept_recipe_text` keeps."""
     differs = (path / RECIPE_FILE).is_file() and (path / RECIPE_FILE).read_text(
         encoding="utf-8"
     ) != text
@@ -301,6 +333,8 @@ def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLoc
     under the lock, which is what makes the decision safe against another job.
     """
     text = dump_recipe(recipe)
+    if resume:
+        text = kept_recipe_text(path, text)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path}: exists and is not a folder; choose another --out")
     _check(path, text, resume, force)

@@ -822,6 +822,34 @@ def test_resume_with_a_changed_recipe_is_refused(
     assert snapshot(run) == before
 
 
+def test_a_run_from_before_a_schema_field_resumes_and_keeps_its_recipe_file(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    """A run whose resolved recipe predates a field (here ``patrol.uplink.rank``, at its
+    default) resumes after the upgrade: today's schema reads it to the same recipe. Its
+    file and the hashes its stages recorded stay, so a second resume works too."""
+    import hashlib
+    import json
+
+    run = copy_run(run_dir, tmp_path)
+    data = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
+    del data["patrol"]["uplink"]["rank"]
+    older = yaml.safe_dump(data, sort_keys=False)
+    (run / "recipe.resolved.yaml").write_text(older)
+    stages = json.loads((run / "stages.json").read_text())
+    digest = hashlib.sha256(older.encode("utf-8")).hexdigest()
+    for record in stages.values():
+        record["recipe_sha256"] = digest
+    (run / "stages.json").write_text(json.dumps(stages))
+    today = shutil.copy(run_dir / "recipe.resolved.yaml", tmp_path / "today.yaml")
+    for _ in range(2):
+        result = cli("prune", today, "--out", run, "--resume", "--quiet")
+        assert result.exit_code == 0, result.output
+        assert (run / "recipe.resolved.yaml").read_text() == older
+        recorded = json.loads((run / "stages.json").read_text())
+        assert {r["recipe_sha256"] for r in recorded.values()} == {digest}
+
+
 def test_corrupt_stages_json_is_one_line(tmp_path: Path, run_dir: Path) -> None:
     run = copy_run(run_dir, tmp_path)
     (run / "stages.json").write_text('{"data": {"seconds": 1')
