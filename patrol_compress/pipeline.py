@@ -504,28 +504,20 @@ def training_pruner(
         warnings.simplefilter("ignore", PatrolWarning)  # the preflight said them
         pruner = patrol_pruner(recipe, data, model, budget, surrogate)
     calibrate_uplink(model, recipe.patrol.split, calibration_images(data))
-    if recipe.patrol.uplink.rank == "leakage":
-        # Measured on the masked copy before any step: a function of the target and the
-        # seed alone, so a resumed stage measures the same ranking before it loads.
-        pruner.rank_crossing(calibration_images(data, LEAKAGE_RANK_IMAGES), recipe.seed + 3)
     return pruner
-
-
-LEAKAGE_RANK_IMAGES = 2048
-"""Training images (the first ones) the leakage ranking's probe decoder is fitted on."""
 
 
 UPLINK_CALIBRATION_IMAGES = 256
 """Training images (the first ones, in order) whose features set the uplink's first range."""
 
 
-def calibration_images(data: DataBundle, count: int = UPLINK_CALIBRATION_IMAGES) -> torch.Tensor:
-    """The first ``count`` training images, augmentation off: a deterministic calibration
-    batch (indexed directly: a DataLoader would draw from the global generator)."""
+def calibration_images(data: DataBundle) -> torch.Tensor:
+    """The first training images, augmentation off: a deterministic calibration batch
+    (indexed directly: a DataLoader would draw from the global generator)."""
     was = data.train.augment
     data.train.set_augment(False)
     try:
-        n = min(len(data.train), count)
+        n = min(len(data.train), UPLINK_CALIBRATION_IMAGES)
         return torch.stack([data.train[i][0] for i in range(n)])
     finally:
         data.train.set_augment(was)
@@ -551,7 +543,6 @@ def _patrol_stage(
                 {
                     "history": history,
                     "surrogate_psnr": psnr,
-                    "crossing_leakage": pruner.crossing_leakage(),
                     "mask_sparsity": mask_summary(pruner.net, tau),
                 },
             )

@@ -825,7 +825,7 @@ def test_resume_with_a_changed_recipe_is_refused(
 def test_a_run_from_before_a_schema_field_resumes_and_keeps_its_recipe_file(
     tmp_path: Path, run_dir: Path
 ) -> None:
-    """A run whose resolved recipe predates a field (here ``patrol.uplink.rank``, at its
+    """A run whose resolved recipe predates a field (here ``patrol.uplink.noise``, at its
     default) resumes after the upgrade: today's schema reads it to the same recipe. Its
     file and the hashes its stages recorded stay, so a second resume works too."""
     import hashlib
@@ -833,7 +833,7 @@ def test_a_run_from_before_a_schema_field_resumes_and_keeps_its_recipe_file(
 
     run = copy_run(run_dir, tmp_path)
     data = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
-    del data["patrol"]["uplink"]["rank"]
+    del data["patrol"]["uplink"]["noise"]
     older = yaml.safe_dump(data, sort_keys=False)
     (run / "recipe.resolved.yaml").write_text(older)
     stages = json.loads((run / "stages.json").read_text())

@@ -450,3 +450,20 @@ def test_a_run_recipe_from_the_removed_decorrelation_term_loads_only_switched_of
     with pytest.raises(RecipeError, match="decorrelation was removed") as err:
         parse_recipe(data)
     assert "\n" not in str(err.value)
+
+
+def test_a_run_recipe_from_the_removed_leakage_ranking_loads_only_ranked_by_mask(
+    tmp_path: Path,
+) -> None:
+    """The leakage frontier's plain and narrow runs carry ``uplink.rank: mask``: they load,
+    meaning what every uplink budget does now. ``rank: leakage`` is refused in one line."""
+    from patrol_compress.errors import RecipeError
+    from patrol_compress.recipe import parse_recipe
+
+    data = uplink_recipe(tmp_path)
+    data["patrol"]["uplink"]["rank"] = "mask"
+    assert parse_recipe(data).patrol.uplink.bits == BITS
+    data["patrol"]["uplink"]["rank"] = "leakage"
+    with pytest.raises(RecipeError, match="patrol.uplink.*rank was removed") as err:
+        parse_recipe(data)
+    assert "\n" not in str(err.value)

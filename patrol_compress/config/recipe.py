@@ -323,13 +323,6 @@ class UplinkConfig(StrictModel):
     once ``noise`` exceeds about ``L / (2*sqrt(4**bits - 1))``. It is measured on
     the frontier; exports refuse it (their parity checks compare deterministic
     outputs).
-
-    ``rank`` decides which crossing channels an uplink budget
-    (``patrol.budget.uplink_bits``) removes: ``mask`` the lowest-masked (what
-    the task needs least), ``leakage`` those a probe decoder uses most per unit
-    of the cloud's use (:mod:`patrol_compress.uplink.leakage`), measured once
-    on training images at the start of the stage. It applies with or without
-    ``bits``.
     """
 
     bits: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_whole_bits)] | None = None
@@ -345,11 +338,23 @@ class UplinkConfig(StrictModel):
         "every crossing value before rounding (0: none); needs bits",
     )
 
-    rank: Literal["mask", "leakage"] = Field(
-        default="mask",
-        description="which crossing channels an uplink budget removes: the lowest-masked "
-        "(mask) or those a probe decoder uses most per unit of the cloud's use (leakage)",
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_rank(cls, data: Any) -> Any:
+        """Runs made while ``rank`` (the leakage-aware crossing-channel ranking) existed
+        still load: those that ranked by mask carry ``rank: mask``, which is what every
+        uplink budget does now. ``rank: leakage`` is refused in one line: it measured no
+        better than the mask ranking on the Fashion-MNIST uplink frontier and was
+        removed (README, "The quantized uplink"), so no recipe may silently lose it."""
+        if not isinstance(data, dict) or "rank" not in data:
+            return data
+        data = dict(data)
+        if data.pop("rank") != "mask":
+            raise ValueError(
+                "rank was removed (the leakage ranking measured no better than ranking by "
+                "mask; see the README's 'The quantized uplink'): leave it out"
+            )
+        return data
 
     @model_validator(mode="after")
     def _noise_needs_bits(self) -> UplinkConfig:
@@ -601,16 +606,6 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"patrol.budget.fit_split ({p.budget.fit_split}) must be shallower than "
                 f"patrol.split ({p.split})"
-            )
-        if p.uplink.rank == "leakage" and (p.budget is None or p.budget.uplink_bits is None):
-            raise ValueError(
-                "patrol.uplink.rank: leakage ranks the crossing channels an uplink budget "
-                "removes; set patrol.budget.uplink_bits"
-            )
-        if p.uplink.rank == "leakage" and p.granularity != "channel":
-            raise ValueError(
-                "patrol.uplink.rank: leakage needs patrol.granularity: channel (removing "
-                "residual branches never narrows what crosses)"
             )
         if p.lipschitz.enabled and len(p.lipschitz.alphas) < p.split + 0:
             raise ValueError(

@@ -116,19 +116,6 @@ register_method(
 )
 register_method(
     Method(
-        "uplink-leak",
-        "a 2-bit uplink whose crossing channels the budget prunes by leakage per task use "
-        "(uplink.rank: leakage; usually swept by budget.uplink_bits): the channels a probe "
-        "decoder reads most per unit of the cloud's use go first",
-        {
-            "lipschitz": {"enabled": False},
-            "adversarial": {"enabled": False},
-            "uplink": {"bits": 2, "rank": "leakage"},
-        },
-    )
-)
-register_method(
-    Method(
         "uplink4-narrow",
         "a 4-bit uplink whose crossing channels the budget prunes (usually swept by "
         "budget.uplink_bits): the 2-bit uplink's bits spent on fewer channels at finer codes, "

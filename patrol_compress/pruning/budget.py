@@ -470,26 +470,16 @@ def plan_for_budget(
     measure: Measure | None = None,
     per_cost: bool = False,
     crossing: Crossing | None = None,
-    crossing_weights: list[torch.Tensor] | None = None,
 ) -> PlanResult:
     """Smallest removal (threshold >= tau on ranking scores) that meets every limit.
 
     ``per_cost``: rank by score per unit of budget (:func:`cost_shares`)
     instead of by score alone (``patrol.rank: mask_per_cost``).
-    ``crossing_weights``: per group, what each channel leaks per unit of task
-    use (:mod:`patrol_compress.uplink.leakage`; 1 outside the crossing groups);
-    every ranking below, the uplink limit's and the global threshold's, then
-    reads score / weight. Both must: with the threshold on the masks alone, the
-    parameter limit's threshold cut low-masked crossing channels besides those
-    the uplink limit had chosen by leakage (measured on the first Fashion-MNIST
-    point: 8 channels kept under a 12-channel, 96-bit limit).
     """
     scores = ranking_scores(mg)
     if per_cost:
         shares = cost_shares(model, split, mg, budget, spatial)
         scores = [s if torch.isinf(s).any() else s / w for s, w in zip(scores, shares, strict=True)]
-    if crossing_weights is not None:
-        scores = [s / w for s, w in zip(scores, crossing_weights, strict=True)]
     measured: dict[float, float] = {}
 
     def latency_ok(t: float, plan: Plan) -> bool:

@@ -474,50 +474,6 @@ class PatrolPruner:
         dataset = TensorDataset(images.detach().cpu())
         return suite_surrogate(self.net, self.split, dataset, self.input_shape, BlackboxConfig())
 
-    # ------------------------------------------------------ crossing ranking
-
-    def rank_crossing(self, images: torch.Tensor, seed: int = 0) -> dict[str, object]:
-        """Measure what each crossing channel leaks per unit of task use, on ``images``.
-
-        Needed once, before the first step, when ``uplink.rank`` is ``leakage``:
-        the uplink budget then removes the channels a probe decoder uses most
-        per unit of what the cloud loses (:mod:`patrol_compress.uplink.leakage`).
-        Pass your own training images, never the ones you evaluate on. Returns
-        the per-channel record (also in :meth:`summary`).
-
-        Example::
-
-            pruner.rank_crossing(train_images[:2048])
-        """
-        if not isinstance(self.structure, ChannelStructure) or self._finished:
-            raise UsageError(
-                "rank_crossing: needs channel masks before the first step "
-                f"({self.names.field('granularity')}: channel)"
-            )
-        flags = _flags(self.model, self.net)
-        try:
-            self.structure.rank_by_leakage(images.detach().to(device_of(self.model)), seed)
-        finally:
-            _restore(flags)
-        record = self.crossing_leakage()
-        assert record is not None
-        return record
-
-    def _check_ranked(self) -> None:
-        """A leakage ranking must be measured before the budget first plans with it."""
-        if (
-            self.cfg.uplink.rank == "leakage"
-            and isinstance(self.structure, ChannelStructure)
-            and self.structure.leakage is None
-            and self.budget is not None
-            and self.budget.uplink is not None
-        ):
-            raise UsageError(
-                f"{self.names.field('uplink.rank')}: leakage needs the crossing channels "
-                "measured first: call pruner.rank_crossing(training_images) before the first "
-                "epoch"
-            )
-
     # --------------------------------------------------------------- training
 
     def weights(self) -> list[nn.Parameter]:
@@ -547,7 +503,6 @@ class PatrolPruner:
         """
         self._explicit = True
         if self.steering is not None and not self._finished:
-            self._check_ranked()
             self.steering.begin_epoch(self.steps)
         if self.cfg.adversarial.enabled:
             flags = _flags(self.model, self.net)
@@ -703,7 +658,6 @@ class PatrolPruner:
         if pending is None or self.steering is None or self._finished:
             return
         if pending == "epoch":
-            self._check_ranked()
             self.steering.begin_epoch(self.steps)
         self.steering.before_step(self.steps)
 
@@ -892,14 +846,7 @@ class PatrolPruner:
             "terms": dict(self.last_terms),
             "agreement": self.agreement(),
             "removal": self.removal.as_dict() if self.removal is not None else None,
-            "crossing_leakage": self.crossing_leakage(),
         }
-
-    def crossing_leakage(self) -> dict[str, object] | None:
-        """The leakage ranking's per-channel record (None: not measured, :meth:`rank_crossing`)."""
-        if isinstance(self.structure, ChannelStructure) and self.structure.leakage is not None:
-            return self.structure.leakage.as_dict()
-        return None
 
     def surrogate_psnr(self, batches: Iterable[Any]) -> float | None:
         """The surrogate's reconstruction PSNR (dB) on up to 4 of ``batches`` (None: no term).

@@ -54,7 +54,6 @@ from patrol_compress.pruning.remove import (
     restore_frozen,
     zero_planned,
 )
-from patrol_compress.uplink.leakage import LeakageRank, measure_leakage
 
 
 @dataclass
@@ -139,21 +138,6 @@ class ChannelStructure:
         self.mg = build_mask_groups(model, example)
         self.crossing = find_crossing(model, split, self.mg, example)
         self.spatial = layer_spatial(edge_modules(model, split), example)
-        self.leakage: LeakageRank | None = None
-
-    def rank_by_leakage(self, images: torch.Tensor, seed: int) -> LeakageRank:
-        """Weigh the crossing channels by leak per task use, measured now on ``images``
-        (:mod:`patrol_compress.uplink.leakage`); every later plan's uplink limit uses it."""
-        self.leakage = measure_leakage(
-            self.model,
-            self.split,
-            self.mg.graph,
-            self.mg.groups,
-            self.crossing.groups,
-            images,
-            seed,
-        )
-        return self.leakage
 
     def _measure(self, budget: EdgeBudget) -> Measure | None:
         """Times the edge a plan would leave (a pruned copy) at the budget's latency settings."""
@@ -201,7 +185,6 @@ class ChannelStructure:
             self._measure(budget),
             self.per_cost,
             self.crossing,
-            self.leakage.weights if self.leakage is not None else None,
         )
 
     def budget_caps(self, budget: EdgeBudget, tau: float) -> dict[nn.Parameter, torch.Tensor]:
