@@ -150,10 +150,9 @@ def open_run(recipe: Recipe, out: Path | None, resume: bool, force: bool) -> Run
     around the whole job.
     """
     path = recipe.run_dir(out)
-    text = dump_recipe(recipe)
-    if resume:  # read before _prepare on every rank: the stored file it keeps is unchanged
-        text = kept_recipe_text(path, text)
-    lock = distributed.current().run_on_main(lambda: _prepare(path, recipe, resume, force))
+    # Read on every rank before rank 0 prepares: the stored file it keeps is unchanged.
+    text = kept_recipe_text(path, recipe) if resume else dump_recipe(recipe)
+    lock = distributed.current().run_on_main(lambda: _prepare(path, text, resume, force))
     return RunDir(path, lock, recipe_hash(text))
 
 
@@ -269,16 +268,17 @@ def clear_run(path: Path) -> None:
     write_text(path / LEDGER, "")
 
 
-def kept_recipe_text(path: Path, text: str) -> str:
+def kept_recipe_text(path: Path, recipe: Recipe) -> str:
     """The resolved recipe text a resumed run keeps: its stored file when today's schema
-    reads that file to the same recipe as ``text`` (the file predates a field the schema
-    gained, at its default), else ``text``.
+    reads that file to ``recipe`` (the file predates a field the schema gained, at its
+    default), else ``recipe``'s own text.
 
     Why: the frontier's work folders already accept such a file (``_pin``); without
     this, every run interrupted before an upgrade refused ``--resume`` after it
     (measured: a frontier point started before ``uplink.rank`` existed). Keeping the
     stored text keeps the hashes its finished stages recorded valid.
     """
+    text = dump_recipe(recipe)
     stored_path = path / RECIPE_FILE
     if not stored_path.is_file():
         return text
@@ -287,10 +287,9 @@ def kept_recipe_text(path: Path, text: str) -> str:
         return text
     try:
         old = parse_recipe(yaml.safe_load(stored), str(stored_path))
-        new = parse_recipe(yaml.safe_load(text), "<recipe>")
     except (PatrolError, yaml.YAMLError):
         return text
-    return stored if old.model_dump(mode="json") == new.model_dump(mode="json") else text
+    return stored if old.model_dump(mode="json") == recipe.model_dump(mode="json") else text
 
 
 def _check_same_recipe(path: Path, text: str) -> None:
@@ -326,15 +325,13 @@ def _check(path: Path, text: str, resume: bool, force: bool) -> bool:
     return existing and force and ours
 
 
-def _prepare(path: Path, recipe: Recipe, resume: bool, force: bool) -> FolderLock:
-    """Check, lock, then (with ``--force``) clear and write the provenance files.
+def _prepare(path: Path, text: str, resume: bool, force: bool) -> FolderLock:
+    """Check, lock, then (with ``--force``) clear and write the provenance files (``text``:
+    the resolved recipe, as :func:`open_run` chose it).
 
     Checked before the lock so that a refused folder gets no lock file, and again
     under the lock, which is what makes the decision safe against another job.
     """
-    text = dump_recipe(recipe)
-    if resume:
-        text = kept_recipe_text(path, text)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path}: exists and is not a folder; choose another --out")
     _check(path, text, resume, force)

@@ -8,6 +8,7 @@ and ``defenses:`` sections are the models of :mod:`.privacy`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -297,6 +298,18 @@ def _whole_bits(value: object) -> object:
     return value
 
 
+def _drop_removed(data: Any, key: str, harmless: Callable[[Any], bool], refusal: str) -> Any:
+    """``data`` without the removed option ``key``: dropped where its value means what the
+    schema does without it (so runs made while it existed still load), refused in one
+    line where it asked for the removed behaviour (no recipe may silently lose it)."""
+    if not isinstance(data, dict) or key not in data:
+        return data
+    data = dict(data)
+    if not harmless(data.pop(key)):
+        raise ValueError(refusal)
+    return data
+
+
 class UplinkConfig(StrictModel):
     """The quantized uplink: what crosses the split is ``bits``-bit codes per value.
 
@@ -346,15 +359,13 @@ class UplinkConfig(StrictModel):
         uplink budget does now. ``rank: leakage`` is refused in one line: it measured no
         better than the mask ranking on the Fashion-MNIST uplink frontier and was
         removed (README, "The quantized uplink"), so no recipe may silently lose it."""
-        if not isinstance(data, dict) or "rank" not in data:
-            return data
-        data = dict(data)
-        if data.pop("rank") != "mask":
-            raise ValueError(
-                "rank was removed (the leakage ranking measured no better than ranking by "
-                "mask; see the README's 'The quantized uplink'): leave it out"
-            )
-        return data
+        return _drop_removed(
+            data,
+            "rank",
+            lambda v: v == "mask",
+            "rank was removed (the leakage ranking measured no better than ranking by "
+            "mask; see the README's 'The quantized uplink'): leave it out",
+        )
 
     @model_validator(mode="after")
     def _noise_needs_bits(self) -> UplinkConfig:
@@ -414,16 +425,13 @@ class PatrolSettings(StrictModel):
         Fashion-MNIST uplink frontier's runs are such runs. Switched on it is refused
         in one line: the term measured worse and was removed (README, "The quantized
         uplink"), so no recipe may silently lose it."""
-        if not isinstance(data, dict) or "decorrelation" not in data:
-            return data
-        data = dict(data)
-        term = data.pop("decorrelation")
-        if not isinstance(term, dict) or term.get("enabled", False) is not False:
-            raise ValueError(
-                "decorrelation was removed (it measured worse on the uplink frontier; "
-                "see the README's 'The quantized uplink'): leave it out or set enabled: false"
-            )
-        return data
+        return _drop_removed(
+            data,
+            "decorrelation",
+            lambda v: isinstance(v, dict) and v.get("enabled", False) is False,
+            "decorrelation was removed (it measured worse on the uplink frontier; "
+            "see the README's 'The quantized uplink'): leave it out or set enabled: false",
+        )
 
 
 FeatureAt = Literal["crossing", "embedding"]
