@@ -60,6 +60,9 @@ class ExportJob:
     uplink: dict[str, Any] | None = None
     """A quantized uplink (bits, per-channel step and lower end): the edge sends its uint8
     codes and the cloud decodes them (:mod:`patrol_compress.uplink`)."""
+    noise_sample: np.ndarray | None = None
+    """A noisy uplink's second edge input for the parity sample (``NOISE_INPUT``): the
+    standard normal draw ``edge_ref`` was computed with; None for every other edge."""
 
     @property
     def sent_dtype(self) -> str:

@@ -100,6 +100,12 @@ def build_manifest(
             "uplink_bits_max": values * int(job.uplink["bits"]),
             "packed_bytes": _bytes_sent(job, edge_out, element_bytes),
         }
+        if job.uplink.get("noise"):
+            from patrol_compress.uplink import capacity_bits
+
+            c, h, w = edge_out
+            capacity = capacity_bits((c, h, w), int(job.uplink["bits"]), job.uplink["noise"])
+            manifest["uplink"]["uplink_capacity_bits"] = round(capacity, 1)
     manifest.update(extra or {})
     check_record(Manifest, manifest, job.work_dir / MANIFEST)  # what every reader will check
     return manifest

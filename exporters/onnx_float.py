@@ -32,7 +32,7 @@ import onnx
 import torch
 from torch import nn
 
-from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
+from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX, NOISE_INPUT
 from patrol_compress.errors import ExportError, first_line
 
 from .base import INPUT_NAME, OUTPUT_NAME, ExportJob
@@ -52,12 +52,20 @@ def torch_to_onnx(
     path: Path,
     opset: int,
     dtype: torch.dtype = torch.float32,
+    noise_shape: tuple[int, ...] | None = None,
 ) -> None:
     """Export ``module`` (eval mode) to one ONNX file with a dynamic batch dimension.
 
     ``dtype`` is the input's: uint8 for a cloud that receives quantized-uplink codes.
+    ``noise_shape`` (a noisy uplink's edge) adds the second input, ``NOISE_INPUT``,
+    of that per-image shape (:mod:`patrol_compress.uplink.noise`).
     """
-    example = torch.zeros(2, *input_shape, dtype=dtype)
+    examples: tuple[torch.Tensor, ...] = (torch.zeros(2, *input_shape, dtype=dtype),)
+    names = [INPUT_NAME]
+    if noise_shape is not None:
+        examples += (torch.zeros(2, *noise_shape),)
+        names.append(NOISE_INPUT)
+    axes = {name: {0: "batch"} for name in [*names, OUTPUT_NAME]}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The deprecation notice of the TorchScript exporter is expected (see above).
@@ -65,13 +73,13 @@ def torch_to_onnx(
             warnings.simplefilter("ignore", category=FutureWarning)
             torch.onnx.export(
                 module,
-                (example,),
+                examples,
                 str(path),
                 dynamo=False,
                 opset_version=opset,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes=axes,
                 do_constant_folding=True,
                 training=torch.onnx.TrainingMode.EVAL,
             )
@@ -99,8 +107,11 @@ def check_onnx_file(path: Path) -> None:
         raise ExportError(f"{path.name}: onnx.checker rejected the model: {first}") from None
 
 
-def run_onnxruntime(path: Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Run an ONNX file on ORT's CPU provider; ``x`` is cast to the model's input type."""
+def run_onnxruntime(
+    path: Path, x: np.ndarray, threads: int | None = None, noise: np.ndarray | None = None
+) -> np.ndarray:
+    """Run an ONNX file on ORT's CPU provider; ``x`` is cast to the model's input type.
+    ``noise`` feeds a noisy uplink's edge its second input (``NOISE_INPUT``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -111,28 +122,34 @@ def run_onnxruntime(path: Path, x: np.ndarray, threads: int | None = None) -> np
     dtype = _ORT_DTYPES.get(inp.type)
     if dtype is None:
         raise ExportError(f"{path.name}: unexpected input type {inp.type}")
-    return np.asarray(session.run(None, {inp.name: x.astype(dtype)})[0])
+    feed = {inp.name: x.astype(dtype)}
+    if noise is not None:
+        feed[NOISE_INPUT] = noise.astype(np.float32)
+    return np.asarray(session.run(None, feed)[0])
 
 
-def _to_fp16_file(path: Path, keep: str) -> None:
+def _to_fp16_file(path: Path, keep: list[str]) -> None:
     model = onnx.load(str(path))
-    onnx.save(convert_to_fp16(model, keep_fp32=[keep]), str(path))
+    onnx.save(convert_to_fp16(model, keep_fp32=keep), str(path))
 
 
 def export_onnx_float(job: ExportJob) -> list[str]:
     """Write fp32 or fp16 edge.onnx and cloud.onnx and check both with ORT."""
     edge_path = job.work_dir / EDGE_ONNX
     cloud_path = job.work_dir / CLOUD_ONNX
-    torch_to_onnx(job.edge, job.input_shape, edge_path, job.opset)
+    noise = job.noise_sample
+    noise_shape = None if noise is None else tuple(noise.shape[1:])
+    torch_to_onnx(job.edge, job.input_shape, edge_path, job.opset, noise_shape=noise_shape)
     cloud_in = torch.uint8 if job.uplink is not None else torch.float32
     torch_to_onnx(job.cloud, tuple(job.edge_ref.shape[1:]), cloud_path, job.opset, cloud_in)
     if job.precision == "fp16":
-        # A quantized uplink's uint8 codes stay uint8: only float tensors become fp16.
-        _to_fp16_file(edge_path, keep=INPUT_NAME)
-        _to_fp16_file(cloud_path, keep=OUTPUT_NAME)
+        # A quantized uplink's uint8 codes stay uint8: only float tensors become fp16. A
+        # noisy uplink's noise input stays fp32, as drawn: one array feeds either precision.
+        _to_fp16_file(edge_path, keep=[INPUT_NAME] + ([NOISE_INPUT] if noise is not None else []))
+        _to_fp16_file(cloud_path, keep=[OUTPUT_NAME])
     for path in (edge_path, cloud_path):
         check_onnx_file(path)
-    edge_out = run_onnxruntime(edge_path, job.sample)
+    edge_out = run_onnxruntime(edge_path, job.sample, noise=noise)
     check_parity(f"{EDGE_ONNX} (onnxruntime)", edge_out, job.edge_ref, job.precision)
     if edge_out.dtype != np.dtype(job.sent_dtype):
         raise ExportError(f"{EDGE_ONNX}: output type {edge_out.dtype}, expected {job.sent_dtype}")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
+from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX, NOISE_INPUT
 from patrol_compress.errors import ExportError, first_line, import_optional
 
 from .base import ExportJob
@@ -37,13 +37,22 @@ def import_openvino() -> ModuleType:
     return import_optional("openvino", "openvino", "OpenVINO export")
 
 
-def run_openvino(path: Path, x: np.ndarray, config: dict[str, Any] | None = None) -> np.ndarray:
-    """Compile an IR (or ONNX) file on CPU and run it once; ``x`` is cast to the input type."""
+def run_openvino(
+    path: Path,
+    x: np.ndarray,
+    config: dict[str, Any] | None = None,
+    noise: np.ndarray | None = None,
+) -> np.ndarray:
+    """Compile an IR (or ONNX) file on CPU and run it once; ``x`` is cast to the input type.
+    ``noise`` feeds a noisy uplink's edge its second input (``NOISE_INPUT``)."""
     ov = import_openvino()
     core = ov.Core()
     compiled = core.compile_model(str(path), "CPU", dict(F32_CONFIG if config is None else config))
     dtype = compiled.input(0).get_element_type().to_dtype()
-    result = compiled({0: x.astype(dtype)})
+    feed: dict[Any, np.ndarray] = {0: x.astype(dtype)}
+    if noise is not None:
+        feed[NOISE_INPUT] = noise.astype(np.float32)
+    result = compiled(feed)
     return np.asarray(result[compiled.output(0)])
 
 
@@ -52,9 +61,9 @@ def export_openvino_float(job: ExportJob) -> list[str]:
     ov = import_openvino()
     files = export_onnx_float(job)
     compress = job.precision == "fp16"
-    for part, onnx_name, x, ref in (
-        ("edge", EDGE_ONNX, job.sample, job.edge_ref),
-        ("cloud", CLOUD_ONNX, job.edge_ref, job.cloud_ref),
+    for part, onnx_name, x, noise, ref in (
+        ("edge", EDGE_ONNX, job.sample, job.noise_sample, job.edge_ref),
+        ("cloud", CLOUD_ONNX, job.edge_ref, None, job.cloud_ref),
     ):
         xml = job.work_dir / f"{part}.xml"
         try:
@@ -63,6 +72,7 @@ def export_openvino_float(job: ExportJob) -> list[str]:
         except Exception as exc:  # OpenVINO raises its own RuntimeError types
             first = first_line(exc)
             raise ExportError(f"OpenVINO conversion of {onnx_name} failed: {first}") from exc
-        check_parity(f"{part}.xml (OpenVINO, f32 hint)", run_openvino(xml, x), ref, job.precision)
+        got = run_openvino(xml, x, noise=noise)
+        check_parity(f"{part}.xml (OpenVINO, f32 hint)", got, ref, job.precision)
         files += [xml.name, f"{part}.bin"]
     return files

@@ -114,20 +114,14 @@ def check_uplink_export(model: BlockNet, split: int, target: str, precision: str
     re-quantizes the cloud and the uplink's decode with it, and a target without
     :attr:`~.base.Target.uplink_codes` cannot take the uint8 codes; both are refused
     first, so a user is not told to install a backend that could not build the
-    model anyway. A noisy uplink (``patrol.uplink.noise``) is refused whole: its
-    edge is random, and every exporter's parity check compares fixed outputs.
+    model anyway. A noisy uplink (``patrol.uplink.noise``) exports like any other:
+    its edge takes the noise as a second input (:mod:`patrol_compress.uplink.noise`).
     """
     from patrol_compress.uplink import find_uplink, uplink_split
 
     quant = find_uplink(model)
     if quant is None:
         return
-    if quant.noise:
-        raise ExportError(
-            f"the model's uplink adds noise ({quant.noise:g} steps) before rounding: its exports "
-            "are not supported yet (parity checks compare deterministic outputs); it is measured "
-            "on the frontier only"
-        )
     at = uplink_split(model)
     if split != at:
         raise ExportError(
@@ -143,35 +137,58 @@ def check_uplink_export(model: BlockNet, split: int, target: str, precision: str
         )
 
 
-def _uplink_parts(edge: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+def _uplink_parts(
+    edge: torch.nn.Module,
+) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]] | None:
     """For an edge ending in a quantized uplink (checked by :func:`check_uplink_export`):
-    it now emits uint8 codes; the cloud's decoder and the manifest's record of the code
-    (None for an fp32 uplink)."""
+    the edge to export, now emitting uint8 codes (a noisy one taking its noise as a second
+    input), the cloud's decoder and the manifest's record of the code (None for an fp32
+    uplink)."""
+    from patrol_compress.contracts import NOISE_INPUT
     from patrol_compress.uplink import find_uplink
+    from patrol_compress.uplink.noise import NoisyEdge
 
     quant = find_uplink(edge)
     if quant is None:
         return None
     quant.emit_codes()
     decode = quant.decoder()
-    record = {
+    record: dict[str, Any] = {
         "bits": quant.bits,
         "channels": int(quant.hi.numel()),
         "step": [float(v) for v in decode.step.flatten()],
         "lo": [float(v) for v in decode.lo.flatten()],
         "decode": "in cloud.onnx: value = code * step + lo, per channel",
     }
-    return decode, record
+    if not quant.noise:
+        return edge, decode, record
+    record["noise"] = quant.noise
+    record["noise_input"] = NOISE_INPUT
+    record["noise_draw"] = (
+        f"edge input '{NOISE_INPUT}': standard normal, the codes' shape, drawn afresh for every "
+        "image from a cryptographic source (patrol_compress.uplink.draw_noise); zeros or a "
+        "reused draw void uplink_capacity_bits"
+    )
+    return NoisyEdge(edge, quant), decode, record
 
 
 def _references(
     edge: torch.nn.Module, cloud: torch.nn.Module, shape: tuple[int, int, int], seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The parity sample, its noise (a noisy uplink's edge only; drawn from ``seed``, since
+    parity needs a repeatable draw, not a secret one) and torch's edge and cloud outputs."""
+    from patrol_compress.uplink.noise import NoisyEdge
+
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((PARITY_BATCH, *shape), generator=gen)
+    noise: torch.Tensor | None = None
     try:
         with torch.no_grad():
-            mid = edge(x)
+            if isinstance(edge, NoisyEdge):
+                noise = torch.randn(edge.edge(x).shape, generator=gen)
+                mid = edge(x, noise)
+            else:
+                mid = edge(x)
             out = cloud(mid)
     except RuntimeError as exc:
         first = first_line(exc)
@@ -187,7 +204,8 @@ def _references(
                 f"torch's own {name} output is NaN/Inf: the model holds {bad:,} non-finite "
                 "weight/buffer values (a diverged run?); nothing was exported"
             )
-    return x.numpy(), mid.numpy(), out.numpy()
+    noise_np = None if noise is None else noise.numpy()
+    return x.numpy(), noise_np, mid.numpy(), out.numpy()
 
 
 def _install(work: Path, out_dir: Path, names: list[str]) -> None:
@@ -288,10 +306,14 @@ def export_partitions(
     _check_out_dir(out_dir, force)
 
     work_model = copy.deepcopy(model).float().cpu().eval()
+    edge: torch.nn.Module
     edge, cloud_part = split_model(work_model, split)
     uplink = _uplink_parts(edge)
-    cloud: torch.nn.Module = cloud_part if uplink is None else UplinkCloud(uplink[0], cloud_part)
-    sample, edge_ref, cloud_ref = _references(edge, cloud, shape, seed)
+    cloud: torch.nn.Module = cloud_part
+    if uplink is not None:
+        edge, decode, _ = uplink
+        cloud = UplinkCloud(decode, cloud_part)
+    sample, noise, edge_ref, cloud_ref = _references(edge, cloud, shape, seed)
 
     created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -310,13 +332,14 @@ def export_partitions(
             input_shape=shape,
             opset=opset,
             sample=sample,
+            noise_sample=noise,
             edge_ref=edge_ref,
             cloud_ref=cloud_ref,
             previous_dir=out_dir if out_dir.is_dir() else None,
             opt_batch=opt_batch,
             max_batch=max_batch,
             int8=int8 if precision == "int8" else None,
-            uplink=None if uplink is None else uplink[1],
+            uplink=None if uplink is None else uplink[2],
         )
         files = exporter.run(job)
         manifest = build_manifest(job, files, split, target, extra_manifest)

@@ -79,6 +79,10 @@ EDGE_ENGINE = "edge.engine"
 CLOUD_ENGINE = "cloud.engine"
 TIMING_CACHE = "trt.timing.cache"
 """TensorRT's timing cache, kept next to the engines and reused by the next build."""
+NOISE_INPUT = "noise"
+"""A noisy uplink's edge takes a second input of this name: standard normal values of the
+codes' shape, drawn per image by the deployer (:mod:`patrol_compress.uplink.noise` says why
+the graph does not draw them)."""
 
 # --- attack results -------------------------------------------------------------
 ATTACK_FILE = "attack.json"

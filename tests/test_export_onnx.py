@@ -179,8 +179,10 @@ def test_parity_mismatch_raises_and_leaves_no_artifact(
 
     real = onnx_exporter.run_onnxruntime
 
-    def off_by_a_bit(path: Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-        return real(path, x) + np.float32(1e-2)
+    def off_by_a_bit(
+        path: Path, x: np.ndarray, threads: int | None = None, noise: np.ndarray | None = None
+    ) -> np.ndarray:
+        return real(path, x, threads, noise) + np.float32(1e-2)
 
     monkeypatch.setattr(onnx_exporter, "run_onnxruntime", off_by_a_bit)
     out = tmp_path / "exports" / "deep" / "onnx"

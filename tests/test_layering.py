@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_BELOW_PIPELINE = ("attacks", "defenses", "report")
 ABOVE_THEM = ("patrol_compress.pipeline", "patrol_compress.pruning.patrol")
@@ -178,9 +180,11 @@ def test_the_library_imports_no_compatibility_shim() -> None:
     assert bad == []
 
 
-def test_contracts_import_no_torch() -> None:
-    """The file contracts are read on edge devices and by the report: no torch there."""
-    code = "import sys, patrol_compress.contracts; print('torch' in sys.modules)"
+@pytest.mark.parametrize("module", ["patrol_compress.contracts", "patrol_compress.edge_noise"])
+def test_edge_side_modules_import_no_torch(module: str) -> None:
+    """The file contracts are read on edge devices and by the report, and a noisy uplink's
+    edge draws its noise on the device: no torch there."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )

@@ -55,6 +55,21 @@ def test_signed_features_learn_both_ends() -> None:
     assert q.lo.grad is not None
 
 
+def test_the_deployers_noise_is_standard_normal_and_fresh() -> None:
+    """``draw_noise`` (os.urandom, Box-Muller): Kolmogorov-Smirnov against N(0, 1) at a
+    false-alarm rate of 1e-9 (so it does not flake), and no two draws alike."""
+    from scipy.stats import kstest
+
+    from patrol_compress.edge_noise import draw_noise
+
+    values = draw_noise((50, 40, 50))
+    assert values.shape == (50, 40, 50) and values.dtype == np.float32
+    assert kstest(values.ravel(), "norm").pvalue > 1e-9
+    assert kstest(values.ravel() * 1.1, "norm").pvalue < 1e-9  # it tells a 10% scale apart
+    assert not np.array_equal(draw_noise((7,)), draw_noise((7,)))
+    assert draw_noise((3,)).shape == (3,)  # an odd count: half a pair is dropped
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_packing_round_trips_and_counts_bytes(bits: int) -> None:
     rng = np.random.default_rng(bits)
@@ -345,24 +360,177 @@ def test_an_export_that_would_break_the_bound_is_one_line(
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
-def test_a_noisy_uplink_records_its_capacity_reloads_noisy_and_refuses_export(
-    tmp_path: Path,
-) -> None:
-    data = uplink_recipe(tmp_path)
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("noisy")
+    data = uplink_recipe(root)
     data["patrol"]["uplink"]["noise"] = 1.0
     prune_on_one_thread(data)
-    run = tmp_path / "run"
-    up = json.loads((run / "metrics.json").read_text())["uplink"]
+    return root / "run"
+
+
+def test_a_noisy_uplink_records_its_capacity_and_reloads_noisy(noisy_run: Path) -> None:
+    up = json.loads((noisy_run / "metrics.json").read_text())["uplink"]
     values = up["uplink_bits_max"] // BITS
     assert up["noise"] == 1.0
     assert up["uplink_capacity_bits"] == pytest.approx(values * 0.5 * np.log2(1 + 9 / 4), abs=0.1)
-    quant = find_uplink(api.load_model(run))
+    quant = find_uplink(api.load_model(noisy_run))
     assert quant is not None and quant.noise == 1.0  # the pruned, reloaded edge stays noisy
-    before = sorted(p.relative_to(run) for p in run.rglob("*"))
-    result = CliRunner().invoke(app, ["export", str(run), "--split", "4", "--target", "onnx"])
-    assert result.exit_code == 2 and "adds noise (1 steps)" in result.output, result.output
-    assert result.output.count("\n") == 1
-    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def _edge_session(folder: Path, target: str) -> Any:
+    """``(images, normal) -> codes`` on the artifact's own runtime."""
+    if target == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(
+            str(folder / "edge.onnx"), providers=["CPUExecutionProvider"]
+        )
+        assert [i.name for i in session.get_inputs()] == ["input", "noise"]
+        return lambda x, n: session.run(None, {"input": x, "noise": n})[0]
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(
+        str(folder / "edge.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    # OpenVINO may name the port after a fused node too: the library reads every name.
+    from patrol_compress.edge_noise import ov_inputs
+
+    assert [name for name, _ in ov_inputs(compiled.inputs)] == ["input", "noise"]
+    return lambda x, n: compiled({"input": x, "noise": n})[compiled.output(0)]
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_a_noisy_edge_exports_with_its_noise_as_an_input(
+    noisy_run: Path, tmp_path: Path, target: str
+) -> None:
+    """The exported edge takes the noise as its second input (the graph draws none: see
+    ``patrol_compress.uplink.noise``), codes exactly as torch does for the same draw, and is
+    noisy only through that input."""
+    from patrol_compress.uplink.noise import draw_noise, given_noise_features
+
+    if target == "openvino":
+        pytest.importorskip("openvino")
+    run = Path(shutil.copytree(noisy_run, tmp_path / "run"))
+    manifest = api.export(run, split=4, target=target)
+    up = manifest["uplink"]
+    shape = manifest["edge_output_shape"]
+    values = int(np.prod(shape))
+    assert (
+        up["noise"] == 1.0 and up["noise_input"] == "noise" and "cryptographic" in up["noise_draw"]
+    )
+    assert up["uplink_bits_max"] == values * BITS
+    assert up["uplink_capacity_bits"] == pytest.approx(values * 0.5 * np.log2(1 + 9 / 4), abs=0.1)
+    run_edge = _edge_session(run / "export" / f"{target}-split4-fp32", target)
+    x = torch.rand(16, 3, 32, 32)
+    normal = draw_noise((16, *shape))
+    codes = run_edge(x.numpy(), normal)
+    edge, _ = api.partitions(run)
+    decode = find_uplink(api.load_model(run))
+    assert decode is not None
+    expected = given_noise_features(edge, x, torch.from_numpy(normal))
+    sent = decode.decoder()(torch.from_numpy(codes))
+    step = float(decode.decoder().step.max())
+    # Same image, same draw: torch's codes but for boundary ties (as the exporters' parity).
+    assert float((sent - expected).abs().max()) <= step * 1.001
+    assert float(((sent - expected).abs() > 1e-6).float().mean()) <= 0.01
+    # The noise is the input's: zeros repeat, two fresh draws differ.
+    zeros = np.zeros_like(normal)
+    assert np.array_equal(run_edge(x.numpy(), zeros), run_edge(x.numpy(), zeros))
+    assert not np.array_equal(run_edge(x.numpy(), draw_noise(normal.shape)), codes)
+
+
+def _chi_square(codes: np.ndarray, scaled: np.ndarray, noise: float, levels: int) -> float:
+    """Pearson's statistic of ``codes`` (draws x positions) against the exact law of
+    ``round(clip(scaled + noise * N(0, 1), 0, levels))`` at each position."""
+    from scipy.stats import norm
+
+    total = 0.0
+    for k in range(levels + 1):
+        upper = norm.cdf((k + 0.5 - scaled) / noise) if k < levels else 1.0
+        lower = norm.cdf((k - 0.5 - scaled) / noise) if k > 0 else 0.0
+        expected = len(codes) * (upper - lower)
+        observed = (codes == k).sum(axis=0)
+        total += float(((observed - expected) ** 2 / expected).sum())
+    return total
+
+
+def test_the_exported_noisy_codes_follow_the_noise_law(noisy_run: Path, tmp_path: Path) -> None:
+    """Over fresh draws of the deployer's noise, the exported edge's codes for one image are
+    distributed as the noise says: Pearson's test against the exact probabilities (Gaussian CDF
+    differences around each pre-noise value) at a false-alarm rate of 1e-9, so it does not
+    flake; the same test refuses the codes of zero noise, so it can fail."""
+    from scipy.stats import chi2
+
+    from patrol_compress.uplink.noise import draw_noise
+
+    run = Path(shutil.copytree(noisy_run, tmp_path / "run"))
+    manifest = api.export(run, split=4, target="onnx")
+    shape = manifest["edge_output_shape"]
+    run_edge = _edge_session(run / "export" / "onnx-split4-fp32", "onnx")
+    draws = 4000
+    image = torch.rand(1, 3, 32, 32).expand(draws, 3, 32, 32).contiguous()
+    edge, _ = api.partitions(run)
+    quant = find_uplink(edge)
+    assert quant is not None
+    quant.emit = "bypass"
+    with torch.no_grad():
+        lo, hi = quant.bounds()
+        levels = quant.levels
+        feats = edge(image[:1])
+        scaled = (torch.minimum(torch.maximum(feats, lo), hi) - lo) / ((hi - lo) / levels)
+    scaled_flat = scaled.flatten().numpy().astype(np.float64)
+    cells = scaled_flat.size * levels  # degrees of freedom: positions x (levels + 1 - 1)
+    bound = float(chi2.isf(1e-9, cells))
+    noisy = run_edge(image.numpy(), draw_noise((draws, *shape))).reshape(draws, -1)
+    assert _chi_square(noisy, scaled_flat, 1.0, levels) < bound
+    silent = run_edge(image.numpy(), np.zeros((draws, *shape), np.float32)).reshape(draws, -1)
+    assert _chi_square(silent, scaled_flat, 1.0, levels) > bound
+
+
+def test_the_adaptive_attack_and_the_bench_feed_a_noisy_edge_fresh_noise(
+    noisy_run: Path, tmp_path: Path
+) -> None:
+    """``attack --artifact`` probes the noisy export with one draw fed to both edges, then
+    reads what the cloud receives (fresh noise per image); ``bench`` times the graph with its
+    noise bound like the image."""
+    from patrol_compress.attacks.adaptive import (
+        artifact_features,
+        edge_runner,
+        split_code,
+        verified_edge,
+    )
+
+    run = Path(shutil.copytree(noisy_run, tmp_path / "run"))
+    api.export(run, split=4, target="onnx")
+    config = {
+        "max_eval_images": 8,
+        "blackbox": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
+        "adaptive": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
+        "recogniser": {"steps": 2, "width": 4},
+    }
+    report = api.attack(run, ["adaptive"], config=config, out=tmp_path / "a")
+    info = report["attacks"]["adaptive"]["info"]
+    assert info["sent_dtype"] == "uint8"
+    x = torch.rand(4, 3, 32, 32)
+    folder = run / "export" / "onnx-split4-fp32"
+    files, manifest = verified_edge(folder, 4)
+    features = artifact_features(edge_runner(files, 1), split_code(manifest, folder))
+    assert not torch.equal(features(x), features(x))  # a fresh draw per call
+    runtimes = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+
+        runtimes.append("openvino")  # reads edge.onnx here: two inputs, both reshaped
+    except ImportError:
+        pass
+    for runtime in runtimes:
+        for mode in ("latency", "throughput"):
+            args = ["--batch", "1,2", "--runs", "3", "--warmup", "1", "--threads", "1"]
+            result = CliRunner().invoke(
+                app, ["bench", str(folder), "--runtime", runtime, "--mode", mode, *args]
+            )
+            assert result.exit_code == 0, result.output
+            assert runtime in result.output
 
 
 def test_a_model_with_its_own_forward_cannot_take_the_quantizer() -> None:

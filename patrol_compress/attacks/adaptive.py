@@ -66,10 +66,12 @@ from patrol_compress.attacks.blackbox import (
 )
 from patrol_compress.attacks.fit import AttackerData, Pairs, attacker_pairs
 from patrol_compress.attacks.progress import PartEstimate
-from patrol_compress.contracts import MANIFEST
+from patrol_compress.contracts import MANIFEST, NOISE_INPUT
+from patrol_compress.edge_noise import draw_noise, noise_shape, ov_inputs
 from patrol_compress.errors import ArtifactError, PatrolError, first_line
 from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.image import psnr_per_image
+from patrol_compress.uplink.noise import given_noise_features, noisy_uplink
 
 ORT_BATCH = 64
 PROBE_IMAGES = 8
@@ -202,7 +204,13 @@ def split_code(manifest: dict[str, Any], artifact: Path) -> Code | None:
     return np.asarray(scale), np.asarray(-scale * np.float32(code["zero_point"]))
 
 
-def ort_features(model_bytes: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+EdgeRun = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+"""Runs the artifact's edge on images; a noisy uplink's edge also takes its standard normal
+draw, fresh from :func:`~patrol_compress.uplink.noise.draw_noise` when None is given (as a
+deployed edge must draw it: the attack reads what the cloud receives, not noiseless codes)."""
+
+
+def ort_features(model_bytes: bytes, threads: int) -> EdgeRun:
     """ONNX Runtime session over ``model_bytes`` (spinning off: it shares the CPU)."""
     import onnxruntime as ort
 
@@ -213,14 +221,26 @@ def ort_features(model_bytes: bytes, threads: int) -> Callable[[np.ndarray], np.
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    noise = _noise_shape([(i.name, i.shape) for i in session.get_inputs()])
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {inp.name: x.astype(dtype)})[0])
+    def run(x: np.ndarray, normal: np.ndarray | None = None) -> np.ndarray:
+        feed = {inp.name: x.astype(dtype)}
+        if noise is not None:
+            feed[NOISE_INPUT] = draw_noise((len(x), *noise)) if normal is None else normal
+        return np.asarray(session.run(None, feed)[0])
 
     return run
 
 
-def ov_features(xml: bytes, weights: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def _noise_shape(inputs: list[tuple[str, Any]]) -> tuple[int, ...] | None:
+    """:func:`~patrol_compress.edge_noise.noise_shape`, refused as an artifact's error."""
+    try:
+        return noise_shape(inputs)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+def ov_features(xml: bytes, weights: bytes, threads: int) -> EdgeRun:
     """OpenVINO CPU over the verified IR bytes, with the f32 hint the export checked it under."""
     from patrol_compress.errors import import_optional
 
@@ -233,25 +253,35 @@ def ov_features(xml: bytes, weights: bytes, threads: int) -> Callable[[np.ndarra
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     dtype = compiled.input(0).get_element_type().to_dtype()
+    noise = _noise_shape(ov_inputs(compiled.inputs))
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.array(request.infer({0: x.astype(dtype)})[compiled.output(0)])
+    def run(x: np.ndarray, normal: np.ndarray | None = None) -> np.ndarray:
+        feed: dict[Any, np.ndarray] = {0: x.astype(dtype)}
+        if noise is not None:
+            feed[NOISE_INPUT] = draw_noise((len(x), *noise)) if normal is None else normal
+        return np.array(request.infer(feed)[compiled.output(0)])
 
     return run
 
 
-def artifact_features(edge: EdgeFiles, code: Code | None, threads: int) -> FeatureFn:
-    """Feature function backed by the artifact's runtime; uint8 is dequantized as the cloud does."""
+def edge_runner(edge: EdgeFiles, threads: int) -> EdgeRun:
+    """The artifact's edge on its runtime (:data:`EdgeRun`)."""
     if edge.runtime == "onnxruntime":
-        run = ort_features(next(iter(edge.blobs.values())), threads)
-    else:
-        xml, weights = edge.blobs.values()
-        run = ov_features(xml, weights, threads)
+        return ort_features(next(iter(edge.blobs.values())), threads)
+    xml, weights = edge.blobs.values()
+    return ov_features(xml, weights, threads)
+
+
+def artifact_features(
+    run: EdgeRun, code: Code | None, normal: np.ndarray | None = None
+) -> FeatureFn:
+    """Feature function backed by the artifact's runtime; uint8 is dequantized as the cloud does.
+    ``normal`` fixes a noisy edge's draw (the probe: one batch); None draws it afresh."""
 
     def features(x: torch.Tensor) -> torch.Tensor:
         out = []
         for i in range(0, len(x), ORT_BATCH):
-            sent = run(x[i : i + ORT_BATCH].numpy())
+            sent = run(x[i : i + ORT_BATCH].numpy(), normal)
             real = sent.astype(np.float32)
             if code is not None:
                 real = real * code[0] + code[1]
@@ -402,14 +432,19 @@ def artifact_source(ctx: AttackContext) -> ArtifactSource:
     check_belongs(artifact, manifest, ctx)
     code = split_code(manifest, artifact)
     probe = ctx.eval_images[:PROBE_IMAGES]
+    from_torch = torch_features(ctx.edge, ctx.device)(probe)
+    # A noisy uplink is probed with one draw fed to both edges: they must then agree.
+    normal = draw_noise(tuple(from_torch.shape)) if noisy_uplink(ctx.edge) else None
     try:
-        features = artifact_features(edge, code, cfg.threads)
-        from_artifact = features(probe)
+        run = edge_runner(edge, cfg.threads)
+        features = artifact_features(run, code)
+        from_artifact = artifact_features(run, code, normal)(probe)
     except PatrolError:
         raise
     except Exception as exc:  # runtimes raise their own types for a corrupt model
         raise runtime_refused(artifact, edge, exc) from None
-    from_torch = torch_features(ctx.edge, ctx.device)(probe)
+    if normal is not None:
+        from_torch = given_noise_features(ctx.edge, probe, torch.from_numpy(normal))
     if from_artifact.shape != from_torch.shape:
         raise ArtifactError(
             f"{artifact}: edge output {list(from_artifact.shape[1:])} differs from the run's "

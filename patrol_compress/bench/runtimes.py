@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from patrol_compress.bench.timing import Budget, Timing, gc_paused, parallel, sequential
-from patrol_compress.contracts import EDGE_BIN, EDGE_ENGINE, EDGE_ONNX, EDGE_XML
+from patrol_compress.contracts import EDGE_BIN, EDGE_ENGINE, EDGE_ONNX, EDGE_XML, NOISE_INPUT
+from patrol_compress.edge_noise import draw_noise, noise_shape, ov_inputs
 from patrol_compress.errors import ArtifactError, PatrolError, first_line, import_optional
 
 
@@ -152,18 +153,36 @@ def _ort_session(
     return session, np.dtype(np.float16 if inp.type == "tensor(float16)" else np.float32)
 
 
+def edge_feed(inputs: list[tuple[str, list[Any]]], x: np.ndarray) -> dict[str, np.ndarray]:
+    """The edge's inputs for one timed batch: ``x`` under the first input's name, and for a
+    noisy uplink's edge (a second input, :data:`~patrol_compress.contracts.NOISE_INPUT`) one
+    draw of its noise, bound once like the image. What is timed is the graph; the draw
+    (:func:`~patrol_compress.edge_noise.draw_noise`) is the deployer's, measured apart in
+    ``docs/measurements.md``."""
+    feed = {inputs[0][0]: x}
+    try:
+        shape = noise_shape(inputs)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    if shape is not None:
+        feed[NOISE_INPUT] = draw_noise((len(x), *shape))
+    return feed
+
+
 def _ort_bound_call(ort: ModuleType, session: Any, x: np.ndarray) -> Callable[[], Any]:
     """``run_with_iobinding`` with the input and a preallocated output bound once.
 
     The output buffer is sized by one plain ``run`` (the first call of the
     session, before any warm-up is counted); later calls write into it.
     """
-    name = session.get_inputs()[0].name
+    inputs = session.get_inputs()
+    feed = edge_feed([(i.name, list(i.shape)) for i in inputs], x)
     binding = session.io_binding()
-    binding.bind_cpu_input(name, x)
+    for name, value in feed.items():
+        binding.bind_cpu_input(name, value)
     # The binding points into these arrays without owning them: keep them alive with the call.
-    keep: list[Any] = [x]
-    for out, value in zip(session.get_outputs(), session.run(None, {name: x}), strict=True):
+    keep: list[Any] = list(feed.values())
+    for out, value in zip(session.get_outputs(), session.run(None, feed), strict=True):
         keep.append(ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
         binding.bind_ortvalue_output(out.name, keep[-1])
 
@@ -215,7 +234,10 @@ def _open_ov(
     core = ov.Core()
     try:
         model = core.read_model(str(path))
-        model.reshape(list(shape))
+        ports = ov_inputs(model.inputs)
+        model.reshape(
+            {i: [shape[0], *dims[1:]] if i else list(shape) for i, (_, dims) in enumerate(ports)}
+        )
     except Exception as exc:  # OpenVINO raises RuntimeError and its own types
         raise _runtime_refused(root, path.name, "OpenVINO", exc) from None
     throughput = opts.get("mode", "latency") == "throughput"
@@ -238,7 +260,8 @@ def _open_ov(
         settings["streams"] = 1
 
         def prepare(x: np.ndarray) -> Measure:
-            request.set_input_tensor(ov.Tensor(x, shared_memory=True))
+            for i, value in enumerate(edge_feed(ports, x).values()):
+                request.set_input_tensor(i, ov.Tensor(value, shared_memory=True))
             # The runtime's own per-call time is what benchmark_app reports; the
             # wall clock around infer() (5-7% more here: Python's share) stays in wall_ms.
             call = partial(request.infer, share_outputs=True)
@@ -251,8 +274,10 @@ def _open_ov(
     settings["streams"] = len(queue)
 
     def prepare_async(x: np.ndarray) -> Measure:
+        feed = list(edge_feed(ports, x).values())
         for i in range(len(queue)):
-            queue[i].set_input_tensor(ov.Tensor(x, shared_memory=True))
+            for k, value in enumerate(feed):
+                queue[i].set_input_tensor(k, ov.Tensor(value, shared_memory=True))
         return partial(_ov_async, queue)
 
     return EdgeSession(prepare_async, dtype, files, settings)

@@ -333,9 +333,9 @@ class UplinkConfig(StrictModel):
     in inference, so the edge's codes are noisy and the uplink carries at most
     ``0.5*log2(1 + L**2/(4*noise**2))`` bits per value (``L = 2**bits - 1``;
     :func:`~patrol_compress.uplink.entropy.capacity_bits`), less than ``bits``
-    once ``noise`` exceeds about ``L / (2*sqrt(4**bits - 1))``. It is measured on
-    the frontier; exports refuse it (their parity checks compare deterministic
-    outputs).
+    once ``noise`` exceeds about ``L / (2*sqrt(4**bits - 1))``. An export's edge
+    takes the noise as a second input, drawn by the deployer from a cryptographic
+    source (:mod:`patrol_compress.uplink.noise` says why the graph draws none).
     """
 
     bits: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_whole_bits)] | None = None

@@ -24,12 +24,14 @@ crossing value to one of ``2**bits`` levels of its channel's range
 **Noise** (``noise`` > 0, off by default): Gaussian noise of ``noise``
 quantization steps is added to every clipped value before it is rounded,
 in training, in torch inference and in the codes, so the edge sends a noisy
-code and the noise is part of the channel, not only a regulariser. Why:
+code and the noise is part of the channel, not only a regulariser. An
+exported edge takes the standard normal draw as an input instead of drawing
+it (:mod:`patrol_compress.uplink.noise`). Why:
 rounding alone bounds what crosses at ``bits`` per value; noise bounds it
 below that (:func:`~patrol_compress.uplink.entropy.capacity_bits`), and
 the edge learns, through the straight-through rounding, to keep the task's
-signal above it. The noise comes from torch's global generator, so a seeded
-run repeats.
+signal above it. In torch the noise comes from torch's global generator, so a
+seeded run repeats.
 
 A pruned crossing channel takes its range entries with it:
 :class:`UplinkPruner` registers the module with torch-pruning's dependency
@@ -120,19 +122,27 @@ class UplinkQuant(nn.Module):
         rounded = scaled + (torch.round(scaled) - scaled).detach()  # straight-through
         return rounded * step + lo
 
-    def _in_steps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _in_steps(
+        self, x: torch.Tensor, normal: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(clip(x) - lo) / step`` plus the noise (clipped back to the levels), the step and
-        ``lo``: what training's fake quantizer and the exported codes both round."""
+        ``lo``: what training's fake quantizer and the exported codes both round. ``normal``
+        is the standard normal draw to scale by ``noise`` (an export's noise input, see
+        :mod:`patrol_compress.uplink.noise`); None draws it from torch's generator."""
         lo, hi = self.bounds()
         step = (hi - lo) / self.levels
         scaled = (torch.minimum(torch.maximum(x, lo), hi) - lo) / step
         if self.noise:
-            scaled = (scaled + self.noise * torch.randn_like(scaled)).clamp(0.0, float(self.levels))
+            draw = torch.randn_like(scaled) if normal is None else normal
+            if draw.dtype != scaled.dtype:  # checked here, so a traced fp32 edge holds no Cast
+                draw = draw.to(scaled.dtype)
+            scaled = (scaled + self.noise * draw).clamp(0.0, float(self.levels))
         return scaled, step, lo
 
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """The uint8 codes the edge sends: ``round((clip(x) - lo) / step)`` (plus the noise)."""
-        scaled, _, _ = self._in_steps(x)
+    def codes(self, x: torch.Tensor, normal: torch.Tensor | None = None) -> torch.Tensor:
+        """The uint8 codes the edge sends: ``round((clip(x) - lo) / step)`` (plus the noise,
+        ``noise`` times ``normal`` when given)."""
+        scaled, _, _ = self._in_steps(x, normal)
         return torch.round(scaled).clamp(0, self.levels).to(torch.uint8)
 
     def decoder(self) -> UplinkDecode:
