@@ -106,6 +106,7 @@ def build_manifest(
             c, h, w = edge_out
             capacity = capacity_bits((c, h, w), int(job.uplink["bits"]), job.uplink["noise"])
             manifest["uplink"]["uplink_capacity_bits"] = round(capacity, 1)
+            manifest["uplink"]["noise_shape"] = ["batch", *edge_out]  # the codes' shape
     manifest.update(extra or {})
     check_record(Manifest, manifest, job.work_dir / MANIFEST)  # what every reader will check
     return manifest

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX, NOISE_INPUT
+from patrol_compress.edge_noise import edge_feed
 from patrol_compress.errors import ExportError, first_line
 
 from .base import INPUT_NAME, OUTPUT_NAME, ExportJob
@@ -122,10 +124,27 @@ def run_onnxruntime(
     dtype = _ORT_DTYPES.get(inp.type)
     if dtype is None:
         raise ExportError(f"{path.name}: unexpected input type {inp.type}")
-    feed = {inp.name: x.astype(dtype)}
-    if noise is not None:
-        feed[NOISE_INPUT] = noise.astype(np.float32)
-    return np.asarray(session.run(None, feed)[0])
+    inputs = [(i.name, i.shape) for i in session.get_inputs()]
+    return np.asarray(session.run(None, edge_inputs(path, inputs, x.astype(dtype), noise))[0])
+
+
+def edge_inputs(
+    path: Path, inputs: list[tuple[str, Any]], x: np.ndarray, noise: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The image, and for a noisy uplink's edge its ``noise``, which must be given: a check
+    that drew its own would compare two draws (``patrol_compress.edge_noise``)."""
+    try:
+        names = [name for name, _ in inputs]
+        if NOISE_INPUT in names and noise is None:
+            raise ValueError(
+                f"it takes a '{NOISE_INPUT}' input (a noisy uplink's edge): pass noise=, e.g. "
+                "patrol_compress.edge_noise.draw_noise of the codes' shape"
+            )
+        if NOISE_INPUT not in names and noise is not None:
+            raise ValueError(f"noise was given, but it takes no '{NOISE_INPUT}' input")
+        return edge_feed(inputs, x, noise)
+    except ValueError as exc:
+        raise ExportError(f"{path.name}: {exc}") from None
 
 
 def _to_fp16_file(path: Path, keep: list[str]) -> None:

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX, NOISE_INPUT
+from patrol_compress.contracts import CLOUD_ONNX, EDGE_ONNX
+from patrol_compress.edge_noise import ov_inputs
 from patrol_compress.errors import ExportError, first_line, import_optional
 
 from .base import ExportJob
-from .onnx_float import export_onnx_float
+from .onnx_float import edge_inputs, export_onnx_float
 from .parity import check_parity
 
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -49,10 +50,7 @@ def run_openvino(
     core = ov.Core()
     compiled = core.compile_model(str(path), "CPU", dict(F32_CONFIG if config is None else config))
     dtype = compiled.input(0).get_element_type().to_dtype()
-    feed: dict[Any, np.ndarray] = {0: x.astype(dtype)}
-    if noise is not None:
-        feed[NOISE_INPUT] = noise.astype(np.float32)
-    result = compiled(feed)
+    result = compiled(edge_inputs(path, ov_inputs(compiled.inputs), x.astype(dtype), noise))
     return np.asarray(result[compiled.output(0)])
 
 

@@ -164,10 +164,11 @@ def _uplink_parts(
         return edge, decode, record
     record["noise"] = quant.noise
     record["noise_input"] = NOISE_INPUT
+    record["noise_dtype"] = "float32"  # in an fp16 export too: the graph casts it
     record["noise_draw"] = (
         f"edge input '{NOISE_INPUT}': standard normal, the codes' shape, drawn afresh for every "
-        "image from a cryptographic source (patrol_compress.uplink.draw_noise); zeros or a "
-        "reused draw void uplink_capacity_bits"
+        "image from a cryptographic source (patrol_compress.edge_noise.draw_noise, torch-free); "
+        "zeros or a reused draw void uplink_capacity_bits"
     )
     return NoisyEdge(edge, quant), decode, record
 

@@ -9,7 +9,7 @@ the noise itself.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,3 +70,24 @@ def ov_inputs(ports: Sequence[Any]) -> list[tuple[str, list[int]]]:
         name = NOISE_INPUT if NOISE_INPUT in port.get_names() else port.get_any_name()
         found.append((name, [d.get_length() if d.is_static else -1 for d in port.partial_shape]))
     return found
+
+
+def edge_feed(
+    inputs: Sequence[tuple[str, Sequence[Any]]],
+    x: np.ndarray,
+    normal: np.ndarray | None = None,
+    draw: Callable[[tuple[int, ...]], np.ndarray] = draw_noise,
+) -> dict[str, np.ndarray]:
+    """An exported edge's inputs for images ``x``: ``x`` under the first input's name and,
+    for a noisy uplink's edge, its noise: ``normal`` when given (it must be the codes'
+    shape), else a fresh ``draw`` (:func:`draw_noise` by default). ``inputs`` is the edge's
+    (name, shape) list; ValueError as :func:`noise_shape` raises it."""
+    feed = {inputs[0][0]: x}
+    shape = noise_shape(inputs)
+    if shape is None:
+        return feed
+    want = (len(x), *shape)
+    if normal is not None and tuple(normal.shape) != want:
+        raise ValueError(f"noise of shape {list(normal.shape)}; the edge takes {list(want)}")
+    feed[NOISE_INPUT] = np.asarray(draw(want) if normal is None else normal, dtype=np.float32)
+    return feed

@@ -66,8 +66,8 @@ from patrol_compress.attacks.blackbox import (
 )
 from patrol_compress.attacks.fit import AttackerData, Pairs, attacker_pairs
 from patrol_compress.attacks.progress import PartEstimate
-from patrol_compress.contracts import MANIFEST, NOISE_INPUT
-from patrol_compress.edge_noise import draw_noise, noise_shape, ov_inputs
+from patrol_compress.contracts import MANIFEST
+from patrol_compress.edge_noise import draw_noise, edge_feed, noise_shape, ov_inputs
 from patrol_compress.errors import ArtifactError, PatrolError, first_line
 from patrol_compress.machine import check_thread_count
 from patrol_compress.metrics.image import psnr_per_image
@@ -206,11 +206,20 @@ def split_code(manifest: dict[str, Any], artifact: Path) -> Code | None:
 
 EdgeRun = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 """Runs the artifact's edge on images; a noisy uplink's edge also takes its standard normal
-draw, fresh from :func:`~patrol_compress.uplink.noise.draw_noise` when None is given (as a
-deployed edge must draw it: the attack reads what the cloud receives, not noiseless codes)."""
+draw, or, given None, a fresh one from the runner's ``draw``: the attack reads what the
+cloud receives, not noiseless codes."""
+Draw = Callable[[tuple[int, ...]], np.ndarray]
 
 
-def ort_features(model_bytes: bytes, threads: int) -> EdgeRun:
+def _check_inputs(inputs: list[tuple[str, Any]]) -> None:
+    """Refuse, as an artifact's error, an edge that takes inputs the attack cannot feed."""
+    try:
+        noise_shape(inputs)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+def ort_features(model_bytes: bytes, threads: int, draw: Draw = draw_noise) -> EdgeRun:
     """ONNX Runtime session over ``model_bytes`` (spinning off: it shares the CPU)."""
     import onnxruntime as ort
 
@@ -219,28 +228,17 @@ def ort_features(model_bytes: bytes, threads: int) -> EdgeRun:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    noise = _noise_shape([(i.name, i.shape) for i in session.get_inputs()])
+    inputs = [(i.name, i.shape) for i in session.get_inputs()]
+    _check_inputs(inputs)
+    dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
     def run(x: np.ndarray, normal: np.ndarray | None = None) -> np.ndarray:
-        feed = {inp.name: x.astype(dtype)}
-        if noise is not None:
-            feed[NOISE_INPUT] = draw_noise((len(x), *noise)) if normal is None else normal
-        return np.asarray(session.run(None, feed)[0])
+        return np.asarray(session.run(None, edge_feed(inputs, x.astype(dtype), normal, draw))[0])
 
     return run
 
 
-def _noise_shape(inputs: list[tuple[str, Any]]) -> tuple[int, ...] | None:
-    """:func:`~patrol_compress.edge_noise.noise_shape`, refused as an artifact's error."""
-    try:
-        return noise_shape(inputs)
-    except ValueError as exc:
-        raise ArtifactError(str(exc)) from None
-
-
-def ov_features(xml: bytes, weights: bytes, threads: int) -> EdgeRun:
+def ov_features(xml: bytes, weights: bytes, threads: int, draw: Draw = draw_noise) -> EdgeRun:
     """OpenVINO CPU over the verified IR bytes, with the f32 hint the export checked it under."""
     from patrol_compress.errors import import_optional
 
@@ -253,35 +251,37 @@ def ov_features(xml: bytes, weights: bytes, threads: int) -> EdgeRun:
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     dtype = compiled.input(0).get_element_type().to_dtype()
-    noise = _noise_shape(ov_inputs(compiled.inputs))
+    inputs = ov_inputs(compiled.inputs)
+    _check_inputs(inputs)
 
     def run(x: np.ndarray, normal: np.ndarray | None = None) -> np.ndarray:
-        feed: dict[Any, np.ndarray] = {0: x.astype(dtype)}
-        if noise is not None:
-            feed[NOISE_INPUT] = draw_noise((len(x), *noise)) if normal is None else normal
+        feed = edge_feed(inputs, x.astype(dtype), normal, draw)
         return np.array(request.infer(feed)[compiled.output(0)])
 
     return run
 
 
-def edge_runner(edge: EdgeFiles, threads: int) -> EdgeRun:
-    """The artifact's edge on its runtime (:data:`EdgeRun`)."""
+def edge_runner(edge: EdgeFiles, threads: int, draw: Draw = draw_noise) -> EdgeRun:
+    """The artifact's edge on its runtime (:data:`EdgeRun`); ``draw`` makes a noisy edge's
+    noise when none is given."""
     if edge.runtime == "onnxruntime":
-        return ort_features(next(iter(edge.blobs.values())), threads)
+        return ort_features(next(iter(edge.blobs.values())), threads, draw)
     xml, weights = edge.blobs.values()
-    return ov_features(xml, weights, threads)
+    return ov_features(xml, weights, threads, draw)
 
 
 def artifact_features(
     run: EdgeRun, code: Code | None, normal: np.ndarray | None = None
 ) -> FeatureFn:
     """Feature function backed by the artifact's runtime; uint8 is dequantized as the cloud does.
-    ``normal`` fixes a noisy edge's draw (the probe: one batch); None draws it afresh."""
+    ``normal`` fixes a noisy edge's draw for the images it is called with (the probe); None
+    draws afresh."""
 
     def features(x: torch.Tensor) -> torch.Tensor:
         out = []
         for i in range(0, len(x), ORT_BATCH):
-            sent = run(x[i : i + ORT_BATCH].numpy(), normal)
+            chunk = None if normal is None else normal[i : i + ORT_BATCH]
+            sent = run(x[i : i + ORT_BATCH].numpy(), chunk)
             real = sent.astype(np.float32)
             if code is not None:
                 real = real * code[0] + code[1]
@@ -289,6 +289,19 @@ def artifact_features(
         return torch.cat(out).float()
 
     return features
+
+
+def measurement_draw(seed: int) -> Draw:
+    """The noise a noisy artifact is attacked with: standard normal from numpy's generator
+    seeded with the attack's seed. The law is the deployer's (``draw_noise``); secrecy is
+    not needed to measure, and a seeded draw makes the attack repeat, as the black-box
+    attack on the torch edge (seeded torch generator) does."""
+    rng = np.random.default_rng(seed)
+
+    def draw(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    return draw
 
 
 def runtime_refused(artifact: Path, edge: EdgeFiles, exc: Exception) -> ArtifactError:
@@ -432,18 +445,22 @@ def artifact_source(ctx: AttackContext) -> ArtifactSource:
     check_belongs(artifact, manifest, ctx)
     code = split_code(manifest, artifact)
     probe = ctx.eval_images[:PROBE_IMAGES]
-    from_torch = torch_features(ctx.edge, ctx.device)(probe)
+    draw = measurement_draw(ctx.config.seed)
     # A noisy uplink is probed with one draw fed to both edges: they must then agree.
-    normal = draw_noise(tuple(from_torch.shape)) if noisy_uplink(ctx.edge) else None
+    normal = None
+    if noisy_uplink(ctx.edge):
+        normal = draw((len(probe), *(int(d) for d in manifest.get("edge_output_shape") or ())))
     try:
-        run = edge_runner(edge, cfg.threads)
+        run = edge_runner(edge, cfg.threads, draw)
         features = artifact_features(run, code)
         from_artifact = artifact_features(run, code, normal)(probe)
     except PatrolError:
         raise
     except Exception as exc:  # runtimes raise their own types for a corrupt model
         raise runtime_refused(artifact, edge, exc) from None
-    if normal is not None:
+    if normal is None:
+        from_torch = torch_features(ctx.edge, ctx.device)(probe)
+    else:
         from_torch = given_noise_features(ctx.edge, probe, torch.from_numpy(normal))
     if from_artifact.shape != from_torch.shape:
         raise ArtifactError(
@@ -553,4 +570,10 @@ class AdaptiveAttack(Attack):
                 "max_abs_torch": source.scale,
             }
         )
+        uplink = source.manifest.get("uplink")
+        if isinstance(uplink, dict) and uplink.get("noise"):
+            info["noise_draw"] = (
+                f"standard normal from numpy's generator seeded {ctx.config.seed}, fresh per "
+                "image (the deployer's law; seeded so the attack repeats)"
+            )
         return Reconstruction(recon, info)

@@ -47,8 +47,9 @@ from typing import Any
 import numpy as np
 
 from patrol_compress.bench.timing import Budget, Timing, gc_paused, parallel, sequential
-from patrol_compress.contracts import EDGE_BIN, EDGE_ENGINE, EDGE_ONNX, EDGE_XML, NOISE_INPUT
-from patrol_compress.edge_noise import draw_noise, noise_shape, ov_inputs
+from patrol_compress.contracts import EDGE_BIN, EDGE_ENGINE, EDGE_ONNX, EDGE_XML
+from patrol_compress.edge_noise import edge_feed as shared_edge_feed
+from patrol_compress.edge_noise import ov_inputs
 from patrol_compress.errors import ArtifactError, PatrolError, first_line, import_optional
 
 
@@ -154,19 +155,14 @@ def _ort_session(
 
 
 def edge_feed(inputs: list[tuple[str, list[Any]]], x: np.ndarray) -> dict[str, np.ndarray]:
-    """The edge's inputs for one timed batch: ``x`` under the first input's name, and for a
-    noisy uplink's edge (a second input, :data:`~patrol_compress.contracts.NOISE_INPUT`) one
-    draw of its noise, bound once like the image. What is timed is the graph; the draw
-    (:func:`~patrol_compress.edge_noise.draw_noise`) is the deployer's, measured apart in
+    """The edge's inputs for one timed batch (:func:`~patrol_compress.edge_noise.edge_feed`):
+    a noisy uplink's edge gets one draw of its noise, bound once like the image. What is
+    timed is the graph; the draw is the deployer's, measured apart in
     ``docs/measurements.md``."""
-    feed = {inputs[0][0]: x}
     try:
-        shape = noise_shape(inputs)
+        return shared_edge_feed(inputs, x)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
-    if shape is not None:
-        feed[NOISE_INPUT] = draw_noise((len(x), *shape))
-    return feed
 
 
 def _ort_bound_call(ort: ModuleType, session: Any, x: np.ndarray) -> Callable[[], Any]:
@@ -261,7 +257,9 @@ def _open_ov(
 
         def prepare(x: np.ndarray) -> Measure:
             for i, value in enumerate(edge_feed(ports, x).values()):
-                request.set_input_tensor(i, ov.Tensor(value, shared_memory=True))
+                # Only the image is shared: the caller keeps it alive; the noise is copied
+                # (shared, it would be freed with the feed while the request still reads it).
+                request.set_input_tensor(i, ov.Tensor(value, shared_memory=i == 0))
             # The runtime's own per-call time is what benchmark_app reports; the
             # wall clock around infer() (5-7% more here: Python's share) stays in wall_ms.
             call = partial(request.infer, share_outputs=True)
@@ -277,7 +275,7 @@ def _open_ov(
         feed = list(edge_feed(ports, x).values())
         for i in range(len(queue)):
             for k, value in enumerate(feed):
-                queue[i].set_input_tensor(k, ov.Tensor(value, shared_memory=True))
+                queue[i].set_input_tensor(k, ov.Tensor(value, shared_memory=k == 0))
         return partial(_ov_async, queue)
 
     return EdgeSession(prepare_async, dtype, files, settings)

@@ -48,8 +48,22 @@ class NoisyEdge(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Codes for ``x`` with the draw ``noise``; None draws it from torch's generator, as
-        the run's edge does (what the manifest's cost counters call with one image)."""
-        return self.quant.codes(self.edge(x), noise)
+        the run's edge does (what the manifest's cost counters call with one image).
+
+        The draw is concatenated with the features along the channels and split off
+        again, so the exported graph holds a ``Concat``, which takes no broadcasting: a
+        draw of another batch (one image's noise for a batch, a batch of draws for one
+        image) fails in the runtime instead of reusing one draw across images, or
+        sending noisy copies of one image whose mean removes the noise. A ``Reshape``
+        to the features' shape did not hold: onnxruntime's optimizer removed it
+        (measured: one image's draw was broadcast over 16 images without an error).
+        """
+        features = self.edge(x)
+        if noise is not None:
+            channels = features.shape[1]
+            both = torch.cat([features, noise.to(features.dtype)], dim=1)
+            features, noise = both[:, :channels], both[:, channels:]
+        return self.quant.codes(features, noise)
 
 
 def noisy_uplink(edge: nn.Module) -> bool:
@@ -64,8 +78,8 @@ def given_noise_features(edge: nn.Module, x: torch.Tensor, normal: torch.Tensor)
     is ``normal``, decoded as the cloud decodes it: the reference a noisy export's outputs are
     compared with (a fresh draw on each side would differ however faithful the export).
 
-    Runs on a CPU copy of ``edge``, so the caller's edge, its device and its quantizer's mode
-    stay as they were.
+    Runs a :class:`NoisyEdge` over a CPU copy of ``edge``, so the caller's edge, its device
+    and its quantizer's mode stay as they were.
     """
     import copy
 
@@ -73,6 +87,5 @@ def given_noise_features(edge: nn.Module, x: torch.Tensor, normal: torch.Tensor)
     quant = find_uplink(mine)
     if quant is None or not quant.noise:
         raise ValueError("given_noise_features needs an edge that ends in a noisy uplink")
-    quant.emit = "bypass"
-    codes = quant.codes(mine(x.cpu()), normal.cpu())
+    codes = NoisyEdge(mine, quant)(x.cpu(), normal.cpu())
     return quant.decoder()(codes)
