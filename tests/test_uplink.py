@@ -281,18 +281,21 @@ def test_the_export_sends_uint8_codes_and_the_cloud_decodes_them(
         assert np.abs(out - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
 
+TINY_ATTACK: dict[str, Any] = {
+    "max_eval_images": 8,
+    "blackbox": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
+    "adaptive": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
+    "recogniser": {"steps": 2, "width": 4},
+}
+"""An attack suite small enough for a test: it checks what is attacked, not how well."""
+
+
 def test_the_adaptive_attack_reads_what_the_cloud_receives(
     uplink_run: Path, tmp_path: Path
 ) -> None:
     run = Path(shutil.copytree(uplink_run, tmp_path / "run"))
     api.export(run, split=4, target="onnx")
-    config = {
-        "max_eval_images": 8,
-        "blackbox": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
-        "adaptive": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
-        "recogniser": {"steps": 2, "width": 4},
-    }
-    report = api.attack(run, ["blackbox", "adaptive"], config=config, out=tmp_path / "a")
+    report = api.attack(run, ["blackbox", "adaptive"], config=TINY_ATTACK, out=tmp_path / "a")
     info = report["attacks"]["adaptive"]["info"]
     assert info["sent_dtype"] == "uint8" and info["bytes_sent"] == report["edge"]["bytes_sent"]
     assert report["edge"]["uplink_bits_max"] <= BITS * POSITIONS * CHANNELS_ALLOWED
@@ -520,13 +523,7 @@ def test_the_adaptive_attack_and_the_bench_feed_a_noisy_edge_fresh_noise(
 
     run = Path(shutil.copytree(noisy_run, tmp_path / "run"))
     api.export(run, split=4, target="onnx")
-    config = {
-        "max_eval_images": 8,
-        "blackbox": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
-        "adaptive": {"families": ["upsample"], "epochs": 1, "base_width": 8, "max_images": 48},
-        "recogniser": {"steps": 2, "width": 4},
-    }
-    report = api.attack(run, ["adaptive"], config=config, out=tmp_path / "a")
+    report = api.attack(run, ["adaptive"], config=TINY_ATTACK, out=tmp_path / "a")
     info = report["attacks"]["adaptive"]["info"]
     assert info["sent_dtype"] == "uint8"
     x = torch.rand(4, 3, 32, 32)
