@@ -110,6 +110,9 @@ def test_narrow_uplink_methods_set_bits_and_take_the_budget_knob(tmp_path: Path)
         assert r.patrol.uplink.bits == bits
         assert r.patrol.budget is not None and r.patrol.budget.uplink_bits == 576
         assert not r.patrol.lipschitz.enabled and not r.patrol.adversarial.enabled
+    r = point_recipe(recipe, Point("uplink-noisy-narrow", knob, 576.0, 0, 0), None)
+    assert (r.patrol.uplink.bits, r.patrol.uplink.noise) == (2, 0.5)
+    assert r.patrol.budget is not None and r.patrol.budget.uplink_bits == 576
 
 
 def test_patrol_fit_plays_an_attacker_refitted_every_epoch(tmp_path: Path) -> None:

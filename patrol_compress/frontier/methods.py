@@ -138,6 +138,19 @@ register_method(
 )
 register_method(
     Method(
+        "uplink-noisy-narrow",
+        "a 2-bit uplink with noise of 0.5 steps before the rounding whose crossing channels the "
+        "budget prunes (usually swept by budget.uplink_bits): the tight bound of the narrow "
+        "uplink and the noise's lower capacity per value together",
+        {
+            "lipschitz": {"enabled": False},
+            "adversarial": {"enabled": False},
+            "uplink": {"bits": 2, "noise": 0.5},
+        },
+    )
+)
+register_method(
+    Method(
         "patrol-fit",
         "the paper's method against an attacker that learns: refitted every epoch for 3 passes "
         "after a 4-pass warm-up (on Fashion-MNIST 32 px it stayed above the label-only floor "
