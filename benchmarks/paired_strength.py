@@ -1,0 +1,153 @@
+"""Two methods under the same stronger attacker, paired by target and seed.
+
+``attacker_strength.py`` attacks frontier points with a stronger black-box
+than the frontier's own suite, one results file per run. Deciding which of two
+uplinks ships needs them side by side: the same target network, the same
+pruning seed, the same evaluation images, so that what differs is the method
+(the targets alone move leakage by more than some differences between methods).
+This script reads the results files of both methods, pairs their points by the
+``-s<seed>-t<target>`` suffix of the point names, refuses pairs scored on
+different evaluation images, and reports per pair the stronger attack's
+``B - A`` in PSNR and SSIM (negative: B leaks less), with the count of pairs
+where B leaks less and the median. It attacks nothing itself::
+
+    python benchmarks/paired_strength.py --name fashion32_noise05_vs_narrow96 \\
+        --a benchmarks/results/attacker_strength_fashion32_narrow96_strong_t0.json,... \\
+        --b benchmarks/results/attacker_strength_fashion32_noise05_strong_t0.json,...
+
+With four pairs no sign test reaches 5% (its smallest p-value is 1/16), so the
+output is an effect size for a rule fixed beforehand, not a significance claim;
+the markdown says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from patrol_compress.io import read_json, write_json, write_text
+from patrol_compress.provenance import command_line, provenance
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PAIR = re.compile(r"-(s\d+-t\d+)$")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--a", required=True, help="comma-separated results files of method A")
+    p.add_argument("--b", required=True, help="comma-separated results files of method B")
+    p.add_argument("--name", required=True, help="results file stem suffix")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def points_by_pair(files: list[Path]) -> dict[str, dict[str, Any]]:
+    """Each results file's points, keyed by ``s<seed>-t<target>``; one method per side."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for row in read_json(f)["points"]:
+            m = PAIR.search(row["point"])
+            if m is None:
+                raise SystemExit(f"{f}: point {row['point']!r} has no -s<seed>-t<target> suffix")
+            if m.group(1) in out:
+                raise SystemExit(f"{f}: pair {m.group(1)} appears twice on one side")
+            out[m.group(1)] = row
+    return out
+
+
+def pair_rows(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``B - A`` of the stronger attack for every pair both sides have."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise SystemExit("the two sides share no s<seed>-t<target> pair")
+    rows = []
+    for key in common:
+        sa, sb = a[key]["default"], b[key]["default"]
+        if sa["image_set"] != sb["image_set"]:
+            raise SystemExit(f"pair {key}: the two attacks scored different evaluation images")
+        rows.append(
+            {
+                "pair": key,
+                "a_point": a[key]["point"],
+                "b_point": b[key]["point"],
+                "a": {"psnr": sa["psnr"], "ssim": sa["ssim"]},
+                "b": {"psnr": sb["psnr"], "ssim": sb["ssim"]},
+                "d_psnr": sb["psnr"] - sa["psnr"],
+                "d_ssim": sb["ssim"] - sa["ssim"],
+            }
+        )
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    d_psnr = [r["d_psnr"] for r in rows]
+    d_ssim = [r["d_ssim"] for r in rows]
+    return {
+        "pairs": len(rows),
+        "b_lower_psnr": sum(d < 0 for d in d_psnr),
+        "b_lower_ssim": sum(d < 0 for d in d_ssim),
+        "median_d_psnr": statistics.median(d_psnr),
+        "median_d_ssim": statistics.median(d_ssim),
+        "range_d_psnr": [min(d_psnr), max(d_psnr)],
+        "range_d_ssim": [min(d_ssim), max(d_ssim)],
+        # A two-sided sign test's smallest p-value with n pairs: 2 / 2**n.
+        "smallest_sign_test_p": min(1.0, 2 / 2 ** len(rows)),
+    }
+
+
+def markdown(rows: list[dict[str, Any]], s: dict[str, Any], name: str) -> str:
+    lines = [
+        f"# Two methods under the same stronger attacker, paired: {name}",
+        "",
+        "The stronger black-box of each point (`attacker_strength.py`), paired by target and "
+        "seed, same evaluation images. d = B - A (negative: B leaks less).",
+        "",
+        "| pair | A point | A PSNR / SSIM | B point | B PSNR / SSIM | d PSNR (dB) | d SSIM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pair']} | {r['a_point']} | {r['a']['psnr']:.2f} / {r['a']['ssim']:.3f} "
+            f"| {r['b_point']} | {r['b']['psnr']:.2f} / {r['b']['ssim']:.3f} "
+            f"| {r['d_psnr']:+.2f} | {r['d_ssim']:+.3f} |"
+        )
+    lines += [
+        "",
+        f"B leaks less in PSNR on {s['b_lower_psnr']} of {s['pairs']} pairs and in SSIM on "
+        f"{s['b_lower_ssim']}; median d {s['median_d_psnr']:+.2f} dB "
+        f"({s['range_d_psnr'][0]:+.2f} to {s['range_d_psnr'][1]:+.2f}), "
+        f"{s['median_d_ssim']:+.3f} SSIM. With {s['pairs']} pairs a two-sided sign test "
+        f"cannot go below p = {s['smallest_sign_test_p']:.3g}: an effect size for a rule fixed "
+        "beforehand, not a significance claim.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    side = {k: [Path(f) for f in getattr(args, k).split(",") if f.strip()] for k in ("a", "b")}
+    rows = pair_rows(points_by_pair(side["a"]), points_by_pair(side["b"]))
+    s = summary(rows)
+    text = markdown(rows, s, args.name)
+    print(text, end="")
+    stem = args.out / f"paired_strength_{args.name}"
+    write_json(
+        stem.with_suffix(".json"),
+        {
+            "a": [str(f) for f in side["a"]],
+            "b": [str(f) for f in side["b"]],
+            "rows": rows,
+            "summary": s,
+            "provenance": provenance(command_line()),
+        },
+    )
+    write_text(stem.with_suffix(".md"), text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

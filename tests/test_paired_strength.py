@@ -1,0 +1,64 @@
+"""benchmarks/paired_strength.py pairs two methods' stronger attacks by target and seed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    path = ROOT / "benchmarks" / "paired_strength.py"
+    spec = importlib.util.spec_from_file_location("paired_strength", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paired_strength"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def results(path: Path, rows: list[tuple[str, float, float]], images: str = "abc") -> Path:
+    """An attacker_strength results file with the fields the pairing reads."""
+
+    def attack(psnr: float, ssim: float) -> dict[str, Any]:
+        return {"psnr": psnr, "ssim": ssim, "image_set": {"images": 3, "sha256": images}}
+
+    points = [{"point": p, "default": attack(db, s)} for p, db, s in rows]
+    path.write_text(json.dumps({"points": points}))
+    return path
+
+
+def test_pairs_by_seed_and_target_across_files(bench: ModuleType, tmp_path: Path) -> None:
+    a0 = results(tmp_path / "a0.json", [("narrow-s0-t0", 15.0, 0.50), ("narrow-s1-t0", 15.2, 0.5)])
+    a1 = results(tmp_path / "a1.json", [("narrow-s0-t1", 14.8, 0.48)])
+    b0 = results(tmp_path / "b0.json", [("noisy-s1-t0", 14.7, 0.47), ("noisy-s0-t0", 15.1, 0.49)])
+    b1 = results(tmp_path / "b1.json", [("noisy-s0-t1", 14.5, 0.46), ("noisy-s9-t9", 1.0, 0.1)])
+    args = ["--a", f"{a0},{a1}", "--b", f"{b0},{b1}", "--name", "x", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    out = json.loads((tmp_path / "paired_strength_x.json").read_text())
+    by = {r["pair"]: r for r in out["rows"]}
+    assert set(by) == {"s0-t0", "s1-t0", "s0-t1"}  # s9-t9 has no partner
+    assert by["s1-t0"]["d_psnr"] == pytest.approx(-0.5)
+    assert by["s0-t0"]["d_psnr"] == pytest.approx(0.1)
+    s = out["summary"]
+    assert (s["pairs"], s["b_lower_psnr"], s["b_lower_ssim"]) == (3, 2, 3)
+    assert s["median_d_psnr"] == pytest.approx(-0.3)
+    assert s["smallest_sign_test_p"] == pytest.approx(0.25)
+    assert "provenance" in out
+    assert "not a significance claim" in (tmp_path / "paired_strength_x.md").read_text()
+
+
+def test_refuses_pairs_scored_on_different_images(bench: ModuleType, tmp_path: Path) -> None:
+    a = results(tmp_path / "a.json", [("narrow-s0-t0", 15.0, 0.5)], images="abc")
+    b = results(tmp_path / "b.json", [("noisy-s0-t0", 14.0, 0.4)], images="def")
+    with pytest.raises(SystemExit, match="different evaluation images"):
+        bench.main(["--a", str(a), "--b", str(b), "--name", "x", "--out", str(tmp_path)])
+    assert not (tmp_path / "paired_strength_x.json").exists()
