@@ -40,16 +40,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--a", required=True, help="comma-separated results files of method A")
     p.add_argument("--b", required=True, help="comma-separated results files of method B")
+    p.add_argument("--a-prefix", default="", help="only A's points whose name starts so")
+    p.add_argument("--b-prefix", default="", help="only B's points whose name starts so")
     p.add_argument("--name", required=True, help="results file stem suffix")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
 
-def points_by_pair(files: list[Path]) -> dict[str, dict[str, Any]]:
-    """Each results file's points, keyed by ``s<seed>-t<target>``; one method per side."""
+def points_by_pair(files: list[Path], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Each results file's points, keyed by ``s<seed>-t<target>``; one method per side.
+
+    A results file may hold two methods' points (a pair attacked in one
+    process); ``prefix`` keeps the side's own.
+    """
     out: dict[str, dict[str, Any]] = {}
     for f in files:
         for row in read_json(f)["points"]:
+            if not row["point"].startswith(prefix):
+                continue
             m = PAIR.search(row["point"])
             if m is None:
                 raise SystemExit(f"{f}: point {row['point']!r} has no -s<seed>-t<target> suffix")
@@ -130,7 +138,9 @@ def markdown(rows: list[dict[str, Any]], s: dict[str, Any], name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     side = {k: [Path(f) for f in getattr(args, k).split(",") if f.strip()] for k in ("a", "b")}
-    rows = pair_rows(points_by_pair(side["a"]), points_by_pair(side["b"]))
+    rows = pair_rows(
+        points_by_pair(side["a"], args.a_prefix), points_by_pair(side["b"], args.b_prefix)
+    )
     s = summary(rows)
     text = markdown(rows, s, args.name)
     print(text, end="")

@@ -62,3 +62,15 @@ def test_refuses_pairs_scored_on_different_images(bench: ModuleType, tmp_path: P
     with pytest.raises(SystemExit, match="different evaluation images"):
         bench.main(["--a", str(a), "--b", str(b), "--name", "x", "--out", str(tmp_path)])
     assert not (tmp_path / "paired_strength_x.json").exists()
+
+
+def test_a_prefix_keeps_one_method_of_a_mixed_file(bench: ModuleType, tmp_path: Path) -> None:
+    """A file that holds a noisy and a plain point of one pair is read for the plain one."""
+    mixed = results(tmp_path / "m.json", [("noisy-s0-t0", 14.0, 0.4), ("plain-s0-t0", 18.0, 0.7)])
+    b = results(tmp_path / "b.json", [("narrow-s0-t0", 15.0, 0.5)])
+    args = ["--a", str(mixed), "--b", str(b), "--name", "x", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="appears twice"):
+        bench.main(args)
+    assert bench.main([*args, "--a-prefix", "plain"]) == 0
+    row = json.loads((tmp_path / "paired_strength_x.json").read_text())["rows"][0]
+    assert row["a_point"] == "plain-s0-t0" and row["d_psnr"] == pytest.approx(-3.0)
