@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -11,6 +14,22 @@ import yaml
 from patrol_compress.models import BlockNet, build_model
 from patrol_compress.recipe import BlocksConfig, ModelConfig, Recipe, parse_recipe
 from patrol_compress.testing.tiny import randomize_bn
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as module ``name``: the scripts are not a package.
+
+    Registered in ``sys.modules`` so that dataclasses and pickling inside the
+    script can find their module.
+    """
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_resnet() -> BlockNet:

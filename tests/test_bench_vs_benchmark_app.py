@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,7 +12,7 @@ from patrol_compress.exporters import export_partitions
 from patrol_compress.models import build_model
 from patrol_compress.recipe import ModelConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import load_benchmark
 
 # The lines of a real benchmark_app 2026.4 log that the script reads.
 LOG = """\
@@ -32,13 +30,7 @@ LOG = """\
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    path = ROOT / "benchmarks" / "bench_vs_benchmark_app.py"
-    spec = importlib.util.spec_from_file_location("bench_vs_benchmark_app", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_vs_benchmark_app"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_vs_benchmark_app")
 
 
 def test_log_parser_reads_units_and_settings(script: ModuleType) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -13,9 +12,7 @@ from torch import nn
 from patrol_compress.api import prune
 from patrol_compress.models.saved import load_run_model
 
-from .helpers import tiny_recipe
-
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import load_benchmark, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +62,7 @@ def test_pruned_widths_are_multiples_of_round_to(run: Path) -> None:
 
 
 def _latency_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("latency_bench", ROOT / "benchmarks/latency.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latency")
 
 
 def test_latency_benchmark_times_the_runs_own_edges(run: Path, tmp_path: Path) -> None:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = ROOT / "benchmarks" / "paired_strength.py"
-    spec = importlib.util.spec_from_file_location("paired_strength", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paired_strength"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("paired_strength")
 
 
 def results(path: Path, rows: list[tuple[str, float, float]], images: str = "abc") -> Path:

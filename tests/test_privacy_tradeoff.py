@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = ROOT / "benchmarks" / "privacy_tradeoff.py"
-    spec = importlib.util.spec_from_file_location("privacy_tradeoff", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["privacy_tradeoff"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("privacy_tradeoff")
 
 
 def point(series: str, acc: float, psnr: float, ssim: float, split: int = 2) -> dict[str, Any]:
