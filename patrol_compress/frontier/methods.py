@@ -28,6 +28,15 @@ BASELINE = "pruning-only"
 """The method every other is compared with: plain budget-steered pruning."""
 
 
+def without_terms(**patrol: Any) -> dict[str, Any]:
+    """A ``patrol`` change with PATROL's Lipschitz and adversarial terms off, plus ``patrol``.
+
+    Every method built on plain pruning starts here; a fresh dict each call, so
+    no two methods share a nested one.
+    """
+    return {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, **patrol}
+
+
 def register_method(method: Method) -> Method:
     METHODS.add(method.name, method)
     return method
@@ -45,7 +54,7 @@ register_method(
     Method(
         BASELINE,
         "plain budget-steered pruning: masks, steering and removal, no privacy terms",
-        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}},
+        without_terms(),
     )
 )
 register_method(
@@ -91,7 +100,7 @@ register_method(
         "uplink",
         "plain pruning with a quantized uplink (usually swept by uplink.bits): what crosses the "
         "split is b-bit codes with learned per-channel ranges",
-        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, "uplink": {"bits": 8}},
+        without_terms(uplink={"bits": 8}),
     )
 )
 register_method(
@@ -99,11 +108,7 @@ register_method(
         "uplink-recalibrated",
         "a quantized uplink (usually swept by uplink.bits) whose range is set afresh from the "
         "pruned edge's features before recovery (uplink.recalibrate)",
-        {
-            "lipschitz": {"enabled": False},
-            "adversarial": {"enabled": False},
-            "uplink": {"bits": 2, "recalibrate": True},
-        },
+        without_terms(uplink={"bits": 2, "recalibrate": True}),
     )
 )
 register_method(
@@ -111,7 +116,7 @@ register_method(
         "uplink-narrow",
         "a 2-bit uplink whose crossing channels the budget prunes (usually swept by "
         "budget.uplink_bits): fewer channels and fewer bits cross the split",
-        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, "uplink": {"bits": 2}},
+        without_terms(uplink={"bits": 2}),
     )
 )
 register_method(
@@ -120,7 +125,7 @@ register_method(
         "a 4-bit uplink whose crossing channels the budget prunes (usually swept by "
         "budget.uplink_bits): the 2-bit uplink's bits spent on fewer channels at finer codes, "
         "for a task (re-identification) where 2-bit codes cost accuracy",
-        {"lipschitz": {"enabled": False}, "adversarial": {"enabled": False}, "uplink": {"bits": 4}},
+        without_terms(uplink={"bits": 4}),
     )
 )
 register_method(
@@ -129,11 +134,7 @@ register_method(
         "a 2-bit uplink with Gaussian noise before the rounding (usually swept by "
         "uplink.noise, in quantization steps): the noise lowers what each value can carry "
         "below its bits",
-        {
-            "lipschitz": {"enabled": False},
-            "adversarial": {"enabled": False},
-            "uplink": {"bits": 2, "noise": 1.0},
-        },
+        without_terms(uplink={"bits": 2, "noise": 1.0}),
     )
 )
 register_method(
@@ -142,11 +143,7 @@ register_method(
         "a 2-bit uplink with noise of 0.5 steps before the rounding whose crossing channels the "
         "budget prunes (usually swept by budget.uplink_bits): the tight bound of the narrow "
         "uplink and the noise's lower capacity per value together",
-        {
-            "lipschitz": {"enabled": False},
-            "adversarial": {"enabled": False},
-            "uplink": {"bits": 2, "noise": 0.5},
-        },
+        without_terms(uplink={"bits": 2, "noise": 0.5}),
     )
 )
 register_method(
