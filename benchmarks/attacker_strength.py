@@ -24,6 +24,11 @@ with provenance.
 where the default itself is out of reach (Fashion-MNIST's default trains on all
 60,000 images: hours per point on 2 CPU cores); its evaluation-image count must
 match the frontier's (the images are checked), and the results name it.
+
+``--attack NAME`` runs another attack of the library in place of the
+black-box one (``informed``: the black-box attacker also told the cloud's
+output), still compared with the frontier's black-box record of the point;
+its runs are kept under ``WORK/strength-<config stem>-NAME/POINT``.
 """
 
 from __future__ import annotations
@@ -56,12 +61,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--config", type=Path, default=None, help="the stronger attack (default: the library's)"
     )
+    p.add_argument(
+        "--attack",
+        default="blackbox",
+        help="the library attack run on each point (default: blackbox); compared with the "
+        "frontier's black-box record",
+    )
     return p.parse_args(argv)
 
 
-def blackbox_of(report: dict[str, Any]) -> dict[str, Any]:
-    """The black-box attack's chosen result in an ``attack.json`` (family, scores, images)."""
-    bb = report["attacks"]["blackbox"]
+def blackbox_of(report: dict[str, Any], attack: str = "blackbox") -> dict[str, Any]:
+    """A learned attack's chosen result in an ``attack.json`` (family, scores, images)."""
+    bb = report["attacks"][attack]
     info = bb.get("info", {})
     return {
         "family": info.get("family"),
@@ -76,11 +87,14 @@ def blackbox_of(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_point(work: Path, point: str, config: Path | None = None) -> dict[str, Any]:
-    """The default (or ``config``'s) black-box attack of ``point``'s pruned run against the
-    frontier's record."""
+def check_point(
+    work: Path, point: str, config: Path | None = None, attack: str = "blackbox"
+) -> dict[str, Any]:
+    """The default (or ``config``'s) ``attack`` of ``point``'s pruned run against the
+    frontier's black-box record."""
     run = work / "runs" / point
-    out = work / ("strength" if config is None else f"strength-{config.stem}") / point
+    folder = "strength" if config is None else f"strength-{config.stem}"
+    out = work / (folder if attack == "blackbox" else f"{folder}-{attack}") / point
     start = time.perf_counter()
     if (out / "attack.json").is_file():
         default_report = read_json(out / "attack.json")
@@ -88,7 +102,7 @@ def check_point(work: Path, point: str, config: Path | None = None) -> dict[str,
         resume = (out / ".attack-parts").is_dir()
         default_report = api.attack(
             run,
-            ["blackbox"],
+            [attack],
             config=AttackConfig() if config is None else load_attack_config(config),
             out=out,
             label=point,
@@ -97,7 +111,7 @@ def check_point(work: Path, point: str, config: Path | None = None) -> dict[str,
     light_file = work / "points" / point / "attack.json"
     if not light_file.is_file():
         raise SystemExit(f"{light_file}: the frontier has not attacked this point yet; rerun later")
-    light, default = blackbox_of(read_json(light_file)), blackbox_of(default_report)
+    light, default = blackbox_of(read_json(light_file)), blackbox_of(default_report, attack)
     if light["image_set"] != default["image_set"]:
         raise SystemExit(f"{point}: the two attacks scored different evaluation images")
     return {
@@ -107,20 +121,25 @@ def check_point(work: Path, point: str, config: Path | None = None) -> dict[str,
         "default_minus_light_db": default["psnr"] - light["psnr"],
         "within_tolerance": default["psnr"] - light["psnr"] <= TOLERANCE_DB,
         # The attack's own record: a rerun that reuses a finished attack keeps its cost.
-        "attack_seconds": default_report["attacks"]["blackbox"].get("seconds"),
+        "attack_seconds": default_report["attacks"][attack].get("seconds"),
         "seconds": round(time.perf_counter() - start, 1),
     }
 
 
-def markdown(rows: list[dict[str, Any]], name: str, config: Path | None = None) -> str:
+def markdown(
+    rows: list[dict[str, Any]], name: str, config: Path | None = None, attack: str = "blackbox"
+) -> str:
     strong = "the library default" if config is None else f"`{config.as_posix()}`"
     who = "default" if config is None else "stronger"
+    what = "black-box attack" if attack == "blackbox" else f"`{attack}` attack"
+    if attack != "blackbox":
+        who = attack
     lines = [
         f"# Lighter attacker against a stronger one: {name}",
         "",
-        "Black-box attack of each frontier point's pruned edge: the frontier's lighter suite "
-        f"against {strong}, same evaluation images; family chosen on the attacker's "
-        "validation images in both.",
+        "Black-box attack of each frontier point's pruned edge (the frontier's lighter suite) "
+        f"against the {what} with {strong}, same evaluation images; family chosen on the "
+        "attacker's validation images in both.",
         "",
         f"| point | light family | light PSNR / SSIM | {who} family | {who} PSNR / SSIM "
         f"| {who} - light (dB) | within 0.3 dB |",
@@ -142,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     points = [p.strip() for p in args.points.split(",") if p.strip()]
     rows = []
     for point in points:
-        row = check_point(args.work, point, args.config)
+        row = check_point(args.work, point, args.config, args.attack)
         print(
             f"{point}: light {row['light']['psnr']:.2f} dB ({row['light']['family']}), stronger "
             f"{row['default']['psnr']:.2f} dB ({row['default']['family']}), "
@@ -156,12 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         {
             "tolerance_db": TOLERANCE_DB,
             "stronger": "library default" if args.config is None else str(args.config),
+            "attack": args.attack,
             "points": rows,
             "all_within_tolerance": all(r["within_tolerance"] for r in rows),
             "provenance": provenance(command_line()),
         },
     )
-    write_text(stem.with_suffix(".md"), markdown(rows, args.name, args.config))
+    write_text(stem.with_suffix(".md"), markdown(rows, args.name, args.config, args.attack))
     return 0
 
 

@@ -82,7 +82,7 @@ def tiny_config(**changes: Any) -> AttackConfig:
 
 
 def test_registry_lists_attacks_and_refuses_duplicates() -> None:
-    assert ATTACKS.names() == ["adaptive", "blackbox", "whitebox"]
+    assert ATTACKS.names() == ["adaptive", "blackbox", "informed", "whitebox"]
 
     class Other(Attack):
         name = "blackbox"
@@ -94,7 +94,7 @@ def test_registry_lists_attacks_and_refuses_duplicates() -> None:
         ATTACKS.add("blackbox", Other)
     with pytest.raises(RegistryError, match="did you mean 'blackbox'") as err:
         ATTACKS.get("blackbx")
-    assert "adaptive, blackbox, whitebox" in str(err.value)
+    assert "adaptive, blackbox, informed, whitebox" in str(err.value)
 
 
 def test_unknown_attack_fails_before_any_work(tmp_path: Path) -> None:
@@ -223,6 +223,38 @@ def test_blackbox_beats_mean_image(run_copy: Path) -> None:
     assert bb["psnr"] > mean["psnr"] + MIN_GAIN_DB
     assert bb["ssim"] > mean["ssim"]
     assert report["split"] == SPLIT and report["split_source"] == "run"
+
+
+def test_cloud_output_is_appended_as_constant_channels() -> None:
+    from patrol_compress.attacks.informed import with_cloud_output
+
+    codes = torch.rand(3, 2, 4, 5)
+    logits = torch.randn(3, 7)
+    out = with_cloud_output(codes, logits)
+    assert out.shape == (3, 9, 4, 5)
+    assert torch.equal(out[:, :2], codes)
+    for i, j in ((0, 0), (3, 4), (1, 2)):
+        assert torch.equal(out[:, 2:, i, j], logits)
+
+
+def test_informed_attack_reads_the_codes_and_the_clouds_output(run_copy: Path) -> None:
+    """Same attacker as the black-box one on the same images, with the cloud's output as
+    extra input channels; the suite may choose either by validation PSNR."""
+    from patrol_compress.models.saved import load_run_model
+
+    report = attack(run_copy, ["blackbox", "informed"], config=tiny_config())
+    bb, inf = report["attacks"]["blackbox"], report["attacks"]["informed"]
+    model, _ = load_run_model(run_copy)
+    edge, cloud = split(model.eval(), SPLIT)
+    with torch.no_grad():
+        z = edge(torch.rand(1, 3, SIZE, SIZE))
+        dims = cloud(z).reshape(1, -1).shape[1]
+    assert inf["info"]["code_channels"] == z.shape[1]
+    assert inf["info"]["cloud_output_channels"] == dims
+    assert inf["image_set"] == bb["image_set"]
+    assert inf["info"]["data"]["val_images"] == bb["info"]["data"]["val_images"]
+    assert inf["psnr"] > report["mean_image"]["psnr"] + MIN_GAIN_DB
+    assert report["strongest"]["attack"] in ("blackbox", "informed")
 
 
 def test_adaptive_attack_uses_the_exported_edge(run_copy: Path) -> None:

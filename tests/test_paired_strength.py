@@ -66,3 +66,31 @@ def test_a_prefix_keeps_one_method_of_a_mixed_file(bench: ModuleType, tmp_path: 
     assert bench.main([*args, "--a-prefix", "plain"]) == 0
     row = json.loads((tmp_path / "paired_strength_x.json").read_text())["rows"][0]
     assert row["a_point"] == "plain-s0-t0" and row["d_psnr"] == pytest.approx(-3.0)
+
+
+def test_take_max_pairs_each_metrics_higher_attack(bench: ModuleType, tmp_path: Path) -> None:
+    """``--take max``: per metric the higher of the light and the run attack, which may come
+    from different attacks; a point whose two attacks scored different images is refused."""
+
+    def attack(psnr: float, ssim: float, images: str = "abc") -> dict[str, Any]:
+        return {"psnr": psnr, "ssim": ssim, "image_set": {"images": 3, "sha256": images}}
+
+    def point(name: str, light: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+        return {"point": name, "light": light, "default": run}
+
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps({"points": [point("p-s0-t0", attack(17.0, 0.60), attack(17.5, 0.58))]}))
+    b.write_text(json.dumps({"points": [point("q-s0-t0", attack(14.6, 0.45), attack(14.2, 0.47))]}))
+    args = ["--a", str(a), "--b", str(b), "--name", "x", "--out", str(tmp_path)]
+    assert bench.main([*args, "--take", "max"]) == 0
+    row = json.loads((tmp_path / "paired_strength_x.json").read_text())["rows"][0]
+    assert row["a"] == {"psnr": 17.5, "ssim": 0.60} and row["b"] == {"psnr": 14.6, "ssim": 0.47}
+    assert bench.main(args) == 0  # the default takes the run attack alone
+    row = json.loads((tmp_path / "paired_strength_x.json").read_text())["rows"][0]
+    assert row["d_psnr"] == pytest.approx(14.2 - 17.5)
+    b.write_text(
+        json.dumps({"points": [point("q-s0-t0", attack(14.6, 0.45, "zz"), attack(14.2, 0.47))]})
+    )
+    with pytest.raises(SystemExit, match="different evaluation images"):
+        bench.main([*args, "--take", "max"])

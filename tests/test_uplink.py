@@ -508,6 +508,29 @@ def test_the_exported_noisy_codes_follow_the_noise_law(noisy_run: Path, tmp_path
     assert _chi_square(silent, scaled_flat, 1.0, levels) > bound
 
 
+def test_the_informed_attacker_reads_the_clouds_output_on_the_same_noisy_draw(
+    noisy_run: Path,
+) -> None:
+    """The cloud's output handed to the informed attacker is computed from the codes the
+    decoder reads (one draw), not from a second query of the noisy edge."""
+    from patrol_compress.attacks.informed import informed_features
+
+    model = api.load_model(noisy_run).eval()
+    edge, cloud = api.partitions(noisy_run)
+    features = informed_features(model, 4, torch.device("cpu"))
+    x = torch.rand(6, 3, 32, 32)
+    f = features(x)
+    channels = edge(x).shape[1]
+    with torch.no_grad():
+        expected = cloud(f[:, :channels]).reshape(6, -1)
+    assert f.shape[1] == channels + expected.shape[1]
+    assert torch.allclose(f[:, channels:, 1, 1], expected, atol=1e-6)
+    assert not torch.equal(f, features(x))  # the edge draws fresh noise per query
+    with torch.no_grad():
+        redraw = cloud(edge(x)).reshape(6, -1)
+    assert not torch.allclose(f[:, channels:, 0, 0], redraw, atol=1e-6)
+
+
 def test_the_adaptive_attack_and_the_bench_feed_a_noisy_edge_fresh_noise(
     noisy_run: Path, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from patrol_compress.contracts import ATTACK_FILE, ATTACK_GRID
 ATTACK = typer.Option(
     "blackbox,whitebox,adaptive",
     "--attack",
-    help="Comma-separated attacks to run (blackbox, whitebox, adaptive).",
+    help="Comma-separated attacks to run (blackbox, whitebox, adaptive, informed).",
 )
 SPLIT = typer.Option(None, "--split", help="Split point K (default: the run's split).")
 CONFIG = typer.Option(

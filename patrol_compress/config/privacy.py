@@ -236,7 +236,7 @@ def load_attack_config(path: Path | str | None) -> AttackConfig:
     return validate(AttackConfig, {} if data is None else data, str(p))
 
 
-AttackName = Literal["blackbox", "whitebox", "adaptive"]
+AttackName = Literal["blackbox", "whitebox", "adaptive", "informed"]
 DefenseName = Literal["noise", "dropout", "skip", "app"]
 
 DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {

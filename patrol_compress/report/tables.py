@@ -12,7 +12,7 @@ from typing import Any
 from patrol_compress.report.collect import AttackSettings, Point
 
 MISSING = "-"
-_KNOWN_ATTACKS = ("blackbox", "whitebox", "adaptive")
+_KNOWN_ATTACKS = ("blackbox", "whitebox", "adaptive", "informed")
 
 
 @dataclass(frozen=True)
