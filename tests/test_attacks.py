@@ -257,6 +257,39 @@ def test_informed_attack_reads_the_codes_and_the_clouds_output(run_copy: Path) -
     assert report["strongest"]["attack"] in ("blackbox", "informed")
 
 
+def test_the_mix_loss_is_zhaos_ssim_l1_mix_and_trains_through_ssim() -> None:
+    from patrol_compress.attacks.fit import MIX_SSIM_WEIGHT, reconstruction_loss
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 16, 16)
+    recon = torch.rand(4, 1, 16, 16, requires_grad=True)
+    mix = reconstruction_loss(recon, x, "mix")
+    ssim = ssim_per_image(x, recon.detach()).mean()
+    l1 = (recon.detach() - x).abs().mean()
+    assert float(mix.detach()) == pytest.approx(
+        float(MIX_SSIM_WEIGHT * (1 - ssim) + (1 - MIX_SSIM_WEIGHT) * l1), rel=1e-5
+    )
+    mix.backward()
+    assert recon.grad is not None and float(recon.grad.abs().sum()) > 0
+    assert float(reconstruction_loss(x, x, "mix")) == pytest.approx(0.0, abs=1e-5)
+    mse = reconstruction_loss(recon.detach(), x, "mse")
+    assert float(mse) == pytest.approx(float((recon.detach() - x).pow(2).mean()))
+
+
+def test_blackbox_trains_on_the_configured_loss(run_copy: Path, tmp_path: Path) -> None:
+    """The same attacker with ``loss: mix`` trains on another objective: its recorded training
+    loss is the mix (SSIM term included), not the MSE the default run records."""
+    runs = {}
+    for loss in ("mse", "mix"):
+        cfg = tiny_config(blackbox={**TINY_ATTACK["blackbox"], "epochs": 2, "loss": loss})
+        report = attack(run_copy, ["blackbox"], config=cfg, out=tmp_path / loss)
+        runs[loss] = report["attacks"]["blackbox"]
+    first = {k: r["info"]["families"][r["info"]["family"]]["curve"][0] for k, r in runs.items()}
+    # On [0, 1] images the MSE of a fresh decoder is well below 0.2; 1 - SSIM is not.
+    assert first["mse"]["train_mse"] < 0.2 < first["mix"]["train_mse"]
+    assert runs["mix"]["image_set"] == runs["mse"]["image_set"]
+
+
 def test_adaptive_attack_uses_the_exported_edge(run_copy: Path) -> None:
     from patrol_compress.models.saved import load_run_model
 

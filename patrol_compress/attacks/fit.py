@@ -2,17 +2,18 @@
 
 The attacker's images are split once into a training part and a held-out
 validation part (seeded). Each decoder is trained with Adam on the per-pixel
-MSE (the quantity PSNR is a log of) and scored on the validation part after
-every epoch by mean per-image PSNR, the number the evaluation reports. The
-learning rate halves after ``patience // 2`` epochs without an improvement of
-``min_delta_db``; training stops after ``patience`` such epochs or ``epochs``
-in all, and the best validation epoch's weights are restored: the epoch is
-the attacker's choice on its own data. (A fixed cosine schedule of 20 epochs,
-which would make the duration known in advance, was measured 0.5 dB weaker on
-the quickstart's split-4 edge: ``docs/measurements.md``.) The validation curve,
-epochs run and images used are returned for ``attack.json``, so a reader can
-see whether the attacker converged. On CPU the decoders run in channels-last
-memory format (same values, faster convolutions).
+MSE (the quantity PSNR is a log of; ``blackbox.loss: mix`` adds SSIM) and
+scored on the validation part after every epoch by mean per-image PSNR, the
+number the evaluation reports. The learning rate halves after
+``patience // 2`` epochs without an improvement of ``min_delta_db``; training
+stops after ``patience`` such epochs or ``epochs`` in all, and the best validation epoch's
+weights are restored: the epoch is the attacker's choice on its own data. (A
+fixed cosine schedule of 20 epochs, which would make the duration known in
+advance, was measured 0.5 dB weaker on the quickstart's split-4 edge:
+``docs/measurements.md``.) The validation curve, epochs run and images used
+are returned for ``attack.json``, so a reader can see whether the attacker
+converged. On CPU the decoders run in channels-last memory format (same
+values, faster convolutions).
 
 Features of a deterministic edge are computed once and kept (at deep splits
 they are small; the edge pass would otherwise dominate every epoch). A
@@ -40,8 +41,10 @@ from patrol_compress.attacks.progress import TYPICAL_EPOCHS_FACTOR, AttackProgre
 from patrol_compress.config.privacy import BlackboxConfig
 from patrol_compress.data.base import Item
 from patrol_compress.errors import TrainingError
-from patrol_compress.metrics.image import psnr_per_image
+from patrol_compress.metrics.image import psnr_per_image, ssim_per_image
 
+MIX_SSIM_WEIGHT = 0.84
+"""Weight of ``1 - SSIM`` in the ``mix`` loss (the rest is L1): Zhao et al.'s published mix."""
 LOAD_BATCH = 256
 STATS_IMAGES = 4096
 """Feature statistics for standardisation come from at most this many training images."""
@@ -177,6 +180,14 @@ def _channels_last(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
+    """The decoder's training loss (``BlackboxConfig.loss``): MSE, or Zhao et al.'s SSIM/L1 mix."""
+    if loss == "mse":
+        return nn.functional.mse_loss(recon, x)
+    ssim = ssim_per_image(x, recon).mean()
+    return MIX_SSIM_WEIGHT * (1.0 - ssim) + (1.0 - MIX_SSIM_WEIGHT) * (recon - x).abs().mean()
+
+
 def train_epoch(
     decoder: nn.Module,
     data: AttackerData,
@@ -187,14 +198,14 @@ def train_epoch(
     seed: int,
     limit: int | None = None,
 ) -> float:
-    """One epoch of per-pixel MSE on the attacker's training pairs; the mean loss."""
+    """One epoch of ``cfg.loss`` on the attacker's training pairs; the mean loss."""
     decoder.train()
     total, n = 0.0, 0
     for z, x in data.train.batches(cfg.batch_size, seed=seed + epoch, limit=limit):
         if len(x) < 2:  # BatchNorm cannot train on a single image
             continue
         x = x.to(device)
-        loss = nn.functional.mse_loss(decoder(z.to(device)), x)
+        loss = reconstruction_loss(decoder(z.to(device)), x, cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -241,11 +252,12 @@ def fit_decoder(
     x_val = data.val.images if data.val.images is not None else _images(data.val.data)
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
-        mse = train_epoch(decoder, data, cfg, opt, device, epoch, seed)
-        if not math.isfinite(mse):
-            raise TrainingError(f"{label}: inversion loss became {mse} in epoch {epoch + 1}")
+        train_loss = train_epoch(decoder, data, cfg, opt, device, epoch, seed)
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"{label}: inversion loss became {train_loss} in epoch {epoch + 1}")
         val = float(psnr_per_image(x_val, decode(decoder, data.val, device)).mean())
-        curve.append({"epoch": epoch + 1, "train_mse": mse, "val_psnr": val, "lr": _lr(opt)})
+        # "train_mse" is the training loss: the MSE unless blackbox.loss says otherwise.
+        curve.append({"epoch": epoch + 1, "train_mse": train_loss, "val_psnr": val, "lr": _lr(opt)})
         if val > best:
             best_state = copy.deepcopy(decoder.state_dict())
         if val > best + cfg.min_delta_db:

@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 from patrol_compress.config.base import StrictModel, read_yaml, validate
 
 DecoderFamily = Literal["mirror", "upsample", "lift"]
+DecoderLoss = Literal["mse", "mix"]
 
 
 def _all_families() -> list[DecoderFamily]:
@@ -50,9 +51,19 @@ class BlackboxConfig(StrictModel):
     the best epoch's weights are kept. A fixed epoch count either wastes time
     or, worse, stops an attacker that was still learning and reports its
     failure as privacy.
+
+    ``loss``: what the decoders minimise. ``mse`` (default) is the per-pixel
+    error PSNR is a log of. An MSE decoder that cannot tell classes apart
+    predicts a blur of them, which can score below the label-only SSIM floor
+    while the features still carry structure; ``mix`` is the attacker who
+    trains for structure too: ``0.84 * (1 - SSIM) + 0.16 * L1``, the fixed mix
+    of Zhao et al. (2017, "Loss functions for image restoration with neural
+    networks"), not tuned here. Epochs and families are still chosen by
+    validation PSNR, so attacks stay comparable by the suite's one rule.
     """
 
     families: list[DecoderFamily] = Field(default_factory=_all_families, min_length=1)
+    loss: DecoderLoss = "mse"
     base_width: Annotated[int, Field(ge=4, le=2048)] = 128
     lift_max_side: Annotated[int, Field(ge=1, le=64)] = 4
     lift_side: Annotated[int, Field(ge=1, le=64)] = 4
