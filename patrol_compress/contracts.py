@@ -264,6 +264,7 @@ class AttackResult(Record):
     grid: GridInfo | None = None
     mean_image: Score | None = None
     label_only: Score | None = None
+    label_only_mix: Score | None = None
     defense: DefenseInfo | None = None
     accuracy: AccuracyInfo | None = None
     edge: Counts | None = None

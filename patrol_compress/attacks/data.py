@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from patrol_compress.attacks.floors import label_templates
 from patrol_compress.config.privacy import AttackConfig
 from patrol_compress.data.base import DataBundle, Item, ReidDataset
 from patrol_compress.errors import DataError
@@ -73,6 +74,9 @@ class AttackData:
     mean image of its class (classification, over the attacker's images) or of its
     identity's other held-out images (re-id)."""
     summary: dict[str, Any]
+    label_only_mix: torch.Tensor | None = None
+    """Where an attack trains on ``loss: mix`` (classification): per evaluation image, its
+    class's image fitted to that loss (:mod:`patrol_compress.attacks.floors`)."""
 
 
 def _refs(ds: ReidDataset | None) -> list[Ref]:
@@ -223,6 +227,10 @@ def build_attack_data(
         label_only = identity_means(held, probe, mean)
     else:
         label_only = torch.stack([by_label.get(_pid(r), mean) for r in probe])
+    label_only_mix = None
+    if not reid and "mix" in (cfg.blackbox.loss, cfg.adaptive.loss):
+        templates = label_templates(attacker_set, by_label, "mix", cfg.seed)
+        label_only_mix = torch.stack([templates.get(_pid(r), mean) for r in probe])
     return AttackData(
         attacker=attacker_set,
         eval_images=_stack(probe),
@@ -245,5 +253,9 @@ def build_attack_data(
             "recogniser_images": len(reference),
             "recogniser_source": "query+gallery references" if reid else "train",
             "recogniser_classes": num_classes,
+            "label_only_mix_source": None
+            if label_only_mix is None
+            else "per class, one image fitted to the mix loss on the attacker's images",
         },
+        label_only_mix=label_only_mix,
     )

@@ -376,12 +376,39 @@ def attack_floor(data: AttackData, n: int) -> dict[str, float]:
     image, one who knows nothing draws the mean image. Which is higher depends
     on the data: a class mean of Fashion-MNIST is a sharp silhouette, while an
     identity's few other photos of the generated vehicles average over
-    cameras and backgrounds and can score below the global mean.
+    cameras and backgrounds and can score below the global mean. Where an
+    attack trains for SSIM too (``loss: mix``), the label-only guess fitted to
+    that loss counts as well (:mod:`patrol_compress.attacks.floors`).
     """
     x = data.eval_images[:n]
-    label = image_metrics(x, data.label_only[:n])
-    mean = image_metrics(x, data.mean_image.expand_as(x))
-    return {k: max(label[k], mean[k]) for k in ("psnr", "ssim")}
+    scores = [image_metrics(x, g) for g in floor_guesses(data, n).values()]
+    return {k: max(s[k] for s in scores) for k in ("psnr", "ssim")}
+
+
+def floor_guesses(data: AttackData, n: int | None = None) -> dict[str, torch.Tensor]:
+    """The guesses that need no features, for the first ``n`` evaluation images (all: None):
+    the mean image, the label's mean, and with a ``mix`` attacker the label's mix-fitted image."""
+    x = data.eval_images[:n]
+    guesses = {"mean_image": data.mean_image.expand_as(x), "label_only": data.label_only[:n]}
+    if data.label_only_mix is not None:
+        guesses["label_only_mix"] = data.label_only_mix[:n]
+    return guesses
+
+
+def recipe_floors(recipe: Recipe, cfg: AttackConfig) -> dict[str, dict[str, float]]:
+    """PSNR, SSIM and MSE of each floor guess on the evaluation images ``attack`` would score
+    for ``recipe``'s data under ``cfg``; attacks nothing (the floors depend on no model)."""
+    data = _attack_data(recipe, cfg)
+    return {k: image_metrics(data.eval_images, g) for k, g in floor_guesses(data).items()}
+
+
+def _attack_data(recipe: Recipe, cfg: AttackConfig, bundle: DataBundle | None = None) -> AttackData:
+    """The attacker, evaluation and recogniser images of ``recipe``'s data under ``cfg``."""
+    from patrol_compress.data import build_data
+
+    bundle = bundle if bundle is not None else build_data(recipe.data)
+    attacker_train = attacker_train_split(recipe) if cfg.attacker_data == "train" else None
+    return build_attack_data(bundle, cfg, attacker_train)
 
 
 def beats_floor(scores: dict[str, Any], floor: dict[str, float]) -> bool:
@@ -447,8 +474,7 @@ def attack_model(
     check_split(model, split)
     torch.manual_seed(cfg.seed)
     bundle = data_bundle if data_bundle is not None else build_data(recipe.data)
-    attacker_train = attacker_train_split(recipe) if cfg.attacker_data == "train" else None
-    data = build_attack_data(bundle, cfg, attacker_train)
+    data = _attack_data(recipe, cfg, bundle)
     ctx = _context(run_dir, split, cfg, data, model, meta, quiet)
     accuracy, edge = _own_accuracy_and_edge(model, bundle, split, ctx.input_shape, facts)
 
@@ -476,6 +502,7 @@ def attack_model(
         "attacks": results,
         "mean_image": floor_scores["mean_image"],
         "label_only": floor_scores["label_only"],
+        **{k: v for k, v in floor_scores.items() if k == "label_only_mix"},
         "recogniser": {
             "clean_accuracy": attack_accuracy(recogniser, data.eval_images, data.eval_labels),
             "chance": 1.0 / data.num_classes,
@@ -581,12 +608,9 @@ def _run_attacks(
 def _floor_scores(
     data: AttackData, recogniser: torch.nn.Module, region: tuple[Any, str] | None
 ) -> dict[str, dict[str, Any]]:
-    """The two guesses that need no features (the mean image, the label's mean), scored as
-    the attacks are: what an attack must beat before its score means anything."""
-    floors = {
-        "mean_image": data.mean_image.expand_as(data.eval_images),
-        "label_only": data.label_only,
-    }
+    """The guesses that need no features (:func:`floor_guesses`), scored as the attacks
+    are: what an attack must beat before its score means anything."""
+    floors = floor_guesses(data)
     floor_scores: dict[str, dict[str, Any]] = {}
     for key, guess in floors.items():
         floor_scores[key] = _score(data.eval_images, guess, data.eval_labels, recogniser, region)

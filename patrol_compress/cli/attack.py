@@ -99,6 +99,8 @@ def _print(report: dict[str, Any], folder: Path) -> None:
     rows.append(("floor: mean image", report["mean_image"]))
     if "label_only" in report:
         rows.append(("floor: label only", report["label_only"]))
+    if report.get("label_only_mix"):
+        rows.append(("floor: label only, mix loss", report["label_only_mix"]))
     for name, m in rows:
         region = m.get("region", {}).get("psnr")
         table.add_row(
