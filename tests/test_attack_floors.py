@@ -69,3 +69,34 @@ def test_a_mix_attacker_is_held_to_the_mix_fitted_label_floor(tmp_path: Path) ->
         scores = image_metrics(mix.eval_images, guess)
         assert floor["ssim"] >= scores["ssim"] and floor["psnr"] >= scores["psnr"]
     assert mix.summary["label_only_mix_source"] is not None
+
+
+def test_the_floor_script_writes_every_floor_of_a_mix_setting(tmp_path: Path) -> None:
+    """benchmarks/label_floor.py: the floors of a run's data under an attack setting, with
+    provenance, and no model loaded (the run folder holds only its recipe)."""
+    import json
+
+    import yaml
+
+    from patrol_compress.recipe import dump_recipe, parse_recipe
+
+    from .helpers import load_benchmark, tiny_recipe_dict
+
+    recipe = tiny_recipe_dict(tmp_path)
+    recipe["data"] = {
+        "kind": "fashion-mnist",
+        "root": str(make_files(tmp_path / "fm", n_train=24, n_test=10)),
+        "image_size": 16,
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.resolved.yaml").write_text(dump_recipe(parse_recipe(recipe)))
+    setting = tmp_path / "mix.yaml"
+    setting.write_text(yaml.safe_dump({"max_eval_images": 10, "blackbox": {"loss": "mix"}}))
+    bench = load_benchmark("label_floor")
+    args = ["--run", str(run), "--config", str(setting), "--name", "x", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    out = json.loads((tmp_path / "label_floor_x.json").read_text())
+    assert set(out["floors"]) == {"mean_image", "label_only", "label_only_mix"}
+    assert "provenance" in out
+    assert "label_only_mix" in (tmp_path / "label_floor_x.md").read_text()
