@@ -8,6 +8,13 @@ or machines): the machine (CPU model, GPU if one was used, thread count), the
 library versions, the git commit of the source tree (and whether it had
 uncommitted changes), the command line, the sha256 of the resolved recipe and
 of the weights the point was made from and ended with.
+
+The commit is the one the process *loaded*: taken when this module is
+imported (at a benchmark's or the CLI's start), not when the file is written.
+A measurement that runs for an hour while later commits land would otherwise
+name code it never ran (it happened: two attack results named a commit made
+while they ran). When the tree has moved by the time the record is written,
+``commit_when_written`` says where to, so a reader sees both.
 """
 
 from __future__ import annotations
@@ -83,6 +90,15 @@ def git_commit(root: Path = SOURCE_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status), "dirty_paths": paths[:DIRTY_PATHS_KEPT]}
 
 
+_LOADED: dict[str, Any] = git_commit()
+"""The source tree's commit when this process imported this module (module docstring)."""
+
+
+def loaded_commit() -> dict[str, Any]:
+    """:func:`git_commit` as it was when this process loaded the package's code."""
+    return dict(_LOADED)
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command as typed: the program's name and its arguments, shell-quoted."""
     args = list(sys.argv if argv is None else argv)
@@ -106,10 +122,13 @@ def provenance(
     **extra: Any,
 ) -> dict[str, Any]:
     """The provenance block of a result (module docstring); ``extra`` is merged in as given."""
+    loaded, now = loaded_commit(), git_commit()
+    moved = {} if now == loaded else {"commit_when_written": now}
     return {
         "device": device_info(),
         "versions": package_versions(),
-        **git_commit(),
+        **loaded,
+        **moved,
         "command": command if command is not None else command_line(),
         "recipe_sha256": None if recipe_text is None else text_sha256(recipe_text),
         "weights_sha256": {k: file_sha256(v) for k, v in (weights or {}).items()},

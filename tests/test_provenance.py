@@ -54,3 +54,19 @@ def test_frontier_provenance_lines_say_which_files_differed() -> None:
         line.endswith("(with uncommitted changes to benchmarks/results/x.md)") for line in lines
     )
     assert any(line.endswith("(with uncommitted changes)") for line in lines)
+
+
+def test_provenance_names_the_commit_the_process_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result written after later commits landed names the code it ran, and where the tree
+    had moved to by the time it was written."""
+    from patrol_compress import provenance as prov
+
+    now = git_commit()
+    assert prov.provenance("cmd")["commit"] == prov.loaded_commit()["commit"]
+    earlier = {"commit": "b" * 40, "dirty": False, "dirty_paths": []}
+    monkeypatch.setattr(prov, "_LOADED", earlier)
+    record = prov.provenance("cmd")
+    assert record["commit"] == "b" * 40 and record["dirty"] is False
+    assert record["commit_when_written"] == now
+    monkeypatch.setattr(prov, "_LOADED", now)
+    assert "commit_when_written" not in prov.provenance("cmd")
