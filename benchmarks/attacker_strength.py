@@ -43,8 +43,8 @@ import torch
 
 from patrol_compress import api
 from patrol_compress.config.privacy import AttackConfig, load_attack_config
-from patrol_compress.io import read_json, write_json, write_text
-from patrol_compress.provenance import command_line, provenance
+from patrol_compress.io import read_json
+from patrol_compress.provenance import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE_DB = 0.3
@@ -70,7 +70,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def blackbox_of(report: dict[str, Any], attack: str = "blackbox") -> dict[str, Any]:
+def attack_of(report: dict[str, Any], attack: str = "blackbox") -> dict[str, Any]:
     """A learned attack's chosen result in an ``attack.json`` (family, scores, images)."""
     bb = report["attacks"][attack]
     info = bb.get("info", {})
@@ -111,7 +111,7 @@ def check_point(
     light_file = work / "points" / point / "attack.json"
     if not light_file.is_file():
         raise SystemExit(f"{light_file}: the frontier has not attacked this point yet; rerun later")
-    light, default = blackbox_of(read_json(light_file)), blackbox_of(default_report, attack)
+    light, default = attack_of(read_json(light_file)), attack_of(default_report, attack)
     if light["image_set"] != default["image_set"]:
         raise SystemExit(f"{point}: the two attacks scored different evaluation images")
     return {
@@ -130,10 +130,10 @@ def markdown(
     rows: list[dict[str, Any]], name: str, config: Path | None = None, attack: str = "blackbox"
 ) -> str:
     strong = "the library default" if config is None else f"`{config.as_posix()}`"
-    who = "default" if config is None else "stronger"
-    what = "black-box attack" if attack == "blackbox" else f"`{attack}` attack"
-    if attack != "blackbox":
-        who = attack
+    if attack == "blackbox":
+        what, who = "black-box attack", "default" if config is None else "stronger"
+    else:
+        what, who = f"`{attack}` attack", attack
     lines = [
         f"# Lighter attacker against a stronger one: {name}",
         "",
@@ -169,19 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         rows.append(row)
-    stem = args.out / f"attacker_strength_{args.name}"
-    write_json(
-        stem.with_suffix(".json"),
-        {
-            "tolerance_db": TOLERANCE_DB,
-            "stronger": "library default" if args.config is None else str(args.config),
-            "attack": args.attack,
-            "points": rows,
-            "all_within_tolerance": all(r["within_tolerance"] for r in rows),
-            "provenance": provenance(command_line()),
-        },
-    )
-    write_text(stem.with_suffix(".md"), markdown(rows, args.name, args.config, args.attack))
+    record = {
+        "tolerance_db": TOLERANCE_DB,
+        "stronger": "library default" if args.config is None else str(args.config),
+        "attack": args.attack,
+        "points": rows,
+        "all_within_tolerance": all(r["within_tolerance"] for r in rows),
+    }
+    text = markdown(rows, args.name, args.config, args.attack)
+    write_results(args.out / f"attacker_strength_{args.name}", record, text)
     return 0
 
 

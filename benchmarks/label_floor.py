@@ -25,8 +25,7 @@ import torch
 
 from patrol_compress.attacks.evaluate import find_recipe, recipe_floors
 from patrol_compress.config.privacy import load_attack_config
-from patrol_compress.io import write_json, write_text
-from patrol_compress.provenance import command_line, provenance
+from patrol_compress.provenance import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,18 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    stem = args.out / f"label_floor_{args.name}"
-    write_json(
-        stem.with_suffix(".json"),
-        {
-            "run": str(args.run),
-            "config": str(args.config),
-            "floors": floors,
-            "seconds": seconds,
-            "provenance": provenance(command_line()),
-        },
-    )
-    write_text(stem.with_suffix(".md"), text)
+    record = {
+        "run": str(args.run),
+        "config": str(args.config),
+        "floors": floors,
+        "seconds": seconds,
+    }
+    write_results(args.out / f"label_floor_{args.name}", record, text)
     return 0
 
 

@@ -36,8 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from patrol_compress.io import read_json, write_json, write_text
-from patrol_compress.provenance import command_line, provenance
+from patrol_compress.io import read_json
+from patrol_compress.provenance import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAIR = re.compile(r"-(s\d+-t\d+)$")
@@ -187,19 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     s = summary(rows)
     text = markdown(rows, s, args.name, args.take)
     print(text, end="")
-    stem = args.out / f"paired_strength_{args.name}"
-    write_json(
-        stem.with_suffix(".json"),
-        {
-            "a": [str(f) for f in side["a"]],
-            "b": [str(f) for f in side["b"]],
-            "take": args.take,
-            "rows": rows,
-            "summary": s,
-            "provenance": provenance(command_line()),
-        },
-    )
-    write_text(stem.with_suffix(".md"), text)
+    record = {
+        "a": [str(f) for f in side["a"]],
+        "b": [str(f) for f in side["b"]],
+        "take": args.take,
+        "rows": rows,
+        "summary": s,
+    }
+    write_results(args.out / f"paired_strength_{args.name}", record, text)
     return 0
 
 

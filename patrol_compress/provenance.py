@@ -99,6 +99,15 @@ def loaded_commit() -> dict[str, Any]:
     return dict(_LOADED)
 
 
+def write_results(stem: Path, record: dict[str, Any], markdown: str) -> None:
+    """A benchmark's results as ``stem.json`` (``record`` plus its provenance block for this
+    command line) and ``stem.md`` (``markdown``), each written atomically."""
+    from patrol_compress.io import write_json, write_text
+
+    write_json(stem.with_suffix(".json"), {**record, "provenance": provenance(command_line())})
+    write_text(stem.with_suffix(".md"), markdown)
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command as typed: the program's name and its arguments, shell-quoted."""
     args = list(sys.argv if argv is None else argv)
