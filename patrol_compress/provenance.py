@@ -14,7 +14,9 @@ imported (at a benchmark's or the CLI's start), not when the file is written.
 A measurement that runs for an hour while later commits land would otherwise
 name code it never ran (it happened: two attack results named a commit made
 while they ran). When the tree has moved by the time the record is written,
-``commit_when_written`` says where to, so a reader sees both.
+``commit_when_written`` says where to, so a reader sees both. Modules that
+write provenance (the frontier, the benchmarks) import this one at their top,
+not inside the function that writes, so that it is loaded with them.
 """
 
 from __future__ import annotations

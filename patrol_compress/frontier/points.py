@@ -18,6 +18,7 @@ from patrol_compress.config.privacy import AttackConfig
 from patrol_compress.config.recipe import Recipe, dump_recipe
 from patrol_compress.contracts import ATTACK_FILE, METRICS_FILE, MODEL_FILE, STAGES_FILE
 from patrol_compress.io import read_json, write_json
+from patrol_compress.provenance import provenance
 
 Log = Callable[[str], None]
 PROVENANCE_FILE = "provenance.json"
@@ -85,8 +86,6 @@ def write_provenance(
     folder: Path, recipe: Recipe, command: str, weights: dict[str, Path], **extra: Any
 ) -> dict[str, Any]:
     """``provenance.json`` of a point (see :mod:`patrol_compress.provenance`); kept if present."""
-    from patrol_compress.provenance import provenance
-
     path = folder / PROVENANCE_FILE
     if path.is_file():
         return dict(read_json(path))

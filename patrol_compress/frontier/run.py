@@ -56,6 +56,7 @@ from patrol_compress.frontier.points import (
 )
 from patrol_compress.frontier.render import comparison_line, summary_table, svg
 from patrol_compress.io import read_json, write_json, write_text
+from patrol_compress.provenance import provenance, text_sha256
 
 PINNED_RECIPE = "frontier.recipe.yaml"
 """The work folder's recipe, the frontier's attack settings in its ``attack:`` section."""
@@ -429,8 +430,6 @@ def collect(
     progress: Progress,
 ) -> dict[str, Any]:
     """Compare the methods and write ``<stem>.{json,md}``, the planes and the report page."""
-    from patrol_compress.provenance import provenance, text_sha256
-
     stem = stem or f"frontier_{plan.name.replace('-', '_')}"
     records = [record_of(reports[p.name], p) for p in plan.points]
     first = reports[plan.points[0].name]
