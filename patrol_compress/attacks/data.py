@@ -39,6 +39,7 @@ from patrol_compress.data.base import DataBundle, Item, ReidDataset
 from patrol_compress.errors import DataError
 
 Ref = tuple[ReidDataset, int]
+MIX_FLOOR_SOURCE = "per class, one image fitted to the mix loss on the attacker's images"
 
 
 class Picked(Dataset[Item]):
@@ -253,9 +254,7 @@ def build_attack_data(
             "recogniser_images": len(reference),
             "recogniser_source": "query+gallery references" if reid else "train",
             "recogniser_classes": num_classes,
-            "label_only_mix_source": None
-            if label_only_mix is None
-            else "per class, one image fitted to the mix loss on the attacker's images",
+            **({} if label_only_mix is None else {"label_only_mix_source": MIX_FLOOR_SOURCE}),
         },
         label_only_mix=label_only_mix,
     )

@@ -500,9 +500,7 @@ def attack_model(
         "strongest": best,
         "attack_failed": not best["converged"],
         "attacks": results,
-        "mean_image": floor_scores["mean_image"],
-        "label_only": floor_scores["label_only"],
-        **{k: v for k, v in floor_scores.items() if k == "label_only_mix"},
+        **floor_scores,  # mean_image, label_only (and label_only_mix)
         "recogniser": {
             "clean_accuracy": attack_accuracy(recogniser, data.eval_images, data.eval_labels),
             "chance": 1.0 / data.num_classes,

@@ -6,14 +6,14 @@ MSE (the quantity PSNR is a log of; ``blackbox.loss: mix`` adds SSIM) and
 scored on the validation part after every epoch by mean per-image PSNR, the
 number the evaluation reports. The learning rate halves after
 ``patience // 2`` epochs without an improvement of ``min_delta_db``; training
-stops after ``patience`` such epochs or ``epochs`` in all, and the best validation epoch's
-weights are restored: the epoch is the attacker's choice on its own data. (A
-fixed cosine schedule of 20 epochs, which would make the duration known in
-advance, was measured 0.5 dB weaker on the quickstart's split-4 edge:
-``docs/measurements.md``.) The validation curve, epochs run and images used
-are returned for ``attack.json``, so a reader can see whether the attacker
-converged. On CPU the decoders run in channels-last memory format (same
-values, faster convolutions).
+stops after ``patience`` such epochs or ``epochs`` in all, and the best
+validation epoch's weights are restored: the epoch is the attacker's choice on
+its own data. (A fixed cosine schedule of 20 epochs, which would make the
+duration known in advance, was measured 0.5 dB weaker on the quickstart's
+split-4 edge: ``docs/measurements.md``.) The validation curve, epochs run and
+images used are returned for ``attack.json``, so a reader can see whether the
+attacker converged. On CPU the decoders run in channels-last memory format
+(same values, faster convolutions).
 
 Features of a deterministic edge are computed once and kept (at deep splits
 they are small; the edge pass would otherwise dominate every epoch). A
